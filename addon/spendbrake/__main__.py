@@ -1,0 +1,3 @@
+from spendbrake.cli import main
+
+main()

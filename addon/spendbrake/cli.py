@@ -1,0 +1,265 @@
+"""The ``spendbrake`` command: translates between the shell and the modules, nothing more."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from spendbrake import certs
+from spendbrake.attribution import InvalidIdentity, identify
+from spendbrake.config import (
+    Config,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+    resolve_ledger_path,
+)
+from spendbrake.ledger import LedgerUnavailable
+from spendbrake.money import MoneyError, format_usd, parse_usd
+from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.status import agent_statuses, status_document
+from spendbrake.windows import utc_now
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def _config_and_ledger_options[F: Callable[..., Any]](command: F) -> F:
+    command = click.option(
+        "--ledger",
+        "ledger_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Ledger file. Default: $SPENDBRAKE_LEDGER, the config's 'ledger', "
+        "~/.local/share/spendbrake/ledger.db.",
+    )(command)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Configuration file (TOML). Default: $SPENDBRAKE_CONFIG, else embedded defaults.",
+    )(command)
+
+
+def _load_config(config_path: Path | None) -> Config:
+    try:
+        return load_config(resolve_config_path(config_path))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _open_ledger(ledger_path: Path | None, config: Config) -> SQLiteLedger:
+    try:
+        return SQLiteLedger(resolve_ledger_path(ledger_path, config))
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT (e.g. {DEFAULT_LISTEN}), not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _proxy_url(host: str, port: int, agent: str | None) -> str:
+    netloc_host = f"[{host}]" if ":" in host else host
+    return f"http://{agent + '@' if agent else ''}{netloc_host}:{port}"
+
+
+def _export_lines(environment: dict[str, str]) -> list[str]:
+    return [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="spendbrake")
+def main() -> None:
+    """spendbrake: holds AI agents to dollar budgets before their calls reach the provider."""
+
+
+@main.command()
+@_config_and_ledger_options
+@click.option(
+    "--listen", default=DEFAULT_LISTEN, show_default=True, help="Address the proxy listens on."
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Any mitmproxy option, e.g. --set upstream_cert=false. Repeatable.",
+)
+@click.option(
+    "--script",
+    "scripts",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Extra mitmproxy addon script, loaded after spendbrake's. Repeatable.",
+)
+def up(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    listen: str,
+    sets: tuple[str, ...],
+    scripts: tuple[str, ...],
+) -> None:
+    """Start the proxy.
+
+    \b
+    Example:
+        spendbrake up --config spendbrake.toml
+        export HTTPS_PROXY=http://research-bot@127.0.0.1:8080   # plus the lines it prints
+    """
+    from spendbrake.proxy import mitmdump_arguments, run_proxy
+
+    host, port = _parse_listen(listen)
+    config = _load_config(config_path)
+    ledger_file = resolve_ledger_path(ledger_path, config)
+    _open_ledger(ledger_path, config).close()  # fail here, readably, not inside mitmproxy
+    confdir = certs.certs_dir()
+    bundle = certs.write_bundle(confdir)
+    click.echo(f"spendbrake: proxy on {host}:{port}, ledger {ledger_file}")
+    click.echo("Route a shell through it (replace AGENT with the agent's name):")
+    for line in _export_lines(certs.client_environment(_proxy_url(host, port, "AGENT"), bundle)):
+        click.echo(f"  {line}")
+    sys.stdout.flush()
+    run_proxy(
+        mitmdump_arguments(
+            listen_host=host,
+            listen_port=port,
+            confdir=confdir,
+            config=resolve_config_path(config_path),
+            ledger=ledger_file,
+            sets=sets,
+            scripts=scripts,
+        )
+    )
+
+
+@main.command("addon-path")
+def addon_path() -> None:
+    """Print the addon script's path, for mitmdump or mitmweb.
+
+    \b
+    Example:
+        mitmdump -s "$(spendbrake addon-path)" --set spendbrake_config=spendbrake.toml
+    """
+    from spendbrake import addon_script
+
+    click.echo(str(Path(addon_script.__file__).resolve()))
+
+
+@main.command()
+@click.option(
+    "--listen", default=DEFAULT_LISTEN, show_default=True, help="Address the proxy listens on."
+)
+@click.option("--agent", help="Agent name to put in the proxy URL (default: 'default').")
+def env(listen: str, agent: str | None) -> None:
+    """Print the exports that route a shell's clients through the proxy.
+
+    \b
+    Example:
+        eval "$(spendbrake env --agent research-bot)"
+    """
+    host, port = _parse_listen(listen)
+    if agent is not None:
+        try:
+            identify((agent, ""), {})
+        except InvalidIdentity as e:
+            raise click.BadParameter(str(e), param_hint="--agent") from None
+    bundle = certs.write_bundle(certs.certs_dir())
+    for line in _export_lines(certs.client_environment(_proxy_url(host, port, agent), bundle)):
+        click.echo(line)
+
+
+@main.command()
+@_config_and_ledger_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see DESIGN.md).")
+def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) -> None:
+    """Show each agent's spend today against its limit.
+
+    \b
+    Example:
+        spendbrake status --json
+    """
+    config = _load_config(config_path)
+    ledger = _open_ledger(ledger_path, config)
+    now = utc_now()
+    try:
+        if as_json:
+            click.echo(json.dumps(status_document(ledger, config, now), indent=2))
+            return
+        table = Table(title=f"spendbrake: today ({config.timezone.key})")
+        for column in ("agent", "spent", "held", "limit", "remaining", "calls", "blocked", "state"):
+            table.add_column(column, justify="left" if column in ("agent", "state") else "right")
+        for entry in agent_statuses(ledger, config, now):
+            t = entry.totals
+            table.add_row(
+                t.agent,
+                format_usd(t.spent_nanos),
+                format_usd(t.held_nanos),
+                format_usd(t.limit_nanos),
+                format_usd(t.remaining_nanos),
+                str(t.calls),
+                str(t.blocked),
+                entry.state,
+            )
+        Console().print(table)
+    finally:
+        ledger.close()
+
+
+@main.group()
+def limit() -> None:
+    """Change limits at run time (the running proxy applies them on the next call)."""
+
+
+@limit.command("set")
+@_config_and_ledger_options
+@click.argument("agent")
+@click.option("--daily", required=True, metavar="USD", help="Daily limit in dollars, e.g. 0.10.")
+def limit_set(config_path: Path | None, ledger_path: Path | None, agent: str, daily: str) -> None:
+    """Set an agent's daily limit, overriding the config.
+
+    \b
+    Example:
+        spendbrake limit set research-bot --daily 0.10
+    """
+    try:
+        identify((agent, ""), {})
+    except InvalidIdentity as e:
+        raise click.BadParameter(str(e), param_hint="AGENT") from None
+    try:
+        nanos = parse_usd(daily, what="--daily")
+    except MoneyError as e:
+        raise click.BadParameter(str(e), param_hint="--daily") from None
+    config = _load_config(config_path)
+    ledger = _open_ledger(ledger_path, config)
+    try:
+        ledger.set_daily_limit(agent, nanos)
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        ledger.close()
+    click.echo(f"{agent}: daily limit set to {format_usd(nanos)} (applies from the next call)")
+
+
+@main.command()
+@_config_and_ledger_options
+def migrate(config_path: Path | None, ledger_path: Path | None) -> None:
+    """Create the ledger or bring its schema up to date.
+
+    \b
+    Example:
+        spendbrake migrate --ledger /var/lib/spendbrake/ledger.db
+    """
+    config = _load_config(config_path)
+    ledger = _open_ledger(ledger_path, config)
+    ledger.close()
+    click.echo(f"ledger {ledger.path} is up to date")

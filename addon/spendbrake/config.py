@@ -1,0 +1,176 @@
+"""The TOML configuration: limits per agent, the timezone of calendar windows, the ledger path.
+
+Without a file the embedded defaults apply: every agent may spend $5.00 a day, days in UTC.
+Unknown keys are errors that name the key and the file, because a misspelt limit is a limit
+that silently does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from spendbrake.money import MoneyError, parse_usd
+
+DEFAULT_DAILY_NANOS = 5_000_000_000  # $5.00
+CONFIG_ENV = "SPENDBRAKE_CONFIG"
+LEDGER_ENV = "SPENDBRAKE_LEDGER"
+
+# Keys DESIGN.md reserves for brakes this version does not enforce yet. Accepting them silently
+# would let an operator believe a limit is in force that is not, so they are refused by name.
+_NOT_YET_ENFORCED = frozenset(
+    {
+        "monthly_usd",
+        "session_usd",
+        "session_tokens",
+        "calls_per_minute",
+        "tokens_per_minute",
+        "max_concurrent",
+        "monthly_tokens",
+        "downgrade_below",
+        "downgrade",
+        "cap_output",
+        "loop_repeats",
+        "loop_window_s",
+        "backoff_steps_s",
+        "burn_usd_per_min",
+        "group",
+    }
+)
+_AGENT_KEYS = frozenset({"daily_usd"})
+_TOP_KEYS = frozenset({"timezone", "ledger", "defaults", "agents"})
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """Limits of one agent; ``None`` means "not set here, inherit"."""
+
+    daily_nanos: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    ledger: Path | None = None
+    defaults: AgentLimits = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
+    agents: Mapping[str, AgentLimits] = field(default_factory=dict)
+    source: Path | None = None
+
+    def daily_limit(self, agent: str) -> int:
+        """The configured daily limit in nanos (a run-time override in the ledger wins over it)."""
+        own = self.agents.get(agent)
+        if own is not None and own.daily_nanos is not None:
+            return own.daily_nanos
+        if self.defaults.daily_nanos is not None:
+            return self.defaults.daily_nanos
+        return DEFAULT_DAILY_NANOS
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path``, or return the embedded defaults when ``path`` is None."""
+    if path is None:
+        return Config()
+    path = path.expanduser()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
+    where = str(source) if source else "config"
+    _reject_unknown(data, _TOP_KEYS, where, "")
+
+    tz_name = data.get("timezone", "UTC")
+    try:
+        timezone = ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: timezone {tz_name!r} is not an IANA time zone (e.g. 'Europe/Berlin')"
+        ) from None
+
+    ledger = data.get("ledger")
+    if ledger is not None and not isinstance(ledger, str):
+        raise ConfigError(f"{where}: ledger must be a path string, not {ledger!r}")
+
+    defaults = _parse_limits(data.get("defaults", {}), where, "defaults")
+    if defaults.daily_nanos is None:
+        defaults = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
+
+    agents_table = data.get("agents", {})
+    if not isinstance(agents_table, Mapping):
+        raise ConfigError(f"{where}: [agents] must be a table of [agents.NAME] tables")
+    agents = {
+        name: _parse_limits(table, where, f"agents.{name}") for name, table in agents_table.items()
+    }
+    ledger_path = Path(ledger).expanduser() if ledger else None
+    if ledger_path is not None and not ledger_path.is_absolute() and source is not None:
+        ledger_path = source.parent / ledger_path  # relative to the config file, not the cwd
+    return Config(
+        timezone=timezone,
+        ledger=ledger_path,
+        defaults=defaults,
+        agents=agents,
+        source=source,
+    )
+
+
+def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    _reject_unknown(table, _AGENT_KEYS, where, f"{section}.")
+    daily = table.get("daily_usd")
+    if daily is None:
+        return AgentLimits()
+    if isinstance(daily, bool):
+        raise ConfigError(f"{where}: {section}.daily_usd must be a dollar amount like 5.00")
+    try:
+        return AgentLimits(daily_nanos=parse_usd(daily, what=f"{section}.daily_usd"))
+    except MoneyError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _reject_unknown(
+    table: Mapping[str, Any], allowed: frozenset[str], where: str, prefix: str
+) -> None:
+    for key in table:
+        if key in allowed:
+            continue
+        if key in _NOT_YET_ENFORCED:
+            raise ConfigError(
+                f"{where}: {prefix}{key} is not enforced by this version of spendbrake; "
+                "remove it rather than rely on a limit that is not applied"
+            )
+        raise ConfigError(f"{where}: unknown key {prefix}{key}")
+
+
+def default_ledger_path() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "spendbrake" / "ledger.db"
+
+
+def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path | None:
+    """``--config``, else ``$SPENDBRAKE_CONFIG``, else no file (embedded defaults)."""
+    value = cli_value or os.environ.get(CONFIG_ENV) or None
+    return Path(value).expanduser() if value else None
+
+
+def resolve_ledger_path(cli_value: str | os.PathLike[str] | None, config: Config) -> Path:
+    """``--ledger``, else ``$SPENDBRAKE_LEDGER``, else the config's ``ledger``, else the default."""
+    value = cli_value or os.environ.get(LEDGER_ENV) or None
+    if value:
+        return Path(value).expanduser()
+    return config.ledger or default_ledger_path()

@@ -1,0 +1,69 @@
+"""Deciding a call: its worst-case cost before it goes out, its actual cost after.
+
+The worst case is an upper bound, never below what the provider will bill: every prompt token
+at the full input rate (cache discounts only lower it), the request's max output (or the
+model's) times the number of choices, priced at the most expensive tier the request may be
+billed at. The hold is that amount; the daily check itself is one ledger transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from spendbrake.ledger import TokenCounts
+from spendbrake.pricing import UnknownModel, cost_nanos, max_output_tokens
+from spendbrake.providers.openai import ChatRequest, MeteredUsage
+from spendbrake.tokens import TokenEstimator
+
+# "auto" lets OpenAI pick the project's tier, which may be priority: hold for the dearest.
+_HOLD_TIER: dict[str, str] = {"auto": "priority", "priority": "priority", "fast": "priority"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    prompt_tokens: int
+    output_tokens: int
+    cost_nanos: int
+
+
+def hold_tier(requested: str | None) -> str | None:
+    if requested is None:
+        return None
+    return _HOLD_TIER.get(requested, requested)
+
+
+def estimate_chat(
+    request: ChatRequest, estimator: TokenEstimator, *, provider_id: str, at: datetime
+) -> Estimate:
+    """The worst-case cost of a Chat Completions call. Raises UnknownModel."""
+    prompt = request.fixed_prompt_tokens + sum(
+        estimator.count(text, request.model) for text in request.prompt_texts
+    )
+    per_choice = (
+        request.max_output if request.max_output is not None else max_output_tokens(request.model)
+    )
+    output = per_choice * request.choices
+    cost = cost_nanos(
+        TokenCounts(input_tokens=prompt, output_tokens=output),
+        request.model,
+        provider_id=provider_id,
+        service_tier=hold_tier(request.service_tier),
+        at=at,
+    )
+    return Estimate(prompt_tokens=prompt, output_tokens=output, cost_nanos=cost)
+
+
+def actual_cost(
+    usage: MeteredUsage, requested_model: str, *, provider_id: str, at: datetime
+) -> int:
+    """The exact cost of reported usage. The response's model id is tried first (it names the
+    snapshot actually billed), then the requested one. Raises UnknownModel."""
+    for model in dict.fromkeys(m for m in (usage.model, requested_model) if m):
+        try:
+            return cost_nanos(
+                usage.tokens, model, provider_id=provider_id, service_tier=usage.service_tier, at=at
+            )
+        except UnknownModel:
+            continue
+    raise UnknownModel(f"no price is known for model {usage.model or requested_model!r}")

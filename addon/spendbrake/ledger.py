@@ -1,0 +1,116 @@
+"""The ledger interface: hold, settle, release, windows, events.
+
+The governor and the addon only speak to this interface, so a shared server-side ledger
+(PostgreSQL for a fleet of proxies) can stand beside the SQLite one without touching them.
+All money is integer nanos (see ``spendbrake.money``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger could not be read or written; the call must not go out (fail closed)."""
+
+
+@dataclass(frozen=True)
+class CallIntent:
+    """What is known of a call before it is forwarded; no prompt or key is ever stored."""
+
+    agent: str
+    session: str
+    provider: str
+    endpoint: str
+    requested_model: str
+    forwarded_model: str
+    stream: bool
+    day: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    """One agent's daily window. ``remaining`` counts every hold as if it were spent."""
+
+    agent: str
+    day: str
+    spent_nanos: int
+    held_nanos: int
+    limit_nanos: int
+    calls: int  # forwarded
+    blocked: int  # refused, for any reason
+    budget_blocked: int = 0  # refused because the window had no room
+
+    @property
+    def remaining_nanos(self) -> int:
+        return self.limit_nanos - self.spent_nanos - self.held_nanos
+
+
+@dataclass(frozen=True)
+class HoldGranted:
+    call_id: int
+    held_nanos: int
+    totals: DayTotals  # after the hold
+
+
+@dataclass(frozen=True)
+class HoldRefused:
+    call_id: int  # the refusal is recorded as a row too
+    requested_nanos: int
+    totals: DayTotals  # before the refused hold
+
+
+@dataclass(frozen=True)
+class Settlement:
+    actual_nanos: int
+    tokens: TokenCounts
+    outcome: str  # "ok", "upstream_error", "no_usage", "client_disconnected", "crashed", ...
+    reason: str = ""
+
+
+class Ledger(Protocol):
+    def hold(
+        self, intent: CallIntent, amount_nanos: int, configured_limit: int
+    ) -> HoldGranted | HoldRefused:
+        """Atomically check spent + held + amount against the day's limit and hold it."""
+        ...
+
+    def refuse(self, intent: CallIntent, reason: str) -> int:
+        """Record a call refused before any hold (unreadable request, unknown model...)."""
+        ...
+
+    def settle(self, call_id: int, settlement: Settlement, configured_limit: int) -> DayTotals:
+        """Replace the hold by the actual cost. Settling twice is a no-op."""
+        ...
+
+    def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals: ...
+
+    def set_daily_limit(self, agent: str, limit_nanos: int) -> None:
+        """A run-time limit that wins over the config; read on every hold, so no restart."""
+        ...
+
+    def daily_limit_overrides(self) -> dict[str, int]: ...
+
+    def agents_with_activity(self, day: str) -> list[str]: ...
+
+    def recover_orphaned_holds(self) -> int:
+        """Settle, at their held amount, holds of proxy processes that died. Returns how many."""
+        ...
+
+    def settle_own_holds(self, outcome: str) -> int:
+        """At shutdown: settle this process's open holds at their held amount."""
+        ...
+
+    def close(self) -> None: ...

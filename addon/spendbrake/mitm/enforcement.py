@@ -1,0 +1,358 @@
+"""Holds each metered call's worst case before it goes out, and settles its actual cost after.
+
+The glue between a flow and the pure modules (providers, governor, ledger). It fails closed:
+mitmproxy forwards a request whose addon raised, so every admission step runs inside one
+guard that turns any surprise into a refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+
+from mitmproxy import ctx, exceptions, http
+
+from spendbrake import governor, refusals
+from spendbrake.config import (
+    Config,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+    resolve_ledger_path,
+)
+from spendbrake.ledger import (
+    CallIntent,
+    DayTotals,
+    HoldRefused,
+    LedgerUnavailable,
+    Settlement,
+    TokenCounts,
+)
+from spendbrake.mitm.ledger_worker import LedgerWorker
+from spendbrake.mitm.state import HeldCall, flow_state
+from spendbrake.money import format_usd_exact
+from spendbrake.pricing import UnknownModel
+from spendbrake.pricing import warm_up as warm_up_prices
+from spendbrake.providers import Provider, RouteKind, classify_route, provider_for_host
+from spendbrake.providers import openai as openai_chat
+from spendbrake.refusals import Refusal
+from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.tokens import TokenEstimator
+from spendbrake.windows import day_window, utc_now
+
+log = logging.getLogger(__name__)
+
+# Tokenizing ~100 kB takes milliseconds; beyond that it would stall every other agent's flow.
+_TOKENIZE_ON_LOOP_MAX_CHARS = 100_000
+
+
+class Enforcement:
+    def __init__(self) -> None:
+        self.config = Config()
+        self.worker: LedgerWorker | None = None
+        self.unavailable: str | None = "spendbrake is not configured yet"
+        self.estimator = TokenEstimator()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        add = loader.add_option  # type: ignore[attr-defined]
+        add(
+            "spendbrake_config",
+            str | None,
+            None,
+            "spendbrake configuration file (TOML). Default: $SPENDBRAKE_CONFIG, else the "
+            "embedded defaults ($5.00 a day per agent, UTC days).",
+        )
+        add(
+            "spendbrake_ledger",
+            str | None,
+            None,
+            "spendbrake ledger (SQLite file). Default: $SPENDBRAKE_LEDGER, else the config's "
+            "'ledger', else ~/.local/share/spendbrake/ledger.db.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not {"spendbrake_config", "spendbrake_ledger"} & updated and self.worker:
+            return
+        try:
+            config = load_config(resolve_config_path(ctx.options.spendbrake_config))
+            ledger = SQLiteLedger(resolve_ledger_path(ctx.options.spendbrake_ledger, config))
+            recovered = ledger.recover_orphaned_holds()
+        except (ConfigError, LedgerUnavailable) as e:
+            # Refuse every metered call rather than let one through unmetered.
+            self.unavailable = str(e)
+            raise exceptions.OptionsError(str(e)) from None
+        if recovered:
+            log.warning(
+                "spendbrake: settled %d hold(s) left by a proxy that ended, at their held amount",
+                recovered,
+            )
+        if self.worker:
+            self.worker.close()
+        self.config, self.worker, self.unavailable = config, LedgerWorker(ledger), None
+        log.info("spendbrake: enforcing with ledger %s", ledger.path)
+
+    def running(self) -> None:
+        # Load the price snapshot and the tokenizer off the loop, before the first agent waits.
+        asyncio.get_running_loop().run_in_executor(None, self._warm_up)
+
+    def _warm_up(self) -> None:
+        warm_up_prices()
+        self.estimator.warm_up()
+
+    def done(self) -> None:
+        if self.worker:
+            self.worker.close()
+            self.worker = None
+        self.unavailable = "spendbrake has stopped"
+
+    # -- admission -----------------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        provider = provider_for_host(flow.request.pretty_host)
+        if provider is None:
+            return
+        try:
+            refusal = await self._admit(flow, provider)
+        except Exception as e:
+            log.exception("spendbrake: could not check a call; refusing it (fail closed)")
+            refusal = Refusal(
+                "internal_error",
+                f"spendbrake could not check this call ({type(e).__name__}: {e}), so it was not "
+                "forwarded. See the proxy's log.",
+            )
+        if refusal is not None:
+            self._answer(flow, provider, refusal)
+
+    async def _admit(self, flow: http.HTTPFlow, provider: Provider) -> Refusal | None:
+        state = flow_state(flow)
+        if state is None or state.identity is None:
+            reason = state.identity_error if state else "the agent could not be identified"
+            return Refusal("unauthenticated_agent", f"spendbrake: {reason}")
+        route = classify_route(provider, flow.request.method, flow.request.path)
+        if route is RouteKind.FREE:
+            return None
+        if route is RouteKind.UNKNOWN:
+            route_name = f"{flow.request.method} {flow.request.path.split('?')[0]}"
+            return Refusal(
+                "unmetered_route",
+                f"spendbrake does not meter {route_name} on {flow.request.pretty_host}, "
+                "so it does not let it through.",
+            )
+        if self.unavailable or self.worker is None:
+            return Refusal(
+                "ledger_unavailable", f"spendbrake cannot meter calls: {self.unavailable}"
+            )
+
+        now = utc_now()
+        window = day_window(now, self.config.timezone)
+        agent = state.identity.agent
+        intent = CallIntent(
+            agent=agent,
+            session=state.identity.session,
+            provider=provider.id,
+            endpoint=openai_chat.CHAT_COMPLETIONS,
+            requested_model="",
+            forwarded_model="",
+            stream=False,
+            day=window.day,
+            started_at=now,
+        )
+        try:
+            body = flow.request.content or b""
+            request = openai_chat.parse_chat_request(body)
+        except (openai_chat.UnreadableRequest, ValueError) as e:
+            return await self._refuse_recorded(
+                intent, Refusal("unreadable_request", f"spendbrake: {e}")
+            )
+        intent = replace(
+            intent,
+            requested_model=request.model,
+            forwarded_model=request.model,
+            stream=request.stream,
+        )
+        try:
+            estimate = await self._estimate(request, provider, now)
+        except UnknownModel as e:
+            message = (
+                f"spendbrake: {e}, so the cost of this call cannot be bounded. Add the model to "
+                "pricing/ or use a model with a known price."
+            )
+            return await self._refuse_recorded(intent, Refusal("unknown_model", message))
+
+        limit = self.config.daily_limit(agent)
+        try:
+            result = await self.worker.run(
+                lambda ledger: ledger.hold(intent, estimate.cost_nanos, limit)
+            )
+        except LedgerUnavailable as e:
+            return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
+        if isinstance(result, HoldRefused):
+            log.warning("spendbrake: refused a call of %s: daily budget exceeded", agent)
+            return refusals.daily_budget_exceeded(
+                result.totals, result.requested_nanos, window.resets_at, now
+            )
+
+        strip_usage_chunk = request.stream and not request.include_usage
+        if strip_usage_chunk:
+            flow.request.content = openai_chat.with_include_usage(body)
+        if request.stream:
+            # The meter must read the events as text; a compressed stream could not be metered.
+            flow.request.headers["accept-encoding"] = "identity"
+        state.call = HeldCall(
+            call_id=result.call_id,
+            intent=intent,
+            provider=provider,
+            held_nanos=result.held_nanos,
+            configured_limit=limit,
+            remaining_nanos=result.totals.remaining_nanos,
+            strip_usage_chunk=strip_usage_chunk,
+        )
+        return None
+
+    async def _estimate(
+        self, request: openai_chat.ChatRequest, provider: Provider, now: datetime
+    ) -> governor.Estimate:
+        def estimate() -> governor.Estimate:
+            return governor.estimate_chat(request, self.estimator, provider_id=provider.id, at=now)
+
+        if sum(len(text) for text in request.prompt_texts) > _TOKENIZE_ON_LOOP_MAX_CHARS:
+            return await asyncio.to_thread(estimate)
+        return estimate()
+
+    async def _refuse_recorded(self, intent: CallIntent, refusal: Refusal) -> Refusal:
+        """Count a refusal in the ledger (it shows as blocked); a ledger fault still refuses."""
+        assert self.worker is not None
+        try:
+            await self.worker.run(lambda ledger: ledger.refuse(intent, refusal.code))
+        except LedgerUnavailable:
+            log.exception("spendbrake: could not record a refusal")
+        return refusal
+
+    def _answer(self, flow: http.HTTPFlow, provider: Provider, refusal: Refusal) -> None:
+        body = openai_chat.error_body(refusal.status, refusal.code, refusal.message)
+        headers = refusal.headers()
+        state = flow_state(flow)
+        if state and state.identity:
+            headers["x-spendbrake-agent"] = state.identity.agent
+        flow.response = http.Response.make(refusal.status, json.dumps(body), headers)
+
+    # -- metering ------------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = flow_state(flow)
+        call = state.call if state else None
+        if call is None or state is None or state.identity is None or flow.response is None:
+            return
+        headers = flow.response.headers
+        headers["x-spendbrake-agent"] = state.identity.agent
+        if not headers.get("content-type", "").startswith("text/event-stream"):
+            return  # buffered: settled and annotated in `response`, when the usage is known
+        call.meter = openai_chat.ChatStreamMeter(strip_usage_chunk=call.strip_usage_chunk)
+        flow.response.stream = _guarded(call)
+        if call.strip_usage_chunk:
+            headers.pop("content-length", None)  # the body shrinks by the dropped event
+        headers["x-spendbrake-held-usd"] = format_usd_exact(call.held_nanos)
+        headers["x-spendbrake-remaining-usd"] = format_usd_exact(call.remaining_nanos)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = flow_state(flow)
+        call = state.call if state else None
+        if call is None or call.settled or flow.response is None:
+            return
+        settlement = self._settlement_from_response(call, flow.response)
+        totals = await self._settle(call, settlement)
+        if call.meter is None and totals is not None:
+            flow.response.headers["x-spendbrake-cost-usd"] = format_usd_exact(
+                settlement.actual_nanos
+            )
+            flow.response.headers["x-spendbrake-remaining-usd"] = format_usd_exact(
+                totals.remaining_nanos
+            )
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        state = flow_state(flow)
+        call = state.call if state else None
+        if call is None or call.settled:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        if call.meter and call.meter.usage and not call.meter_failed:
+            settlement = self._priced(call, call.meter.usage, "interrupted", message)
+        elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
+            # Never connected to the provider: nothing was sent, nothing can be billed.
+            settlement = Settlement(0, TokenCounts(), "upstream_unreachable", message)
+        else:
+            settlement = Settlement(call.held_nanos, TokenCounts(), "interrupted", message)
+        await self._settle(call, settlement)
+
+    def _settlement_from_response(self, call: HeldCall, response: http.Response) -> Settlement:
+        if call.meter is not None:
+            usage = None if call.meter_failed else call.meter.usage
+        else:
+            try:
+                usage = openai_chat.usage_from_completion(json.loads(response.content or b""))
+            except ValueError:
+                usage = None
+        if usage is not None:
+            outcome = "ok" if response.status_code < 400 else "upstream_error"
+            return self._priced(call, usage, outcome, "")
+        if response.status_code >= 400 and call.meter is None:
+            # The provider answered with an error and no usage: it bills nothing for it.
+            return Settlement(0, TokenCounts(), "upstream_error", f"HTTP {response.status_code}")
+        return Settlement(
+            call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
+        )
+
+    def _priced(
+        self, call: HeldCall, usage: openai_chat.MeteredUsage, outcome: str, reason: str
+    ) -> Settlement:
+        try:
+            actual = governor.actual_cost(
+                usage,
+                call.intent.forwarded_model,
+                provider_id=call.provider.id,
+                at=call.intent.started_at,
+            )
+        except UnknownModel as e:
+            return Settlement(call.held_nanos, usage.tokens, outcome, f"{e}: settled at the hold")
+        return Settlement(actual, usage.tokens, outcome, reason)
+
+    async def _settle(self, call: HeldCall, settlement: Settlement) -> DayTotals | None:
+        call.settled = True
+        if self.worker is None:
+            log.error("spendbrake: call %d finished after shutdown; its hold stays", call.call_id)
+            return None
+        try:
+            return await self.worker.run(
+                lambda ledger: ledger.settle(call.call_id, settlement, call.configured_limit)
+            )
+        except LedgerUnavailable:
+            # The hold stays in the ledger and counts as spent; it is settled at its held amount
+            # when this proxy stops.
+            log.exception("spendbrake: could not settle call %d; its hold stays", call.call_id)
+            return None
+
+
+def _guarded(call: HeldCall) -> Callable[[bytes], bytes | list[bytes]]:
+    """The stream callable: the meter, except that a meter fault never breaks the stream."""
+    meter = call.meter
+    assert meter is not None
+
+    def stream(chunk: bytes) -> bytes | list[bytes]:
+        if call.meter_failed:
+            return chunk
+        try:
+            return meter(chunk)
+        except Exception:
+            log.exception("spendbrake: stream meter failed; the call is settled at its hold")
+            call.meter_failed = True
+            return chunk
+
+    return stream

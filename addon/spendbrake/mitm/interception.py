@@ -1,0 +1,55 @@
+"""Which connections are opened up: only LLM hosts are TLS-intercepted.
+
+Every other host is tunnelled untouched, so its client sees the host's own certificate and
+spendbrake never reads traffic it has no business with.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, exceptions, tls
+from mitmproxy.proxy import server_hooks
+
+from spendbrake.providers import provider_for_host
+
+log = logging.getLogger(__name__)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise exceptions.OptionsError(
+            f"spendbrake_upstream must be HOST:PORT (e.g. 127.0.0.1:8443), not {value!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+class Interception:
+    def __init__(self) -> None:
+        self.upstream: tuple[str, int] | None = None
+
+    def load(self, loader: object) -> None:
+        loader.add_option(  # type: ignore[attr-defined]
+            "spendbrake_upstream",
+            str | None,
+            None,
+            "Send connections meant for LLM hosts to HOST:PORT instead (a local fake provider "
+            "for tests and demos). The client still sees the real host name.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "spendbrake_upstream" in updated:
+            value = ctx.options.spendbrake_upstream
+            self.upstream = parse_host_port(value) if value else None
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        requested = data.context.server.address[0] if data.context.server.address else None
+        names = (data.client_hello.sni, requested)
+        if not any(name and provider_for_host(name) for name in names):
+            data.ignore_connection = True
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        address = data.server.address
+        if self.upstream and address and provider_for_host(address[0]):
+            data.server.address = self.upstream

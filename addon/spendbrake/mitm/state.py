@@ -1,0 +1,42 @@
+"""The one typed object the addons share per flow, in ``flow.metadata["spendbrake"]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from spendbrake.attribution import Identity
+from spendbrake.ledger import CallIntent
+from spendbrake.providers import Provider
+from spendbrake.providers.openai import ChatStreamMeter
+
+STATE_KEY = "spendbrake"
+
+
+@dataclass
+class HeldCall:
+    """A call that was admitted: its hold, and what is needed to settle it."""
+
+    call_id: int
+    intent: CallIntent
+    provider: Provider
+    held_nanos: int
+    configured_limit: int
+    remaining_nanos: int  # after the hold, for the response headers
+    strip_usage_chunk: bool
+    meter: ChatStreamMeter | None = None
+    meter_failed: bool = False
+    settled: bool = False
+
+
+@dataclass
+class FlowState:
+    identity: Identity | None
+    identity_error: str | None = None
+    call: HeldCall | None = None
+
+
+def flow_state(flow: http.HTTPFlow) -> FlowState | None:
+    state = flow.metadata.get(STATE_KEY)
+    return state if isinstance(state, FlowState) else None

@@ -1,0 +1,259 @@
+"""OpenAI Chat Completions: request parsing, usage from JSON and SSE, the error shape.
+
+Pure functions and small classes; nothing here imports mitmproxy. Wire facts are in
+``shared/reference/providers.md`` §3.1 and §4.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from spendbrake.ledger import TokenCounts
+from spendbrake.sse import EventSplitter, event_data
+
+PROVIDER_ID = "openai"
+HOSTS = frozenset({"api.openai.com"})
+CHAT_COMPLETIONS = "/v1/chat/completions"
+
+# Cookbook "How to count tokens with tiktoken": <|start|>{role}<|message|>…<|end|> per message,
+# one more for a name, three for the reply priming. Tool schemas are injected as text; their JSON
+# plus a margin over-estimates them, which is the right side to err on for a limit.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+_REPLY_PRIMING = 3
+_TOOLS_MARGIN = 20
+# A high-detail image on the gpt-4o family costs at most ~1,445 tokens; patch-based models up to
+# ~3,800 (reference §2.5). Base64 length is not a token measure, so images are a flat allowance.
+_IMAGE_ALLOWANCE = 4_000
+_AUDIO_ALLOWANCE = 20_000
+
+
+class UnreadableRequest(ValueError):
+    """The body of a metered call cannot be understood, so its cost cannot be bounded."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    stream: bool
+    include_usage: bool  # the client itself asked for the usage chunk
+    max_output: int | None  # max_completion_tokens, else max_tokens, else None (model's maximum)
+    choices: int  # n: every choice is billed output
+    service_tier: str | None
+    prompt_texts: tuple[str, ...]  # what is counted with the tokenizer
+    fixed_prompt_tokens: int  # per-message overheads and media allowances
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise UnreadableRequest("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UnreadableRequest("the request body is not a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise UnreadableRequest("the request has no model")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise UnreadableRequest("the request has no messages")
+
+    texts: list[str] = []
+    fixed = _REPLY_PRIMING
+    for message in messages:
+        if not isinstance(message, dict):
+            raise UnreadableRequest("a message is not a JSON object")
+        fixed += _TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                fixed += _collect_content(value, texts)
+            elif key == "name" and isinstance(value, str):
+                texts.append(value)
+                fixed += _TOKENS_PER_NAME
+            elif key == "tool_calls" or key == "function_call" or key == "audio":
+                texts.append(json.dumps(value, ensure_ascii=False))
+            elif isinstance(value, str):
+                texts.append(value)  # role, tool_call_id, refusal...
+    for key in ("tools", "functions", "response_format", "tool_choice"):
+        if data.get(key) is not None:
+            texts.append(json.dumps(data[key], ensure_ascii=False))
+            fixed += _TOOLS_MARGIN
+    if "audio" in (data.get("modalities") or []):
+        fixed += _AUDIO_ALLOWANCE
+    if isinstance(data.get("prediction"), dict):
+        texts.append(json.dumps(data["prediction"], ensure_ascii=False))
+
+    stream_options = data.get("stream_options")
+    return ChatRequest(
+        model=model,
+        stream=data.get("stream") is True,
+        include_usage=isinstance(stream_options, dict)
+        and stream_options.get("include_usage") is True,
+        max_output=_max_output(data),
+        choices=1 if data.get("n") is None else _int_at_least(data["n"], "n", minimum=1),
+        service_tier=data.get("service_tier")
+        if isinstance(data.get("service_tier"), str)
+        else None,
+        prompt_texts=tuple(texts),
+        fixed_prompt_tokens=fixed,
+    )
+
+
+def _collect_content(content: Any, texts: list[str]) -> int:
+    """Add the text of a message's content; return the fixed allowance for its media parts."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        texts.append(content)
+        return 0
+    if not isinstance(content, list):
+        raise UnreadableRequest("a message content is neither text nor a list of parts")
+    allowance = 0
+    for part in content:
+        if not isinstance(part, dict):
+            raise UnreadableRequest("a content part is not a JSON object")
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        elif kind == "image_url" or kind == "file":
+            allowance += _IMAGE_ALLOWANCE
+        elif kind == "input_audio":
+            allowance += _AUDIO_ALLOWANCE
+        else:
+            # An unknown part could be anything; counting its JSON bounds it from above.
+            texts.append(json.dumps(part, ensure_ascii=False))
+    return allowance
+
+
+def _max_output(data: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        if data.get(key) is not None:
+            return _int_at_least(data[key], key, minimum=0)
+    return None
+
+
+def _int_at_least(value: Any, key: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UnreadableRequest(f"{key} must be an integer of at least {minimum}")
+    return value
+
+
+def with_include_usage(body: bytes) -> bytes:
+    """The request body with ``stream_options.include_usage`` turned on (OpenAI sends no usage
+    in a stream otherwise, and a call without usage can only be charged at its hold)."""
+    data = json.loads(body)
+    options = data.get("stream_options")
+    data["stream_options"] = {
+        **(options if isinstance(options, dict) else {}),
+        "include_usage": True,
+    }
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class MeteredUsage:
+    tokens: TokenCounts
+    model: str | None
+    service_tier: str | None
+
+
+def usage_from_completion(obj: Any) -> MeteredUsage | None:
+    """Usage of a ``chat.completion`` object or of the final ``chat.completion.chunk``."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
+        return None
+    usage = obj["usage"]
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool):
+        # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
+        # total_tokens; taking the larger never double-counts OpenAI, where it is included.
+        completion = max(completion, total - prompt)
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    tokens = TokenCounts(
+        input_tokens=prompt,
+        cached_input_tokens=_count(prompt_details, "cached_tokens"),
+        cache_write_tokens=_count(prompt_details, "cache_write_tokens"),
+        output_tokens=completion,
+        reasoning_tokens=_count(completion_details, "reasoning_tokens"),
+    )
+    model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
+    tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
+    return MeteredUsage(tokens=tokens, model=model, service_tier=tier)
+
+
+def _count(mapping: Any, key: str) -> int:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+# Cheap test before json.loads: only the usage chunk has "usage": {…}; others say "usage":null.
+_HAS_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
+class ChatStreamMeter:
+    """Reads usage from a Chat Completions SSE stream as it passes through.
+
+    With ``strip_usage_chunk`` (the proxy, not the client, asked for usage), whole events are
+    forwarded one by one and the usage-only chunk is dropped; otherwise every chunk is passed on
+    unchanged the moment it arrives.
+    """
+
+    def __init__(self, *, strip_usage_chunk: bool) -> None:
+        self.strip_usage_chunk = strip_usage_chunk
+        self.usage: MeteredUsage | None = None
+        self._splitter = EventSplitter()
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        if not chunk:  # end of the response; b"" is allowed here and only here
+            tail = self._splitter.flush()
+            dropped = self._inspect(tail) if tail else False
+            # Unstripped streams already passed every byte on; stripped ones still owe the tail.
+            return tail if self.strip_usage_chunk and not dropped else b""
+        events = self._splitter.feed(chunk)
+        forwarded = [event for event in events if not self._inspect(event)]
+        if not self.strip_usage_chunk:
+            return chunk
+        return forwarded  # may be []: never b"" mid-stream, it would end an HTTP/1.1 body
+
+    def _inspect(self, event: bytes) -> bool:
+        """Record usage from ``event``; True when it is the usage-only chunk to be dropped."""
+        if not _HAS_USAGE_OBJECT.search(event):
+            return False
+        data = event_data(event)
+        try:
+            obj = json.loads(data) if data else None
+        except ValueError:
+            return False
+        metered = usage_from_completion(obj)
+        if metered is None:
+            return False
+        self.usage = metered  # last value wins: usage is a total, never a delta
+        return self.strip_usage_chunk and isinstance(obj, dict) and obj.get("choices") == []
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    407: "authentication_error",
+    423: "access_denied",
+    429: "rate_limit_exceeded",
+}
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """OpenAI's error shape, so the SDK raises an error that carries our message and code."""
+    return {
+        "error": {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "server_error"),
+            "code": code,
+        }
+    }

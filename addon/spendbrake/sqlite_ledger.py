@@ -1,0 +1,371 @@
+"""The SQLite ledger: one file, WAL, shared safely by several proxy processes on one host.
+
+Every hold is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken before the window is
+read, so two processes can never both see room for the same last cent. Daily totals are kept in
+their own table, updated in the same transactions as the call rows, so a hold costs the same on
+the millionth call of the day as on the first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from spendbrake.ledger import (
+    CallIntent,
+    DayTotals,
+    HoldGranted,
+    HoldRefused,
+    LedgerUnavailable,
+    Settlement,
+)
+
+BUSY_TIMEOUT_MS = 2_000
+
+migrations = Migrations("spendbrake")
+
+
+@migrations()
+def m001_calls_and_totals(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE calls (
+            id INTEGER PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            day TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            session TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            requested_model TEXT NOT NULL,
+            forwarded_model TEXT NOT NULL,
+            stream INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            cached_input_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+            held_nanos INTEGER NOT NULL,
+            actual_nanos INTEGER,
+            state TEXT NOT NULL CHECK (state IN ('held', 'settled', 'refused')),
+            outcome TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            owner TEXT NOT NULL,
+            settled_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX calls_agent_day ON calls (agent, day)")
+    db.execute("CREATE INDEX calls_held ON calls (state) WHERE state = 'held'")
+    db.execute(
+        """
+        CREATE TABLE day_totals (
+            agent TEXT NOT NULL,
+            day TEXT NOT NULL,
+            spent_nanos INTEGER NOT NULL DEFAULT 0,
+            held_nanos INTEGER NOT NULL DEFAULT 0,
+            calls INTEGER NOT NULL DEFAULT 0,
+            blocked INTEGER NOT NULL DEFAULT 0,
+            budget_blocked INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (agent, day)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE limits (
+            agent TEXT NOT NULL,
+            window TEXT NOT NULL,
+            limit_nanos INTEGER NOT NULL,
+            set_at TEXT NOT NULL,
+            PRIMARY KEY (agent, window)
+        )
+        """
+    )
+
+
+def _process_start_ticks(pid: int) -> str:
+    """The kernel's start time of ``pid``: tells a live process from a recycled pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def current_owner() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def owner_is_alive(owner: str) -> bool:
+    """Whether the process that wrote ``owner`` still runs (only decidable on this host)."""
+    host, pid_text, ticks = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True  # another host's process: not ours to judge
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return ticks == "?" or _process_start_ticks(pid) == ticks
+
+
+def _utc_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class SQLiteLedger:
+    """``spendbrake.ledger.Ledger`` on one SQLite file. One instance per thread."""
+
+    def __init__(self, path: Path, *, owner: str | None = None) -> None:
+        self.path = path
+        self.owner = owner or current_owner()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                # Created 0600: the ledger says who spent what; other users have no business here.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            migrations.apply(self.db)
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerUnavailable(f"cannot open the ledger {path}: {e}") from e
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock first; SQLite errors become LedgerUnavailable."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger {self.path} is not writable: {e}") from e
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise LedgerUnavailable(f"ledger {self.path} write failed: {e}") from e
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- the Ledger interface ------------------------------------------------------------------
+
+    def hold(
+        self, intent: CallIntent, amount_nanos: int, configured_limit: int
+    ) -> HoldGranted | HoldRefused:
+        if amount_nanos < 0:
+            raise ValueError("a hold cannot be negative")
+        with self._immediate() as conn:
+            totals = self._totals(conn, intent.agent, intent.day, configured_limit)
+            if totals.spent_nanos + totals.held_nanos + amount_nanos > totals.limit_nanos:
+                call_id = self._insert_call(
+                    conn, intent, amount_nanos, "refused", "daily_budget_exceeded"
+                )
+                self._bump(conn, intent.agent, intent.day, blocked=1, budget_blocked=1)
+                return HoldRefused(call_id=call_id, requested_nanos=amount_nanos, totals=totals)
+            call_id = self._insert_call(conn, intent, amount_nanos, "held", "")
+            self._bump(conn, intent.agent, intent.day, held=amount_nanos, calls=1)
+            after = self._totals(conn, intent.agent, intent.day, configured_limit)
+            return HoldGranted(call_id=call_id, held_nanos=amount_nanos, totals=after)
+
+    def refuse(self, intent: CallIntent, reason: str) -> int:
+        with self._immediate() as conn:
+            call_id = self._insert_call(conn, intent, 0, "refused", reason)
+            self._bump(conn, intent.agent, intent.day, blocked=1)
+            return call_id
+
+    def settle(self, call_id: int, settlement: Settlement, configured_limit: int) -> DayTotals:
+        if settlement.actual_nanos < 0:
+            raise ValueError("an actual cost cannot be negative")
+        with self._immediate() as conn:
+            row = conn.execute(
+                "SELECT agent, day, held_nanos, state FROM calls WHERE id = ?", (call_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no call {call_id} in the ledger")
+            agent, day, held, state = row
+            if state == "held":
+                t = settlement.tokens
+                conn.execute(
+                    """
+                    UPDATE calls SET state = 'settled', actual_nanos = ?, outcome = ?, reason = ?,
+                        input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?,
+                        output_tokens = ?, reasoning_tokens = ?, settled_at = ?
+                    WHERE id = ?
+                    """,
+                    (
+                        settlement.actual_nanos,
+                        settlement.outcome,
+                        settlement.reason,
+                        t.input_tokens,
+                        t.cached_input_tokens,
+                        t.cache_write_tokens,
+                        t.output_tokens,
+                        t.reasoning_tokens,
+                        _utc_iso(datetime.now(UTC)),
+                        call_id,
+                    ),
+                )
+                self._bump(conn, agent, day, held=-held, spent=settlement.actual_nanos)
+            return self._totals(conn, agent, day, configured_limit)
+
+    def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals:
+        return self._totals(self.db.conn, agent, day, configured_limit)
+
+    def set_daily_limit(self, agent: str, limit_nanos: int) -> None:
+        with self._immediate() as conn:
+            conn.execute(
+                """
+                INSERT INTO limits (agent, window, limit_nanos, set_at) VALUES (?, 'daily', ?, ?)
+                ON CONFLICT (agent, window) DO UPDATE SET
+                    limit_nanos = excluded.limit_nanos, set_at = excluded.set_at
+                """,
+                (agent, limit_nanos, _utc_iso(datetime.now(UTC))),
+            )
+
+    def daily_limit_overrides(self) -> dict[str, int]:
+        rows = self.db.conn.execute("SELECT agent, limit_nanos FROM limits WHERE window = 'daily'")
+        return {agent: limit for agent, limit in rows}
+
+    def agents_with_activity(self, day: str) -> list[str]:
+        rows = self.db.conn.execute(
+            "SELECT agent FROM day_totals WHERE day = ? ORDER BY agent", (day,)
+        )
+        return [agent for (agent,) in rows]
+
+    def recover_orphaned_holds(self) -> int:
+        with self._immediate() as conn:
+            owners = [
+                o for (o,) in conn.execute("SELECT DISTINCT owner FROM calls WHERE state = 'held'")
+            ]
+            dead = [o for o in owners if o != self.owner and not owner_is_alive(o)]
+            return sum(self._settle_held_at_hold(conn, owner, "crashed") for owner in dead)
+
+    def settle_own_holds(self, outcome: str) -> int:
+        """At shutdown: whatever this process still holds is settled at its held amount."""
+        with self._immediate() as conn:
+            return self._settle_held_at_hold(conn, self.owner, outcome)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _settle_held_at_hold(self, conn: sqlite3.Connection, owner: str, outcome: str) -> int:
+        rows = conn.execute(
+            "SELECT id, agent, day, held_nanos FROM calls WHERE state = 'held' AND owner = ?",
+            (owner,),
+        ).fetchall()
+        now = _utc_iso(datetime.now(UTC))
+        for call_id, agent, day, held in rows:
+            conn.execute(
+                """
+                UPDATE calls SET state = 'settled', actual_nanos = held_nanos, outcome = ?,
+                    reason = 'settled at its hold: the proxy ended before the call did',
+                    settled_at = ?
+                WHERE id = ?
+                """,
+                (outcome, now, call_id),
+            )
+            self._bump(conn, agent, day, held=-held, spent=held)
+        return len(rows)
+
+    def _insert_call(
+        self, conn: sqlite3.Connection, intent: CallIntent, held: int, state: str, reason: str
+    ) -> int:
+        cursor = conn.execute(
+            """
+            INSERT INTO calls (started_at, day, agent, session, provider, endpoint, requested_model,
+                forwarded_model, stream, held_nanos, state, outcome, reason, owner)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (
+                _utc_iso(intent.started_at),
+                intent.day,
+                intent.agent,
+                intent.session,
+                intent.provider,
+                intent.endpoint,
+                intent.requested_model,
+                intent.forwarded_model,
+                int(intent.stream),
+                held,
+                state,
+                "refused" if state == "refused" else None,
+                reason,
+                self.owner,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    @staticmethod
+    def _bump(
+        conn: sqlite3.Connection,
+        agent: str,
+        day: str,
+        *,
+        spent: int = 0,
+        held: int = 0,
+        calls: int = 0,
+        blocked: int = 0,
+        budget_blocked: int = 0,
+    ) -> None:
+        conn.execute(
+            """
+            INSERT INTO day_totals (agent, day, spent_nanos, held_nanos, calls, blocked,
+                budget_blocked)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (agent, day) DO UPDATE SET
+                spent_nanos = spent_nanos + excluded.spent_nanos,
+                held_nanos = held_nanos + excluded.held_nanos,
+                calls = calls + excluded.calls,
+                blocked = blocked + excluded.blocked,
+                budget_blocked = budget_blocked + excluded.budget_blocked
+            """,
+            (agent, day, spent, held, calls, blocked, budget_blocked),
+        )
+
+    @staticmethod
+    def _totals(conn: sqlite3.Connection, agent: str, day: str, configured_limit: int) -> DayTotals:
+        row = conn.execute(
+            """
+            SELECT t.spent_nanos, t.held_nanos, t.calls, t.blocked, t.budget_blocked,
+                l.limit_nanos
+            FROM (SELECT ? AS agent) AS a
+            LEFT JOIN day_totals AS t ON t.agent = a.agent AND t.day = ?
+            LEFT JOIN limits AS l ON l.agent = a.agent AND l.window = 'daily'
+            """,
+            (agent, day),
+        ).fetchone()
+        spent, held, calls, blocked, budget_blocked, override = row
+        limit = override if override is not None else configured_limit
+        return DayTotals(
+            agent=agent,
+            day=day,
+            spent_nanos=spent or 0,
+            held_nanos=held or 0,
+            limit_nanos=limit,
+            calls=calls or 0,
+            blocked=blocked or 0,
+            budget_blocked=budget_blocked or 0,
+        )

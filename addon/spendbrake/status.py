@@ -1,0 +1,51 @@
+"""What ``spendbrake status`` shows: every configured or active agent's day, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from spendbrake.config import Config
+from spendbrake.ledger import DayTotals, Ledger
+from spendbrake.money import format_usd_exact
+from spendbrake.windows import day_window
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    totals: DayTotals
+
+    @property
+    def state(self) -> str:
+        t = self.totals
+        if t.budget_blocked or t.remaining_nanos <= 0:
+            return "exhausted"
+        return "ok"
+
+    def as_json(self) -> dict[str, Any]:
+        t = self.totals
+        return {
+            "agent": t.agent,
+            "spent_usd": format_usd_exact(t.spent_nanos),
+            "held_usd": format_usd_exact(t.held_nanos),
+            "limit_usd": format_usd_exact(t.limit_nanos),
+            "remaining_usd": format_usd_exact(t.remaining_nanos),
+            "calls": t.calls,
+            "blocked": t.blocked,
+            "state": self.state,
+        }
+
+
+def agent_statuses(ledger: Ledger, config: Config, now: datetime) -> list[AgentStatus]:
+    day = day_window(now, config.timezone).day
+    names = sorted(set(config.agents) | set(ledger.agents_with_activity(day)))
+    return [AgentStatus(ledger.day_totals(name, day, config.daily_limit(name))) for name in names]
+
+
+def status_document(ledger: Ledger, config: Config, now: datetime) -> dict[str, Any]:
+    return {
+        "as_of": now.astimezone(config.timezone).isoformat(timespec="seconds"),
+        "timezone": config.timezone.key,
+        "agents": [s.as_json() for s in agent_statuses(ledger, config, now)],
+    }

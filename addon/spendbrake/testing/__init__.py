@@ -1,0 +1,1 @@
+"""Test helpers: a throwaway PKI and a local fake of the OpenAI API."""

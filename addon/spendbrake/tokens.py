@@ -1,0 +1,125 @@
+"""Prompt token estimates that work offline and never undercount by design.
+
+tiktoken downloads its BPE files on first use. On a machine with no internet that download
+fails, so the files are taken from the installed ``bpe-openai`` wheel (a registry package,
+installed with spendbrake) and placed in a private tiktoken cache under the names tiktoken
+looks for. If that is impossible the estimate falls back to UTF-8 bytes, a hard upper bound
+for byte-level BPE (every token is at least one byte), and says so once.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+_BLOB = "https://openaipublic.blob.core.windows.net/encodings/{}.tiktoken"
+
+
+@dataclass(frozen=True)
+class _BpeFile:
+    name: str
+    sha256: str
+
+
+_FILES = {
+    "o200k_base": _BpeFile(
+        "o200k_base", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+    ),
+    "cl100k_base": _BpeFile(
+        "cl100k_base", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+    ),
+}
+
+# tiktoken.encoding_name_for_model, for the families spendbrake meters (reference §2.4).
+_CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
+
+
+class Encoder(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+def encoding_for_model(model: str) -> str:
+    if model == "gpt-4" or (model.startswith(_CL100K_PREFIXES) and not model.startswith("gpt-4o")):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "spendbrake" / "tiktoken"
+
+
+def install_offline_bpe(cache_dir: Path | None = None) -> Path:
+    """Copy the BPE files from the bpe-openai wheel into a tiktoken cache; return its path.
+
+    Idempotent and checked: a file is (re)written only when missing or its sha256 is wrong.
+    """
+    directory = cache_dir or _cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    for bpe in _FILES.values():
+        target = directory / hashlib.sha1(_BLOB.format(bpe.name).encode()).hexdigest()
+        if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == bpe.sha256:
+            continue
+        packed = resources.files("bpe_openai") / "data" / f"{bpe.name}.tiktoken.gz"
+        data = gzip.decompress(packed.read_bytes())
+        if hashlib.sha256(data).hexdigest() != bpe.sha256:
+            raise RuntimeError(f"bpe-openai's {bpe.name} does not match tiktoken's expected file")
+        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, target)  # atomic: a concurrent reader never sees half a file
+    return directory
+
+
+class TokenEstimator:
+    """Counts prompt tokens with tiktoken when its files are at hand, else bounds them by bytes."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self._cache_dir = cache_dir
+        self._encoders: dict[str, Encoder | None] = {}
+        self._lock = threading.Lock()
+        self.fallback_reason: str | None = None
+
+    def _encoder(self, name: str) -> Encoder | None:
+        with self._lock:
+            if name not in self._encoders:
+                self._encoders[name] = self._load(name)
+            return self._encoders[name]
+
+    def _load(self, name: str) -> Encoder | None:
+        try:
+            directory = install_offline_bpe(self._cache_dir)
+            # tiktoken reads this variable on every load, so setting it here is enough; it also
+            # keeps tiktoken from ever trying the network for these files.
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
+            import tiktoken
+
+            return tiktoken.get_encoding(name)
+        except Exception as e:  # any failure: fall back to the byte bound, loudly, once
+            self.fallback_reason = f"{type(e).__name__}: {e}"
+            log.warning(
+                "spendbrake: tokenizer %s unavailable (%s); prompt estimates use UTF-8 bytes, "
+                "a safe but loose upper bound",
+                name,
+                self.fallback_reason,
+            )
+            return None
+
+    def count(self, text: str, model: str) -> int:
+        encoder = self._encoder(encoding_for_model(model))
+        if encoder is None:
+            return len(text.encode("utf-8"))
+        # encode_ordinary: prompts may contain "<|endoftext|>", which encode() would reject.
+        return len(encoder.encode_ordinary(text))
+
+    def warm_up(self, model: str = "gpt-4o") -> None:
+        self._encoder(encoding_for_model(model))
