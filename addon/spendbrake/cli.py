@@ -195,6 +195,9 @@ def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) ->
         if as_json:
             click.echo(json.dumps(status_document(ledger, config, now), indent=2))
             return
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)  # a pipe or a file: never truncate a dollar figure
         table = Table(title=f"spendbrake: today ({config.timezone.key})")
         for column in ("agent", "spent", "held", "limit", "remaining", "calls", "blocked", "state"):
             table.add_column(column, justify="left" if column in ("agent", "state") else "right")
@@ -210,7 +213,7 @@ def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) ->
                 str(t.blocked),
                 entry.state,
             )
-        Console().print(table)
+        console.print(table)
     finally:
         ledger.close()
 

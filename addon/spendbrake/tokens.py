@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +59,15 @@ def _cache_dir() -> Path:
     return Path(base) / "spendbrake" / "tiktoken"
 
 
+def _bpe_openai_data_dir() -> Path:
+    """Where the bpe-openai wheel keeps its files, found without importing (and so running)
+    that package: only its data is wanted."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bpe-openai package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
 def install_offline_bpe(cache_dir: Path | None = None) -> Path:
     """Copy the BPE files from the bpe-openai wheel into a tiktoken cache; return its path.
 
@@ -70,8 +79,7 @@ def install_offline_bpe(cache_dir: Path | None = None) -> Path:
         target = directory / hashlib.sha1(_BLOB.format(bpe.name).encode()).hexdigest()
         if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == bpe.sha256:
             continue
-        packed = resources.files("bpe_openai") / "data" / f"{bpe.name}.tiktoken.gz"
-        data = gzip.decompress(packed.read_bytes())
+        data = gzip.decompress((_bpe_openai_data_dir() / f"{bpe.name}.tiktoken.gz").read_bytes())
         if hashlib.sha256(data).hexdigest() != bpe.sha256:
             raise RuntimeError(f"bpe-openai's {bpe.name} does not match tiktoken's expected file")
         with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:

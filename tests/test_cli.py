@@ -1,0 +1,151 @@
+"""The spendbrake command, output pinned exactly as users see it."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from spendbrake.cli import main
+from spendbrake.sqlite_ledger import SQLiteLedger
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPENDBRAKE_CERTS", str(tmp_path / "certs"))
+    monkeypatch.setenv("SPENDBRAKE_LEDGER", str(tmp_path / "ledger.db"))
+    monkeypatch.delenv("SPENDBRAKE_CONFIG", raising=False)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "spendbrake.toml"
+    path.write_text('timezone = "UTC"\n[agents.research-bot]\ndaily_usd = 0.05\n')
+    return path
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_addon_path_prints_the_script_alone() -> None:
+    code, output = run("addon-path")
+    assert code == 0
+    path = Path(output.removesuffix("\n"))
+    assert output.count("\n") == 1
+    assert path.name == "addon_script.py"
+    assert "addons = spendbrake_addons()" in path.read_text()
+
+
+def test_env_prints_the_proxy_and_a_combined_ca_bundle(tmp_path: Path) -> None:
+    code, output = run("env", "--agent", "research-bot", "--listen", "127.0.0.1:9090")
+    bundle = tmp_path / "certs" / "spendbrake-ca-bundle.pem"
+    assert code == 0
+    assert output.splitlines() == [
+        "export HTTPS_PROXY=http://research-bot@127.0.0.1:9090",
+        "export https_proxy=http://research-bot@127.0.0.1:9090",
+        "export NO_PROXY=localhost,127.0.0.1,::1",
+        "export no_proxy=localhost,127.0.0.1,::1",
+        f"export SSL_CERT_FILE={bundle}",
+        f"export REQUESTS_CA_BUNDLE={bundle}",
+        f"export CURL_CA_BUNDLE={bundle}",
+        f"export NODE_EXTRA_CA_CERTS={bundle}",
+    ]
+    proxy_ca = (tmp_path / "certs" / "mitmproxy-ca-cert.pem").read_bytes()
+    content = bundle.read_bytes()
+    assert content.endswith(proxy_ca)
+    assert content.count(b"BEGIN CERTIFICATE") > 10  # the system's CAs come first
+    key_mode = stat.S_IMODE(os.stat(tmp_path / "certs" / "mitmproxy-ca.pem").st_mode)
+    assert key_mode == 0o600
+
+
+def test_env_rejects_an_unusable_agent_name() -> None:
+    code, output = run("env", "--agent", "two words")
+    assert code == 2
+    assert "Invalid value for --agent: agent name 'two words' is not usable" in output
+
+
+def test_status_json_lists_configured_and_active_agents(config: Path, tmp_path: Path) -> None:
+    code, output = run("status", "--json", "--config", str(config))
+    assert code == 0
+    document = json.loads(output)
+    assert set(document) == {"as_of", "timezone", "agents"}
+    assert document["timezone"] == "UTC"
+    assert document["agents"] == [
+        {
+            "agent": "research-bot",
+            "spent_usd": "0.000000000",
+            "held_usd": "0.000000000",
+            "limit_usd": "0.050000000",
+            "remaining_usd": "0.050000000",
+            "calls": 0,
+            "blocked": 0,
+            "state": "ok",
+        }
+    ]
+
+
+def test_status_table_shows_every_agent_untruncated(config: Path) -> None:
+    code, output = run("status", "--config", str(config))
+    assert code == 0
+    assert "research-bot" in output
+    assert "$0.05" in output
+
+
+def test_limit_set_overrides_the_config_from_the_next_call(config: Path, tmp_path: Path) -> None:
+    code, output = run("limit", "set", "research-bot", "--daily", "0.10", "--config", str(config))
+    assert (code, output) == (
+        0,
+        "research-bot: daily limit set to $0.10 (applies from the next call)\n",
+    )
+    assert SQLiteLedger(tmp_path / "ledger.db").daily_limit_overrides() == {
+        "research-bot": 100_000_000
+    }
+    _, status_output = run("status", "--json", "--config", str(config))
+    assert json.loads(status_output)["agents"][0]["limit_usd"] == "0.100000000"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--daily", "ten"],
+            "Invalid value for --daily: --daily must be a dollar amount like 0.05, not 'ten'",
+        ),
+        (
+            ["--daily", "-1"],
+            "Invalid value for --daily: --daily must be a non-negative dollar amount",
+        ),
+    ],
+)
+def test_limit_set_rejects_bad_amounts(args: list[str], message: str) -> None:
+    code, output = run("limit", "set", "research-bot", *args)
+    assert code == 2
+    assert message in output
+
+
+def test_the_ledger_and_config_can_come_from_the_environment(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other.db"
+    monkeypatch.setenv("SPENDBRAKE_CONFIG", str(config))
+    monkeypatch.setenv("SPENDBRAKE_LEDGER", str(other))
+    assert run("limit", "set", "research-bot", "--daily", "1")[0] == 0
+    assert SQLiteLedger(other).daily_limit_overrides() == {"research-bot": 1_000_000_000}
+
+
+def test_a_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agents.x]\nlimit = 1\n")
+    for command in (["status"], ["up"], ["migrate"]):
+        code, output = run(*command, "--config", str(bad))
+        assert code == 1
+        assert output == f"Error: {bad}: unknown key agents.x.limit\n"
+
+
+def test_migrate_creates_the_ledger(tmp_path: Path) -> None:
+    code, output = run("migrate")
+    assert (code, output) == (0, f"ledger {tmp_path / 'ledger.db'} is up to date\n")

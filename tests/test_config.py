@@ -1,0 +1,97 @@
+"""The TOML configuration, its defaults, and the errors a user sees for a bad file."""
+
+from pathlib import Path
+
+import pytest
+
+from spendbrake.config import (
+    DEFAULT_DAILY_NANOS,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+    resolve_ledger_path,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spendbrake.toml"
+    path.write_text(text)
+    return path
+
+
+def test_without_a_file_every_agent_gets_five_dollars_a_day_in_utc() -> None:
+    config = load_config(None)
+    assert config.timezone.key == "UTC"
+    assert config.daily_limit("anyone") == DEFAULT_DAILY_NANOS == 5_000_000_000
+
+
+def test_agent_limits_override_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            'timezone = "Europe/Berlin"\n[defaults]\ndaily_usd = 1.25\n'
+            "[agents.research-bot]\ndaily_usd = 0.05\n[agents.other]\n",
+        )
+    )
+    assert config.timezone.key == "Europe/Berlin"
+    assert config.daily_limit("research-bot") == 50_000_000
+    assert config.daily_limit("other") == 1_250_000_000
+    assert config.daily_limit("unlisted") == 1_250_000_000
+
+
+def test_unknown_keys_are_errors_naming_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[agents.bot]\ndaily_usdd = 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: unknown key agents.bot.daily_usdd"
+
+
+def test_limits_this_version_cannot_enforce_are_refused_not_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path, "[defaults]\nmonthly_usd = 20\n")
+    with pytest.raises(ConfigError, match=r"defaults\.monthly_usd is not enforced"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('timezone = "Mars/Olympus"\n', "is not an IANA time zone"),
+        ("[defaults]\ndaily_usd = -1\n", "non-negative dollar amount"),
+        ('[defaults]\ndaily_usd = "lots"\n', "must be a dollar amount"),
+        ("[defaults]\ndaily_usd = true\n", "must be a dollar amount"),
+        ("ledger = 5\n", "ledger must be a path string"),
+        ("[agents]\nbot = 1\n", r"\[agents\.bot\] must be a table"),
+        ("daily_usd = [\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_ledger_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, 'ledger = "data/ledger.db"\n'))
+    monkeypatch.delenv("SPENDBRAKE_LEDGER", raising=False)
+    assert resolve_ledger_path(None, config) == tmp_path / "data" / "ledger.db"  # beside the file
+    monkeypatch.setenv("SPENDBRAKE_LEDGER", "/from/env.db")
+    assert resolve_ledger_path(None, config) == Path("/from/env.db")
+    assert resolve_ledger_path("/from/flag.db", config) == Path("/from/flag.db")
+
+
+def test_default_ledger_lives_in_the_users_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPENDBRAKE_LEDGER", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", "/data")
+    assert resolve_ledger_path(None, load_config(None)) == Path("/data/spendbrake/ledger.db")
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPENDBRAKE_CONFIG", raising=False)
+    assert resolve_config_path(None) is None
+    monkeypatch.setenv("SPENDBRAKE_CONFIG", "/env.toml")
+    assert resolve_config_path(None) == Path("/env.toml")
+    assert resolve_config_path("/flag.toml") == Path("/flag.toml")

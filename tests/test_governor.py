@@ -1,0 +1,76 @@
+"""The worst case held before a call, and the actual cost settled after it."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from spendbrake.governor import actual_cost, estimate_chat, hold_tier
+from spendbrake.ledger import TokenCounts
+from spendbrake.pricing import UnknownModel
+from spendbrake.providers.openai import ChatRequest, MeteredUsage
+from spendbrake.tokens import TokenEstimator
+
+NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+
+def chat(**fields: object) -> ChatRequest:
+    defaults: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "stream": False,
+        "include_usage": False,
+        "max_output": 100,
+        "choices": 1,
+        "service_tier": None,
+        "prompt_texts": ("Hello world",),  # 2 tokens in o200k
+        "fixed_prompt_tokens": 7,
+    }
+    return ChatRequest(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def estimator() -> TokenEstimator:
+    return TokenEstimator()
+
+
+def test_the_hold_is_every_prompt_token_plus_the_full_max_output(estimator: TokenEstimator) -> None:
+    estimate = estimate_chat(chat(), estimator, provider_id="openai", at=NOW)
+    assert (estimate.prompt_tokens, estimate.output_tokens) == (9, 100)
+    assert estimate.cost_nanos == 9 * 150 + 100 * 600  # $0.15/M in, $0.60/M out
+
+
+def test_every_choice_is_billed_output(estimator: TokenEstimator) -> None:
+    estimate = estimate_chat(chat(choices=3), estimator, provider_id="openai", at=NOW)
+    assert estimate.output_tokens == 300
+
+
+def test_without_max_output_the_models_maximum_is_held(estimator: TokenEstimator) -> None:
+    estimate = estimate_chat(chat(max_output=None), estimator, provider_id="openai", at=NOW)
+    assert estimate.output_tokens == 16_384
+
+
+def test_auto_tier_is_held_at_the_priority_price(estimator: TokenEstimator) -> None:
+    standard = estimate_chat(chat(), estimator, provider_id="openai", at=NOW).cost_nanos
+    auto = estimate_chat(chat(service_tier="auto"), estimator, provider_id="openai", at=NOW)
+    assert auto.cost_nanos > standard
+    assert hold_tier("auto") == "priority"
+    assert hold_tier("flex") == "flex"
+
+
+def test_a_model_without_a_price_or_bound_is_unknown(estimator: TokenEstimator) -> None:
+    with pytest.raises(UnknownModel):
+        estimate_chat(chat(model="gpt-nonexistent"), estimator, provider_id="openai", at=NOW)
+
+
+def test_the_hold_is_never_below_the_actual_cost(estimator: TokenEstimator) -> None:
+    request = chat(max_output=9, prompt_texts=("hi",), fixed_prompt_tokens=7)
+    hold = estimate_chat(request, estimator, provider_id="openai", at=NOW).cost_nanos
+    usage = MeteredUsage(TokenCounts(input_tokens=8, output_tokens=9), "gpt-4o-mini", "default")
+    assert actual_cost(usage, "gpt-4o-mini", provider_id="openai", at=NOW) <= hold
+
+
+def test_actual_cost_prefers_the_reported_snapshot_then_the_requested_model() -> None:
+    tokens = TokenCounts(input_tokens=19, output_tokens=2)
+    odd = MeteredUsage(tokens, "gpt-4o-mini-weird-snapshot-x", None)
+    assert actual_cost(odd, "gpt-4o-mini", provider_id="openai", at=NOW) == 4_050
+    with pytest.raises(UnknownModel):
+        actual_cost(MeteredUsage(tokens, None, None), "gpt-nope", provider_id="openai", at=NOW)

@@ -1,0 +1,312 @@
+"""The enforcement addon: holds before forwarding, settles after, refuses in the provider's shape.
+
+Driven through mitmproxy's own test helpers (taddons, tflow) with a real SQLite ledger.
+"""
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.proxy.layers.http import HttpRequestHook
+from mitmproxy.test import taddons, tflow
+
+from spendbrake.mitm.enforcement import Enforcement
+from spendbrake.mitm.identification import Identification
+from spendbrake.mitm.state import flow_state
+
+GPT_4O_MINI_IN, GPT_4O_MINI_OUT = 150, 600  # nanos per token
+
+
+def chat_flow(
+    body: dict[str, Any] | bytes | None = None,
+    *,
+    credentials: tuple[str, str] | None = ("bot", "s1"),
+    host: str = "api.openai.com",
+    path: str = "/v1/chat/completions",
+) -> http.HTTPFlow:
+    if body is None:
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 10,
+        }
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = http.Request.make(
+        "POST", f"https://{host}{path}", content, {"content-type": "application/json"}
+    )
+    flow = tflow.tflow(req=request)
+    if credentials:
+        flow.metadata["proxyauth"] = credentials
+    return flow
+
+
+class Proxy:
+    """The two addons a request passes, in mitmproxy's order, on one ledger file."""
+
+    def __init__(self, tctx: taddons.context, enforcement: Enforcement, ledger: Path) -> None:
+        self.tctx, self.enforcement, self.ledger = tctx, enforcement, ledger
+        self.identification = Identification()
+
+    async def send(self, flow: http.HTTPFlow) -> http.HTTPFlow:
+        self.identification.requestheaders(flow)
+        await self.enforcement.request(flow)
+        return flow
+
+    def rows(self) -> list[dict[str, Any]]:
+        with sqlite3.connect(self.ledger) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM calls ORDER BY id")]
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    config = tmp_path / "spendbrake.toml"
+    config.write_text("[agents.bot]\ndaily_usd = 0.0001\n")
+    enforcement = Enforcement()
+    with taddons.context(enforcement) as tctx:
+        tctx.configure(
+            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
+        )
+        yield Proxy(tctx, enforcement, tmp_path / "l.db")
+        enforcement.done()
+
+
+def completion(prompt: int = 8, completion_tokens: int = 9) -> bytes:
+    return json.dumps(
+        {
+            "object": "chat.completion",
+            "model": "gpt-4o-mini-2024-07-18",
+            "service_tier": "default",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt + completion_tokens,
+            },
+        }
+    ).encode()
+
+
+async def test_a_call_within_budget_is_held_and_forwarded(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    assert flow.response is None
+    [row] = proxy.rows()
+    assert (row["agent"], row["session"], row["state"]) == ("bot", "s1", "held")
+    # "user" and "hi" are a token each, + 3 per message + 3 priming; 10 output tokens as asked
+    assert row["held_nanos"] == 8 * GPT_4O_MINI_IN + 10 * GPT_4O_MINI_OUT
+
+
+async def test_a_non_streamed_response_settles_its_exact_cost_and_says_so(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.response = http.Response.make(200, completion(), {"content-type": "application/json"})
+    proxy.enforcement.responseheaders(flow)
+    await proxy.enforcement.response(flow)
+    cost = 8 * GPT_4O_MINI_IN + 9 * GPT_4O_MINI_OUT
+    [row] = proxy.rows()
+    assert (row["state"], row["outcome"], row["actual_nanos"]) == ("settled", "ok", cost)
+    assert (row["input_tokens"], row["output_tokens"]) == (8, 9)
+    assert flow.response.headers["x-spendbrake-agent"] == "bot"
+    assert flow.response.headers["x-spendbrake-cost-usd"] == "0.000006600"
+    assert flow.response.headers["x-spendbrake-remaining-usd"] == "0.000093400"
+
+
+async def test_over_the_daily_limit_the_call_is_answered_locally_with_402(proxy: Proxy) -> None:
+    big = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1000,
+    }
+    flow = await proxy.send(chat_flow(big))
+    assert flow.response is not None
+    assert flow.response.status_code == 402
+    error = json.loads(flow.response.content or b"")["error"]
+    assert error["code"] == "daily_budget_exceeded"
+    assert error["type"] == "insufficient_quota"
+    assert "agent 'bot': spent $0.00 of $0.0001 today" in error["message"]
+    assert flow.response.headers["x-should-retry"] == "false"
+    assert flow.response.headers["x-spendbrake-reason"] == "daily_budget_exceeded"
+    assert int(flow.response.headers["retry-after"]) > 0
+    [row] = proxy.rows()
+    assert (row["state"], row["reason"]) == ("refused", "daily_budget_exceeded")
+
+
+async def test_a_stream_gets_usage_added_and_the_extra_usage_chunk_removed(proxy: Proxy) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10,
+        "stream": True,
+    }
+    flow = await proxy.send(chat_flow(body))
+    assert json.loads(flow.request.content or b"")["stream_options"] == {"include_usage": True}
+    assert flow.request.headers["accept-encoding"] == "identity"
+
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    proxy.enforcement.responseheaders(flow)
+    assert flow.response.headers["x-spendbrake-held-usd"] == "0.000007200"
+    assert flow.response.headers["x-spendbrake-remaining-usd"] == "0.000092800"
+    stream = flow.response.stream
+    assert callable(stream)
+    content = b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}\n\n'
+    usage = (
+        b'data: {"model":"gpt-4o-mini","choices":[],'
+        b'"usage":{"prompt_tokens":8,"completion_tokens":1,"total_tokens":9}}\n\n'
+    )
+    passed = [
+        stream(content[:10]),
+        stream(content[10:] + usage),
+        stream(b"data: [DONE]\n\n"),
+        stream(b""),
+    ]
+    assert passed == [[], [content], [b"data: [DONE]\n\n"], b""]
+    await proxy.enforcement.response(flow)
+    [row] = proxy.rows()
+    assert (row["stream"], row["actual_nanos"]) == (1, 8 * GPT_4O_MINI_IN + 1 * GPT_4O_MINI_OUT)
+
+
+async def test_a_stream_that_ends_without_usage_is_charged_its_hold(proxy: Proxy) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10,
+        "stream": True,
+    }
+    flow = await proxy.send(chat_flow(body))
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    proxy.enforcement.responseheaders(flow)
+    await proxy.enforcement.response(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["actual_nanos"]) == ("no_usage", row["held_nanos"])
+
+
+async def test_an_upstream_error_without_usage_costs_nothing(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.response = http.Response.make(500, b'{"error": {}}', {"content-type": "application/json"})
+    await proxy.enforcement.response(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["actual_nanos"]) == ("upstream_error", 0)
+
+
+async def test_a_connection_lost_after_sending_is_charged_its_hold(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.error = tflow.terr("Connection reset")
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["actual_nanos"]) == ("interrupted", row["held_nanos"])
+
+
+async def test_a_provider_never_reached_costs_nothing(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.server_conn.timestamp_tcp_setup = None
+    flow.error = tflow.terr("Connection refused")
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["actual_nanos"]) == ("upstream_unreachable", 0)
+
+
+@pytest.mark.parametrize(
+    ("flow_args", "status", "code"),
+    [
+        ({"body": b"not json"}, 400, "unreadable_request"),
+        (
+            {"body": {"model": "gpt-nonexistent", "messages": [{"role": "user", "content": "x"}]}},
+            400,
+            "unknown_model",
+        ),
+        ({"path": "/v1/responses"}, 403, "unmetered_route"),
+        ({"credentials": ("bad name", "s")}, 407, "unauthenticated_agent"),
+    ],
+)
+async def test_calls_that_cannot_be_metered_are_refused(
+    proxy: Proxy, flow_args: dict[str, Any], status: int, code: str
+) -> None:
+    flow = await proxy.send(chat_flow(**flow_args))
+    assert flow.response is not None
+    assert flow.response.status_code == status
+    assert json.loads(flow.response.content or b"")["error"]["code"] == code
+    assert flow.response.headers["x-spendbrake-reason"] == code
+
+
+async def test_free_routes_and_other_hosts_pass_untouched(proxy: Proxy) -> None:
+    models = tflow.tflow(req=http.Request.make("GET", "https://api.openai.com/v1/models"))
+    other = chat_flow(host="example.com")
+    for flow in (models, other):
+        await proxy.send(flow)
+        assert flow.response is None
+    assert proxy.rows() == []
+
+
+async def test_a_run_time_limit_applies_to_the_next_call(proxy: Proxy) -> None:
+    from spendbrake.sqlite_ledger import SQLiteLedger
+
+    cli_side = SQLiteLedger(proxy.ledger)
+    cli_side.set_daily_limit("bot", 0)
+    cli_side.close()
+    flow = await proxy.send(chat_flow())
+    assert flow.response is not None
+    assert flow.response.status_code == 402
+
+
+async def test_mitmproxy_forwards_a_request_whose_addon_raised() -> None:
+    """Why spendbrake guards its own hook: mitmproxy fails open on addon exceptions."""
+
+    class Raises:
+        def request(self, flow: http.HTTPFlow) -> None:
+            raise RuntimeError("boom")
+
+    with taddons.context() as tctx:
+        tctx.master.addons.add(Raises())
+        flow = chat_flow()
+        await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
+        assert flow.response is None  # forwarded as if nothing happened
+
+
+async def test_an_exception_inside_spendbrake_refuses_the_call(proxy: Proxy) -> None:
+    class BrokenEstimator:
+        def count(self, text: str, model: str) -> int:
+            raise RuntimeError("tokenizer exploded")
+
+    proxy.enforcement.estimator = BrokenEstimator()  # type: ignore[assignment]
+    flow = chat_flow()
+    proxy.identification.requestheaders(flow)
+    await proxy.tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
+    assert flow.response is not None
+    assert flow.response.status_code == 500
+    error = json.loads(flow.response.content or b"")["error"]
+    assert error["code"] == "internal_error"
+    assert "tokenizer exploded" in error["message"]
+
+
+async def test_before_it_is_configured_every_call_is_refused() -> None:
+    enforcement = Enforcement()
+    with taddons.context(enforcement):
+        flow = chat_flow()
+        Identification().requestheaders(flow)
+        await enforcement.request(flow)
+        assert flow.response is not None
+        assert flow.response.status_code == 503
+        assert flow.response.headers["x-spendbrake-reason"] == "ledger_unavailable"
+
+
+async def test_a_bad_config_is_rejected_and_the_one_in_force_stays(
+    proxy: Proxy, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agents.bot]\ndaily_usdd = 1\n")
+    with pytest.raises(exceptions.OptionsError, match=r"unknown key agents\.bot\.daily_usdd"):
+        proxy.tctx.configure(proxy.enforcement, spendbrake_config=str(bad))
+    assert proxy.enforcement.config.daily_limit("bot") == 100_000  # still $0.0001
+    flow = await proxy.send(chat_flow())
+    assert flow.response is None
+
+
+async def test_the_flow_state_is_one_typed_object(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    state = flow_state(flow)
+    assert state is not None
+    assert state.call is not None
+    assert state.call.intent.requested_model == "gpt-4o-mini"
