@@ -267,6 +267,9 @@ async def test_mitmproxy_forwards_a_request_whose_addon_raised() -> None:
 
 async def test_an_exception_inside_spendbrake_refuses_the_call(proxy: Proxy) -> None:
     class BrokenEstimator:
+        def is_loaded(self, model: str) -> bool:
+            return True
+
         def count(self, text: str, model: str) -> int:
             raise RuntimeError("tokenizer exploded")
 

@@ -52,3 +52,11 @@ def test_without_tokenizer_files_bytes_bound_the_count(
 )
 def test_each_model_family_uses_its_encoding(model: str, encoding: str) -> None:
     assert encoding_for_model(model) == encoding
+
+
+def test_loading_is_visible_so_callers_can_keep_it_off_the_event_loop(tmp_path: Path) -> None:
+    estimator = TokenEstimator(cache_dir=tmp_path)
+    assert not estimator.is_loaded("gpt-4o")
+    estimator.warm_up("gpt-4o")
+    assert estimator.is_loaded("gpt-4o")
+    assert not estimator.is_loaded("gpt-4")  # another encoding

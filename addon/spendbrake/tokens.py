@@ -122,6 +122,10 @@ class TokenEstimator:
             )
             return None
 
+    def is_loaded(self, model: str) -> bool:
+        """Whether counting for ``model`` is ready now, without loading (which takes ~1 s)."""
+        return encoding_for_model(model) in self._encoders
+
     def count(self, text: str, model: str) -> int:
         encoder = self._encoder(encoding_for_model(model))
         if encoder is None:

@@ -223,7 +223,9 @@ class Enforcement:
         def estimate() -> governor.Estimate:
             return governor.estimate_chat(request, self.estimator, provider_id=provider.id, at=now)
 
-        if sum(len(text) for text in request.prompt_texts) > _TOKENIZE_ON_LOOP_MAX_CHARS:
+        large = sum(len(text) for text in request.prompt_texts) > _TOKENIZE_ON_LOOP_MAX_CHARS
+        if large or not self.estimator.is_loaded(request.model):
+            # A big prompt, or a tokenizer still loading: either would stall every other flow.
             return await asyncio.to_thread(estimate)
         return estimate()
 
