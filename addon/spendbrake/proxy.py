@@ -53,6 +53,10 @@ def mitmdump_arguments(
         "flow_detail=0",
         "--set",
         f"tcp_timeout={TCP_TIMEOUT_S}",
+        # Dial the provider only for a request that is forwarded: a refused call then opens no
+        # connection to the provider at all, and refusals work while the provider is away.
+        "--set",
+        "connection_strategy=lazy",
     ]
     if config is not None:
         arguments += ["--set", f"spendbrake_config={config}"]
