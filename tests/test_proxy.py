@@ -1,12 +1,13 @@
 """The mitmproxy command line that `spendbrake up` runs."""
 
+import itertools
 from pathlib import Path
 
 from spendbrake.proxy import mitmdump_arguments
 
 
 def settings(arguments: list[str]) -> list[str]:
-    return [value for flag, value in zip(arguments, arguments[1:], strict=False) if flag == "--set"]
+    return [value for flag, value in itertools.pairwise(arguments) if flag == "--set"]
 
 
 def test_refused_calls_never_dial_the_provider_and_long_calls_are_not_cut() -> None:
