@@ -21,6 +21,15 @@ from spendbrake.mitm.state import flow_state
 GPT_4O_MINI_IN, GPT_4O_MINI_OUT = 150, 600  # nanos per token
 
 
+def chat_body(**fields: Any) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10,
+        **fields,
+    }
+
+
 def chat_flow(
     body: dict[str, Any] | bytes | None = None,
     *,
@@ -29,11 +38,7 @@ def chat_flow(
     path: str = "/v1/chat/completions",
 ) -> http.HTTPFlow:
     if body is None:
-        body = {
-            "model": "gpt-4o-mini",
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 10,
-        }
+        body = chat_body()
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = http.Request.make(
         "POST", f"https://{host}{path}", content, {"content-type": "application/json"}
@@ -115,12 +120,7 @@ async def test_a_non_streamed_response_settles_its_exact_cost_and_says_so(proxy:
 
 
 async def test_over_the_daily_limit_the_call_is_answered_locally_with_402(proxy: Proxy) -> None:
-    big = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 1000,
-    }
-    flow = await proxy.send(chat_flow(big))
+    flow = await proxy.send(chat_flow(chat_body(max_tokens=1000)))
     assert flow.response is not None
     assert flow.response.status_code == 402
     error = json.loads(flow.response.content or b"")["error"]
@@ -135,13 +135,7 @@ async def test_over_the_daily_limit_the_call_is_answered_locally_with_402(proxy:
 
 
 async def test_a_stream_gets_usage_added_and_the_extra_usage_chunk_removed(proxy: Proxy) -> None:
-    body = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 10,
-        "stream": True,
-    }
-    flow = await proxy.send(chat_flow(body))
+    flow = await proxy.send(chat_flow(chat_body(stream=True)))
     assert json.loads(flow.request.content or b"")["stream_options"] == {"include_usage": True}
     assert flow.request.headers["accept-encoding"] == "identity"
 
@@ -169,13 +163,7 @@ async def test_a_stream_gets_usage_added_and_the_extra_usage_chunk_removed(proxy
 
 
 async def test_a_stream_that_ends_without_usage_is_charged_its_hold(proxy: Proxy) -> None:
-    body = {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": "hi"}],
-        "max_tokens": 10,
-        "stream": True,
-    }
-    flow = await proxy.send(chat_flow(body))
+    flow = await proxy.send(chat_flow(chat_body(stream=True)))
     flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
     proxy.enforcement.responseheaders(flow)
     await proxy.enforcement.response(flow)
