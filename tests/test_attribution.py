@@ -26,6 +26,11 @@ def test_header_names_the_agent_when_there_are_no_proxy_credentials() -> None:
     assert identify(None, headers) == Identity("ci-bot", "run-7", "header")
 
 
+def test_the_proxy_password_names_the_session_even_without_a_user_name() -> None:
+    headers = {"x-spendbrake-agent": "ci-bot", "x-spendbrake-session": "from-header"}
+    assert identify(("", "from-url"), headers) == Identity("ci-bot", "from-url", "header")
+
+
 def test_otherwise_the_agent_is_default_with_the_unnamed_session() -> None:
     assert identify(None, {}) == Identity("default", "", "default")
 

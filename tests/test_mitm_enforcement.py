@@ -219,9 +219,20 @@ async def test_calls_that_cannot_be_metered_are_refused(
     assert flow.response.headers["x-spendbrake-reason"] == code
 
 
+async def test_a_foreign_host_header_inside_an_llm_tunnel_is_still_metered(proxy: Proxy) -> None:
+    flow = chat_flow(host="localhost")
+    flow.client_conn.sni = "api.openai.com"
+    await proxy.send(flow)
+    assert flow.response is None
+    [row] = proxy.rows()
+    assert row["state"] == "held"
+
+
 async def test_free_routes_and_other_hosts_pass_untouched(proxy: Proxy) -> None:
     models = tflow.tflow(req=http.Request.make("GET", "https://api.openai.com/v1/models"))
     other = chat_flow(host="example.com")
+    other.client_conn.sni = "example.com"
+    other.server_conn.address = ("example.com", 443)
     for flow in (models, other):
         await proxy.send(flow)
         assert flow.response is None

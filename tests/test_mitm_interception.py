@@ -4,7 +4,7 @@ import contextlib
 import ssl
 
 import pytest
-from mitmproxy import connection, exceptions, tls
+from mitmproxy import connection, exceptions, http, tls
 from mitmproxy.proxy import context, server_hooks
 from mitmproxy.proxy.layers.tls import parse_client_hello
 from mitmproxy.test import taddons, tflow
@@ -67,3 +67,19 @@ def test_a_bad_upstream_is_an_option_error(value: str) -> None:
         pytest.raises(exceptions.OptionsError, match="HOST:PORT"),
     ):
         tctx.configure(interception, spendbrake_upstream=value)
+
+
+def test_requests_to_llm_hosts_are_sent_to_the_test_upstream_keeping_their_host_header() -> None:
+    interception = Interception()
+    with taddons.context(interception) as tctx:
+        tctx.configure(interception, spendbrake_upstream="127.0.0.1:8443")
+        request = http.Request.make(
+            "POST", "https://api.openai.com/v1/chat/completions", b"", {"host": "api.openai.com"}
+        )
+        flow = tflow.tflow(req=request)
+        interception.requestheaders(flow)
+        assert (flow.request.host, flow.request.port) == ("127.0.0.1", 8443)
+        assert flow.request.host_header == "api.openai.com"
+        other = tflow.tflow(req=http.Request.make("GET", "https://example.com/"))
+        interception.requestheaders(other)
+        assert other.request.host == "example.com"

@@ -24,7 +24,7 @@ def test_refused_calls_never_dial_the_provider_and_long_calls_are_not_cut() -> N
     assert not any(s.startswith("spendbrake_config=") for s in settings(arguments))
 
 
-def test_the_users_settings_come_last_so_they_win_and_scripts_load_after_spendbrake() -> None:
+def test_a_users_setting_replaces_spendbrakes_own_and_scripts_load_after_it() -> None:
     arguments = mitmdump_arguments(
         listen_host="::1",
         listen_port=0,
@@ -35,6 +35,7 @@ def test_the_users_settings_come_last_so_they_win_and_scripts_load_after_spendbr
         scripts=["mine.py"],
     )
     assert settings(arguments)[-1] == "connection_strategy=eager"
+    assert "connection_strategy=lazy" not in settings(arguments)  # mitmproxy refuses two values
     assert "spendbrake_config=/s.toml" in settings(arguments)
     assert arguments[-2:] == ["--scripts", "mine.py"]
     assert arguments[:4] == ["--listen-host", "::1", "--listen-port", "0"]

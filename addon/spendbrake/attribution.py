@@ -49,13 +49,14 @@ def parse_basic_credentials(header_value: str) -> tuple[str, str] | None:
 
 
 def identify(proxy_credentials: tuple[str, str] | None, headers: Mapping[str, str]) -> Identity:
-    if proxy_credentials and proxy_credentials[0]:
-        agent, session = proxy_credentials
-        source = "proxy-auth"
+    user, password = proxy_credentials or ("", "")
+    if user:
+        agent, source = user, "proxy-auth"
     elif headers.get(AGENT_HEADER):
-        agent, session, source = headers[AGENT_HEADER], headers.get(SESSION_HEADER, ""), "header"
+        agent, source = headers[AGENT_HEADER], "header"
     else:
-        agent, session, source = DEFAULT_AGENT, headers.get(SESSION_HEADER, ""), "default"
+        agent, source = DEFAULT_AGENT, "default"
+    session = password or headers.get(SESSION_HEADER, "")
     if not _AGENT_NAME.fullmatch(agent):
         raise InvalidIdentity(
             f"agent name {agent!r} is not usable: use 1-64 letters, digits, '.', '_' or '-', "

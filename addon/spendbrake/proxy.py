@@ -39,27 +39,24 @@ def mitmdump_arguments(
     sets: Sequence[str] = (),
     scripts: Sequence[str] = (),
 ) -> list[str]:
-    """mitmdump's command line; the user's ``--set`` come last so they win."""
-    arguments = [
-        "--listen-host",
-        listen_host,
-        "--listen-port",
-        str(listen_port),
-        "--set",
-        f"confdir={confdir}",
-        "--set",
-        f"spendbrake_ledger={ledger}",
-        "--set",
-        "flow_detail=0",
-        "--set",
-        f"tcp_timeout={TCP_TIMEOUT_S}",
+    """mitmdump's command line. A user's ``--set`` replaces spendbrake's own value of that
+    option: mitmproxy refuses two values for one option, so both cannot be passed."""
+    own = {
+        "confdir": str(confdir),
+        "spendbrake_ledger": str(ledger),
+        "flow_detail": "0",
+        "tcp_timeout": str(TCP_TIMEOUT_S),
         # Dial the provider only for a request that is forwarded: a refused call then opens no
         # connection to the provider at all, and refusals work while the provider is away.
-        "--set",
-        "connection_strategy=lazy",
-    ]
+        "connection_strategy": "lazy",
+    }
     if config is not None:
-        arguments += ["--set", f"spendbrake_config={config}"]
+        own["spendbrake_config"] = str(config)
+    users = {setting.partition("=")[0].strip() for setting in sets}
+    arguments = ["--listen-host", listen_host, "--listen-port", str(listen_port)]
+    for name, value in own.items():
+        if name not in users:
+            arguments += ["--set", f"{name}={value}"]
     for setting in sets:
         arguments += ["--set", setting]
     for script in scripts:

@@ -116,7 +116,7 @@ class Enforcement:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        provider = provider_for_host(flow.request.pretty_host)
+        provider = provider_of(flow)
         if provider is None:
             return
         try:
@@ -340,6 +340,17 @@ class Enforcement:
             # when this proxy stops.
             log.exception("spendbrake: could not settle call %d; its hold stays", call.call_id)
             return None
+
+
+def provider_of(flow: http.HTTPFlow) -> Provider | None:
+    """The provider by the Host header or by the intercepted connection the request came on:
+    only LLM hosts are intercepted, so a request in their tunnel that names another host must
+    still be metered, not forwarded unmetered."""
+    server_host = flow.server_conn.address[0] if flow.server_conn.address else None
+    for name in (flow.request.pretty_host, flow.client_conn.sni, server_host):
+        if name and (provider := provider_for_host(name)):
+            return provider
+    return None
 
 
 def _guarded(call: HeldCall) -> Callable[[bytes], bytes | list[bytes]]:

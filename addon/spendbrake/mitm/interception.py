@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import ctx, exceptions, tls
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 
 from spendbrake.providers import provider_for_host
@@ -48,6 +48,14 @@ class Interception:
         names = (data.client_hello.sni, requested)
         if not any(name and provider_for_host(name) for name in names):
             data.ignore_connection = True
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Redirect each request, not only its connection: mitmproxy reuses a server connection
+        # only for the address it was opened for (and opens at most 5 per address and client).
+        if self.upstream and provider_for_host(flow.request.pretty_host):
+            host_header = flow.request.host_header
+            flow.request.host, flow.request.port = self.upstream
+            flow.request.host_header = host_header
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         address = data.server.address
