@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -53,7 +54,7 @@ def m001_calls_and_totals(db: sqlite_utils.Database) -> None:
             cache_write_tokens INTEGER NOT NULL DEFAULT 0,
             output_tokens INTEGER NOT NULL DEFAULT 0,
             reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-            held_nanos INTEGER NOT NULL,
+            held_nanos INTEGER NOT NULL,  -- for a refused call: what its hold would have been
             actual_nanos INTEGER,
             state TEXT NOT NULL CHECK (state IN ('held', 'settled', 'refused')),
             outcome TEXT,
@@ -92,13 +93,22 @@ def m001_calls_and_totals(db: sqlite_utils.Database) -> None:
     )
 
 
-def _process_start_ticks(pid: int) -> str:
-    """The kernel's start time of ``pid``: tells a live process from a recycled pid."""
+def _process_stat(pid: int) -> tuple[str, str] | None:
+    """The state letter and the kernel's start time of ``pid`` (None where /proc cannot tell).
+
+    The start time tells a live process from a recycled pid; the state tells a zombie (dead,
+    not yet reaped by its parent) from a live one.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat.rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def _process_start_ticks(pid: int) -> str:
+    stat = _process_stat(pid)
+    return stat[1] if stat else "?"
 
 
 def current_owner() -> str:
@@ -108,17 +118,38 @@ def current_owner() -> str:
 
 def owner_is_alive(owner: str) -> bool:
     """Whether the process that wrote ``owner`` still runs (only decidable on this host)."""
-    host, pid_text, ticks = owner.rsplit(":", 2)
+    try:
+        host, pid_text, ticks = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True  # not an owner this module wrote: not ours to judge
     if host != socket.gethostname():
         return True  # another host's process: not ours to judge
-    pid = int(pid_text)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    return ticks == "?" or _process_start_ticks(pid) == ticks
+    stat = _process_stat(pid)
+    if stat is None:
+        return True  # no /proc: existence is all that can be known
+    state, started = stat
+    return state != "Z" and (ticks == "?" or started == ticks)
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switching to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once (no busy
+    handler) while another connection is mid-switch: retry for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _utc_iso(moment: datetime) -> str:
@@ -138,10 +169,20 @@ class SQLiteLedger:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            migrations.apply(self.db)
+            # One process migrates under the write lock; others starting at the same moment
+            # wait for it, then find nothing pending (sqlite-utils' atomic() nests as a
+            # savepoint inside this transaction).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migrations.apply(self.db)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
         except (sqlite3.Error, OSError) as e:
             raise LedgerUnavailable(f"cannot open the ledger {path}: {e}") from e
 

@@ -1,0 +1,718 @@
+"""The SQLite ledger, on real files: holds, refusals, settlement, windows, limits, recovery, faults.
+
+Every amount is integer nanos (1e-9 USD). ``assert_totals_match_calls`` (in ``ledger_hammer``)
+checks the ledger's central invariant, used throughout: the running totals in ``day_totals``
+always equal what the ``calls`` rows add up to.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+import ledger_hammer
+import spendbrake.sqlite_ledger
+from ledger_hammer import DAY, LIMIT, assert_totals_match_calls, child, intent, query, stop
+from spendbrake.ledger import (
+    DayTotals,
+    HoldGranted,
+    HoldRefused,
+    LedgerUnavailable,
+    Settlement,
+    TokenCounts,
+)
+from spendbrake.sqlite_ledger import SQLiteLedger
+
+NEXT_DAY = "2026-03-15"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[SQLiteLedger]:
+    opened = SQLiteLedger(path)
+    yield opened
+    opened.close()
+
+
+def call_row(path: Path, call_id: int) -> dict[str, object]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None, f"call {call_id} is not in the ledger"
+    return dict(row)
+
+
+def granted(result: HoldGranted | HoldRefused) -> HoldGranted:
+    assert isinstance(result, HoldGranted), f"expected a grant, got {result}"
+    return result
+
+
+def refused(result: HoldGranted | HoldRefused) -> HoldRefused:
+    assert isinstance(result, HoldRefused), f"expected a refusal, got {result}"
+    return result
+
+
+def ok(actual: int, tokens: TokenCounts | None = None) -> Settlement:
+    return Settlement(actual_nanos=actual, tokens=tokens or TokenCounts(), outcome="ok")
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+def test_a_new_ledger_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "not-yet" / "ledger.db"  # the directory is created too
+    ledger = SQLiteLedger(path)
+    ledger.hold(intent(), 1, LIMIT)  # the WAL and shared-memory files now exist as well
+    for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
+        mode = stat.S_IMODE((path.parent / name).stat().st_mode)
+        assert mode == 0o600, f"{name} is {oct(mode)}; the ledger says who spent what"
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]  # persistent, seen by any reader
+    ledger.close()
+
+
+def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
+    first = SQLiteLedger(path)
+    call_id = granted(first.hold(intent(), 400, LIMIT)).call_id
+    first.close()
+    applied = query(path, "SELECT migration_set, name, applied_at FROM _sqlite_migrations")
+    assert [(s, n) for s, n, _ in applied] == [("spendbrake", "m001_calls_and_totals")]
+
+    for _ in range(2):
+        SQLiteLedger(path).close()
+
+    assert query(path, "SELECT migration_set, name, applied_at FROM _sqlite_migrations") == applied
+    reopened = SQLiteLedger(path)
+    assert spendbrake.sqlite_ledger.migrations.pending(reopened.db) == []
+    reopened.close()
+    assert call_row(path, call_id)["held_nanos"] == 400  # reopening kept the data
+
+
+CALL_COLUMNS = {
+    "id",
+    "started_at",
+    "day",
+    "agent",
+    "session",
+    "provider",
+    "endpoint",
+    "requested_model",
+    "forwarded_model",
+    "stream",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "held_nanos",
+    "actual_nanos",
+    "state",
+    "outcome",
+    "reason",
+    "owner",
+    "settled_at",
+}
+
+
+def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -> None:
+    def columns(table: str) -> set[str]:
+        return {str(name) for _, name, *_ in query(path, f"PRAGMA table_info({table})")}
+
+    tables = {str(t) for (t,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"calls", "day_totals", "limits", "_sqlite_migrations"}
+    assert columns("calls") == CALL_COLUMNS
+    assert columns("day_totals") == {
+        "agent",
+        "day",
+        "spent_nanos",
+        "held_nanos",
+        "calls",
+        "blocked",
+        "budget_blocked",
+    }
+    assert columns("limits") == {"agent", "window", "limit_nanos", "set_at"}
+    everything = set().union(*(columns(t) for t in tables))
+    for word in ("prompt", "key", "secret", "auth", "completion", "message", "content", "body"):
+        assert not [c for c in everything if word in c], f"a column looks like it stores {word}"
+
+
+def test_opening_a_file_that_is_not_a_ledger_fails_closed(tmp_path: Path) -> None:
+    garbage = tmp_path / "ledger.db"
+    garbage.write_bytes(b"this is not an SQLite database, whatever its name says" * 100)
+    with pytest.raises(LedgerUnavailable, match="cannot open the ledger"):
+        SQLiteLedger(garbage)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(LedgerUnavailable, match="cannot open the ledger"):
+        SQLiteLedger(tmp_path / "a-file" / "ledger.db")
+
+
+# -- hold ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("earlier_holds", "amount", "grants"),
+    [
+        ([], LIMIT, True),  # exactly the limit
+        ([], LIMIT + 1, False),  # one nano over
+        ([400], 600, True),
+        ([400], 601, False),  # an open hold counts like spend
+        ([400, 600], 0, True),  # a free call still fits a full window
+        ([400, 600], 1, False),
+    ],
+)
+def test_a_hold_is_granted_only_while_spent_plus_held_stays_within_the_limit(
+    ledger: SQLiteLedger, path: Path, earlier_holds: list[int], amount: int, grants: bool
+) -> None:
+    for earlier in earlier_holds:
+        granted(ledger.hold(intent(), earlier, LIMIT))
+    result = ledger.hold(intent(), amount, LIMIT)
+    assert isinstance(result, HoldGranted) is grants
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_granted_totals_count_the_new_hold_against_what_remains(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    first = granted(ledger.hold(intent(), 300, LIMIT))
+    ledger.settle(first.call_id, ok(120), LIMIT)
+    second = granted(ledger.hold(intent(), 250, LIMIT))
+    assert second.held_nanos == 250
+    assert second.totals == DayTotals(
+        agent="research-bot",
+        day=DAY,
+        spent_nanos=120,
+        held_nanos=250,
+        limit_nanos=LIMIT,
+        calls=2,
+        blocked=0,
+    )
+    assert second.totals.remaining_nanos == LIMIT - 120 - 250
+    assert call_row(path, second.call_id)["state"] == "held"
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_a_refusal_is_recorded_as_a_row_and_never_held(ledger: SQLiteLedger, path: Path) -> None:
+    granted(ledger.hold(intent(), 700, LIMIT))
+    refusal = refused(ledger.hold(intent(), 301, LIMIT))
+
+    assert refusal.requested_nanos == 301
+    # The totals the refusal carries are the window it did not fit in: before this refusal.
+    assert (refusal.totals.held_nanos, refusal.totals.blocked) == (700, 0)
+    row = call_row(path, refusal.call_id)
+    assert (row["state"], row["reason"], row["outcome"]) == (
+        "refused",
+        "daily_budget_exceeded",
+        "refused",
+    )
+    assert row["actual_nanos"] is None
+    totals = assert_totals_match_calls(ledger, path, "research-bot", DAY)
+    assert (totals.held_nanos, totals.calls) == (700, 1)
+    assert (totals.blocked, totals.budget_blocked) == (1, 1)
+
+
+def test_a_refusal_before_any_hold_counts_as_blocked_but_not_budget_blocked(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    call_id = ledger.refuse(intent(), "unknown_model")
+    row = call_row(path, call_id)
+    assert (row["state"], row["reason"]) == ("refused", "unknown_model")
+    totals = assert_totals_match_calls(ledger, path, "research-bot", DAY)
+    assert (totals.calls, totals.blocked, totals.budget_blocked, totals.held_nanos) == (0, 1, 0, 0)
+
+
+def test_negative_amounts_are_rejected_and_write_nothing(ledger: SQLiteLedger, path: Path) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        ledger.hold(intent(), -1, LIMIT)
+    assert query(path, "SELECT COUNT(*) FROM calls") == [(0,)]
+    call_id = granted(ledger.hold(intent(), 10, LIMIT)).call_id
+    with pytest.raises(ValueError, match="negative"):
+        ledger.settle(call_id, ok(-1), LIMIT)
+    assert call_row(path, call_id)["state"] == "held"
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+# -- settle --------------------------------------------------------------------------------------
+
+
+def test_settle_replaces_the_hold_by_the_actual_cost(ledger: SQLiteLedger, path: Path) -> None:
+    before = datetime.now(UTC)
+    call_id = granted(ledger.hold(intent(), 600, LIMIT)).call_id
+    tokens = TokenCounts(
+        input_tokens=1200,
+        cached_input_tokens=1000,
+        cache_write_tokens=7,
+        output_tokens=80,
+        reasoning_tokens=64,
+    )
+    totals = ledger.settle(call_id, Settlement(455, tokens, "ok", reason="usage from body"), LIMIT)
+
+    assert (totals.spent_nanos, totals.held_nanos, totals.remaining_nanos) == (455, 0, LIMIT - 455)
+    row = call_row(path, call_id)
+    assert (row["state"], row["actual_nanos"], row["held_nanos"]) == ("settled", 455, 600)
+    assert (row["outcome"], row["reason"]) == ("ok", "usage from body")
+    assert (
+        row["input_tokens"],
+        row["cached_input_tokens"],
+        row["cache_write_tokens"],
+        row["output_tokens"],
+        row["reasoning_tokens"],
+    ) == (1200, 1000, 7, 80, 64)
+    settled_at = datetime.fromisoformat(str(row["settled_at"]))
+    assert settled_at.utcoffset() is not None
+    assert before <= settled_at <= datetime.now(UTC)
+    assert totals == assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_settling_below_the_hold_gives_the_difference_back(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    call_id = granted(ledger.hold(intent(), LIMIT, LIMIT)).call_id
+    refused(ledger.hold(intent(), 1, LIMIT))
+    ledger.settle(call_id, ok(0), LIMIT)  # e.g. an upstream error that cost nothing
+    granted(ledger.hold(intent(), LIMIT, LIMIT))
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_settling_twice_changes_nothing(ledger: SQLiteLedger, path: Path) -> None:
+    call_id = granted(ledger.hold(intent(), 600, LIMIT)).call_id
+    first = ledger.settle(call_id, ok(400, TokenCounts(input_tokens=10)), LIMIT)
+    row = call_row(path, call_id)
+
+    again = ledger.settle(call_id, Settlement(599, TokenCounts(input_tokens=99), "crashed"), LIMIT)
+
+    assert again == first
+    assert call_row(path, call_id) == row
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_settling_a_refused_call_changes_nothing(ledger: SQLiteLedger, path: Path) -> None:
+    call_id = refused(ledger.hold(intent(), LIMIT + 1, LIMIT)).call_id
+    row = call_row(path, call_id)
+    totals = ledger.settle(call_id, ok(500), LIMIT)
+    assert (totals.spent_nanos, totals.held_nanos) == (0, 0)
+    assert call_row(path, call_id) == row
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_settling_an_unknown_call_raises_key_error_and_leaves_the_ledger_usable(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    with pytest.raises(KeyError, match="no call 404"):
+        ledger.settle(404, ok(1), LIMIT)
+    assert not ledger.db.conn.in_transaction
+    granted(ledger.hold(intent(), 1, LIMIT))
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+# -- windows -------------------------------------------------------------------------------------
+
+
+def test_days_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
+    today = granted(ledger.hold(intent(day=DAY), LIMIT, LIMIT)).call_id
+    ledger.settle(today, ok(LIMIT), LIMIT)
+    refused(ledger.hold(intent(day=DAY), 1, LIMIT))
+
+    tomorrow = granted(ledger.hold(intent(day=NEXT_DAY), LIMIT, LIMIT))
+
+    assert (tomorrow.totals.spent_nanos, tomorrow.totals.held_nanos) == (0, LIMIT)
+    assert assert_totals_match_calls(ledger, path, "research-bot", DAY).spent_nanos == LIMIT
+    assert assert_totals_match_calls(ledger, path, "research-bot", NEXT_DAY).spent_nanos == 0
+
+
+def test_agents_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
+    granted(ledger.hold(intent("research-bot"), LIMIT, LIMIT))
+    refused(ledger.hold(intent("research-bot"), 1, LIMIT))
+
+    other = granted(ledger.hold(intent("triage-bot"), LIMIT, LIMIT))
+
+    assert (other.totals.held_nanos, other.totals.blocked) == (LIMIT, 0)
+    assert assert_totals_match_calls(ledger, path, "research-bot", DAY).budget_blocked == 1
+    assert assert_totals_match_calls(ledger, path, "triage-bot", DAY).budget_blocked == 0
+    ledger.hold(intent("night-bot", day=NEXT_DAY), 1, LIMIT)
+    assert ledger.agents_with_activity(DAY) == ["research-bot", "triage-bot"]
+    assert ledger.agents_with_activity(NEXT_DAY) == ["night-bot"]
+
+
+# -- limits --------------------------------------------------------------------------------------
+
+
+def test_a_run_time_limit_wins_over_the_configured_one(ledger: SQLiteLedger, path: Path) -> None:
+    ledger.set_daily_limit("research-bot", 500)
+
+    refused(ledger.hold(intent(), 501, LIMIT))
+    granted(ledger.hold(intent(), 500, LIMIT))
+    assert ledger.day_totals("research-bot", DAY, LIMIT).limit_nanos == 500
+    assert ledger.day_totals("triage-bot", DAY, LIMIT).limit_nanos == LIMIT  # others unaffected
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_a_limit_set_by_one_process_binds_another_at_once(path: Path) -> None:
+    proxy, cli = SQLiteLedger(path), SQLiteLedger(path)
+    granted(proxy.hold(intent(), 400, LIMIT))
+
+    cli.set_daily_limit("research-bot", 400)  # `spendbrake limit` while the proxy runs
+    refused(proxy.hold(intent(), 1, LIMIT))
+
+    cli.set_daily_limit("research-bot", 2 * LIMIT)  # raised again: no restart needed either
+    assert granted(proxy.hold(intent(), LIMIT, LIMIT)).totals.limit_nanos == 2 * LIMIT
+
+    cli.set_daily_limit("triage-bot", 0)
+    assert proxy.daily_limit_overrides() == {"research-bot": 2 * LIMIT, "triage-bot": 0}
+    assert cli.daily_limit_overrides() == proxy.daily_limit_overrides()
+    assert_totals_match_calls(proxy, path, "research-bot", DAY, 2 * LIMIT)
+    proxy.close()
+    cli.close()
+
+
+def test_no_overrides_on_a_new_ledger(ledger: SQLiteLedger) -> None:
+    assert ledger.daily_limit_overrides() == {}
+    assert ledger.agents_with_activity(DAY) == []
+    assert ledger.day_totals("research-bot", DAY, LIMIT) == DayTotals(
+        "research-bot", DAY, spent_nanos=0, held_nanos=0, limit_nanos=LIMIT, calls=0, blocked=0
+    )
+
+
+# -- crash recovery ------------------------------------------------------------------------------
+
+
+def run_hold_then_die(path: Path, amount: int) -> tuple[int, str]:
+    """A child process takes a hold and dies without settling. Returns (call id, its owner)."""
+    with child(ledger_hammer.hold_then_die, str(path), "research-bot", amount, LIMIT) as (pipe, p):
+        assert pipe.poll(30), "the child never reported its hold"
+        kind, call_id, owner = pipe.recv()
+        stop(p)
+    assert kind == "HoldGranted"
+    assert p.exitcode == ledger_hammer.CRASH_EXIT
+    return call_id, owner
+
+
+def test_holds_of_a_dead_process_are_settled_at_their_held_amount(path: Path) -> None:
+    SQLiteLedger(path).close()
+    call_id, owner = run_hold_then_die(path, 700)
+    assert call_row(path, call_id)["state"] == "held"
+
+    restarted = SQLiteLedger(path)
+    assert restarted.owner != owner
+    assert restarted.recover_orphaned_holds() == 1
+
+    row = call_row(path, call_id)
+    assert (row["state"], row["outcome"], row["actual_nanos"]) == ("settled", "crashed", 700)
+    assert row["settled_at"] is not None
+    totals = assert_totals_match_calls(restarted, path, "research-bot", DAY)
+    assert (totals.spent_nanos, totals.held_nanos) == (700, 0)
+    assert restarted.recover_orphaned_holds() == 0  # nothing is settled twice
+    assert assert_totals_match_calls(restarted, path, "research-bot", DAY) == totals
+    restarted.close()
+
+
+def test_holds_of_a_live_process_are_left_alone(path: Path) -> None:
+    SQLiteLedger(path).close()
+    other = SQLiteLedger(path)  # a second proxy, started while the first one is mid-call
+    with child(ledger_hammer.hold_then_wait, str(path), "research-bot", 700, LIMIT) as (pipe, p):
+        assert pipe.poll(30), "the child never reported its hold"
+        kind, call_id, _owner = pipe.recv()
+        assert kind == "HoldGranted"
+
+        assert other.recover_orphaned_holds() == 0
+        assert call_row(path, call_id)["state"] == "held"
+        assert assert_totals_match_calls(other, path, "research-bot", DAY).held_nanos == 700
+
+        pipe.send(250)  # the live process finishes its call and settles it itself
+        assert pipe.poll(30), "the child never settled"
+        assert pipe.recv().spent_nanos == 250
+        stop(p)
+    assert p.exitcode == 0
+    row = call_row(path, call_id)
+    assert (row["state"], row["outcome"], row["actual_nanos"]) == ("settled", "ok", 250)
+    assert_totals_match_calls(other, path, "research-bot", DAY)
+    other.close()
+
+
+def test_holds_of_another_host_are_left_alone(path: Path) -> None:
+    # The pid surely does not exist here; it does not matter, because it is not our host's pid.
+    elsewhere = SQLiteLedger(path, owner="proxy-2.example:4194303:1")
+    call_id = granted(elsewhere.hold(intent(), 700, LIMIT)).call_id
+
+    local = SQLiteLedger(path)
+    assert local.recover_orphaned_holds() == 0
+    assert call_row(path, call_id)["state"] == "held"
+    assert_totals_match_calls(local, path, "research-bot", DAY)
+    local.close()
+    elsewhere.close()
+
+
+def test_a_recycled_pid_does_not_keep_a_dead_owner_alive(path: Path) -> None:
+    """The pid of the recovering process itself is alive, but it started at another time."""
+    local = SQLiteLedger(path)
+    host, pid, ticks = local.owner.rsplit(":", 2)
+    dead = SQLiteLedger(path, owner=f"{host}:{pid}:{int(ticks) - 1}")
+    call_id = granted(dead.hold(intent(), 300, LIMIT)).call_id
+    dead.close()
+    own = granted(local.hold(intent(), 200, LIMIT)).call_id
+
+    assert local.recover_orphaned_holds() == 1
+    assert call_row(path, call_id)["outcome"] == "crashed"
+    assert call_row(path, own)["state"] == "held"  # its own holds are not orphans
+    assert_totals_match_calls(local, path, "research-bot", DAY)
+    local.close()
+
+
+def test_settle_own_holds_settles_only_this_processs_holds(path: Path) -> None:
+    this = SQLiteLedger(path)
+    sibling = SQLiteLedger(path, owner=f"{socket.gethostname()}:1:1")  # pid 1: alive
+    mine = [granted(this.hold(intent(), amount, LIMIT)).call_id for amount in (100, 200)]
+    theirs = granted(sibling.hold(intent(), 300, LIMIT)).call_id
+    done = granted(this.hold(intent(), 50, LIMIT)).call_id
+    this.settle(done, ok(10), LIMIT)
+
+    assert this.settle_own_holds("shutdown") == 2
+
+    for call_id, amount in zip(mine, (100, 200), strict=True):
+        row = call_row(path, call_id)
+        assert (row["state"], row["outcome"]) == ("settled", "shutdown")
+        assert row["actual_nanos"] == amount
+    assert call_row(path, theirs)["state"] == "held"
+    assert call_row(path, done)["actual_nanos"] == 10  # already settled: untouched
+    totals = assert_totals_match_calls(this, path, "research-bot", DAY)
+    assert (totals.spent_nanos, totals.held_nanos) == (310, 300)
+    assert this.settle_own_holds("shutdown") == 0
+    this.close()
+    sibling.close()
+
+
+def test_an_owner_that_is_not_host_pid_ticks_is_not_judged(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    foreign = SQLiteLedger(path, owner="ci-runner")
+    call_id = granted(foreign.hold(intent(), 300, LIMIT)).call_id
+    foreign.close()
+    assert ledger.recover_orphaned_holds() == 0
+    assert call_row(path, call_id)["state"] == "held"
+
+
+def test_a_process_killed_inside_a_write_does_not_wedge_the_ledger(path: Path) -> None:
+    ledger = SQLiteLedger(path)
+    granted(ledger.hold(intent(), 100, LIMIT))
+    with child(ledger_hammer.die_holding_the_write_lock, str(path), "research-bot") as (pipe, p):
+        assert pipe.poll(30), "the child never took the write lock"
+        stop(p)
+    assert p.exitcode == ledger_hammer.CRASH_EXIT
+
+    started = time.monotonic()
+    after = granted(ledger.hold(intent(), 100, LIMIT)).totals
+    assert time.monotonic() - started < 1, "the dead writer's lock was waited out, not released"
+    assert after.held_nanos == 200  # its uncommitted half-write is gone
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+    ledger.close()
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+def lock_exclusively(path: Path) -> sqlite3.Connection:
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    return blocker
+
+
+def test_a_hold_fails_closed_while_another_writer_keeps_the_lock(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    granted(ledger.hold(intent(), 100, LIMIT))
+    blocker = lock_exclusively(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable, match="not writable") as raised:
+            ledger.hold(intent(), 100, LIMIT)
+        waited = time.monotonic() - started
+        assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+        # It waited out the busy timeout before giving up, and no longer than it has to.
+        busy_s = spendbrake.sqlite_ledger.BUSY_TIMEOUT_MS / 1000
+        assert busy_s * 0.9 <= waited < busy_s + 3
+        # Readers are never blocked in WAL mode: status can still be shown.
+        assert ledger.day_totals("research-bot", DAY, LIMIT).held_nanos == 100
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    assert not ledger.db.conn.in_transaction
+    assert granted(ledger.hold(intent(), 100, LIMIT)).totals.held_nanos == 200
+    assert query(path, "SELECT COUNT(*) FROM calls") == [(2,)]  # the failed hold left no row
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+def test_every_write_fails_closed_under_a_held_lock(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spendbrake.sqlite_ledger, "BUSY_TIMEOUT_MS", 50)  # keep the test fast
+    ledger = SQLiteLedger(path)
+    call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
+    blocker = lock_exclusively(path)
+    try:
+        with pytest.raises(LedgerUnavailable):
+            ledger.settle(call_id, ok(80), LIMIT)
+        with pytest.raises(LedgerUnavailable):
+            ledger.refuse(intent(), "unknown_model")
+        with pytest.raises(LedgerUnavailable):
+            ledger.set_daily_limit("research-bot", 5)
+        with pytest.raises(LedgerUnavailable):
+            ledger.recover_orphaned_holds()
+        with pytest.raises(LedgerUnavailable):
+            ledger.settle_own_holds("shutdown")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    ledger.settle(call_id, ok(80), LIMIT)  # the settle that failed can simply be retried
+    assert call_row(path, call_id)["actual_nanos"] == 80
+    assert ledger.daily_limit_overrides() == {}
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+    ledger.close()
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+AGENTS = ("research-bot", "triage-bot")
+DAYS = (DAY, NEXT_DAY)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Random holds, settlements, refusals, limit changes and restarts against a simple model."""
+
+    held = Bundle("held")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="ledger-machine-"))
+        self.path = self.dir / "ledger.db"
+        self.ledger = SQLiteLedger(self.path)
+        self.spent = dict.fromkeys(((a, d) for a in AGENTS for d in DAYS), 0)
+        self.holding = dict.fromkeys(self.spent, 0)
+        self.overrides: dict[str, int] = {}
+        self.open_holds: dict[int, tuple[str, str, int]] = {}  # id -> (agent, day, amount)
+
+    def limit(self, agent: str) -> int:
+        return self.overrides.get(agent, LIMIT)
+
+    @initialize()
+    def nothing_yet(self) -> None:
+        assert self.ledger.agents_with_activity(DAY) == []
+
+    @rule(
+        target=held,
+        agent=st.sampled_from(AGENTS),
+        day=st.sampled_from(DAYS),
+        amount=st.integers(0, LIMIT + 200),
+    )
+    def hold(self, agent: str, day: str, amount: int) -> object:
+        key = (agent, day)
+        fits = self.spent[key] + self.holding[key] + amount <= self.limit(agent)
+        result = self.ledger.hold(intent(agent, day), amount, LIMIT)
+        assert isinstance(result, HoldGranted) is fits
+        if isinstance(result, HoldRefused):
+            return multiple()
+        assert result.totals.spent_nanos + result.totals.held_nanos <= result.totals.limit_nanos
+        self.holding[key] += amount
+        self.open_holds[result.call_id] = (agent, day, amount)
+        return result.call_id
+
+    @rule(call_id=held, data=st.data())
+    def settle(self, call_id: int, data: st.DataObject) -> None:
+        if call_id in self.open_holds:
+            agent, day, amount = self.open_holds.pop(call_id)
+            actual = data.draw(st.integers(0, amount), label="actual")
+            self.holding[(agent, day)] -= amount
+            self.spent[(agent, day)] += actual
+        else:  # settled already (maybe at shutdown): a second settle is a no-op
+            actual = data.draw(st.integers(0, LIMIT), label="actual")
+        self.ledger.settle(call_id, ok(actual), LIMIT)
+
+    @rule(agent=st.sampled_from(AGENTS), day=st.sampled_from(DAYS))
+    def refuse(self, agent: str, day: str) -> None:
+        self.ledger.refuse(intent(agent, day), "unknown_model")
+
+    @rule(agent=st.sampled_from(AGENTS), limit=st.integers(0, 2 * LIMIT))
+    def set_limit(self, agent: str, limit: int) -> None:
+        self.ledger.set_daily_limit(agent, limit)
+        self.overrides[agent] = limit
+
+    @rule()
+    def restart(self) -> None:
+        self.ledger.close()
+        self.ledger = SQLiteLedger(self.path)
+        assert self.ledger.recover_orphaned_holds() == 0  # our own holds are not orphans
+
+    @precondition(lambda self: bool(self.open_holds))
+    @rule()
+    def shut_down(self) -> None:
+        assert self.ledger.settle_own_holds("shutdown") == len(self.open_holds)
+        for agent, day, amount in self.open_holds.values():
+            self.holding[(agent, day)] -= amount
+            self.spent[(agent, day)] += amount
+        self.open_holds.clear()
+
+    @invariant()
+    def totals_equal_the_model_and_the_calls(self) -> None:
+        for agent, day in self.spent:
+            totals = assert_totals_match_calls(self.ledger, self.path, agent, day, LIMIT)
+            assert (totals.spent_nanos, totals.held_nanos) == (
+                self.spent[(agent, day)],
+                self.holding[(agent, day)],
+            )
+            assert totals.limit_nanos == self.limit(agent)
+
+    def teardown(self) -> None:
+        self.ledger.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLedgerMachine = LedgerMachine.TestCase
+
+
+def test_a_dead_process_not_yet_reaped_by_its_parent_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        owner = f"{socket.gethostname()}:{child.pid}:?"
+        while spendbrake.sqlite_ledger.owner_is_alive(owner) and time.monotonic() < deadline:
+            time.sleep(0.01)  # it exits at once; its zombie stays until wait() below
+        assert not spendbrake.sqlite_ledger.owner_is_alive(owner)
+    finally:
+        child.wait()
