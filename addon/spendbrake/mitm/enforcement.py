@@ -116,10 +116,10 @@ class Enforcement:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        provider = provider_of(flow)
-        if provider is None:
-            return
         try:
+            provider = provider_of(flow)
+            if provider is None:
+                return  # not an LLM host: none of spendbrake's business
             refusal = await self._admit(flow, provider)
         except Exception as e:
             log.exception("spendbrake: could not check a call; refusing it (fail closed)")
@@ -129,7 +129,7 @@ class Enforcement:
                 "forwarded. See the proxy's log.",
             )
         if refusal is not None:
-            self._answer(flow, provider, refusal)
+            self._answer(flow, refusal)
 
     async def _admit(self, flow: http.HTTPFlow, provider: Provider) -> Refusal | None:
         state = flow_state(flow)
@@ -238,7 +238,7 @@ class Enforcement:
             log.exception("spendbrake: could not record a refusal")
         return refusal
 
-    def _answer(self, flow: http.HTTPFlow, provider: Provider, refusal: Refusal) -> None:
+    def _answer(self, flow: http.HTTPFlow, refusal: Refusal) -> None:
         body = openai_chat.error_body(refusal.status, refusal.code, refusal.message)
         headers = refusal.headers()
         state = flow_state(flow)
