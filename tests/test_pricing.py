@@ -35,3 +35,11 @@ def test_max_output_comes_from_the_table_with_dated_ids_falling_back() -> None:
     assert max_output_tokens("gpt-5") == 128_000
     with pytest.raises(UnknownModel):
         max_output_tokens("gpt-nonexistent")
+
+
+def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate() -> None:
+    # shared/reference/providers.md §3.7: a 2,048-token 1-hour write, 12 input, 6 output.
+    tokens = TokenCounts(
+        input_tokens=12 + 2048, cache_write_tokens=2048, cache_write_1h_tokens=2048, output_tokens=6
+    )
+    assert cost_nanos(tokens, "claude-sonnet-4-5", provider_id="anthropic") == 12_414_000

@@ -63,12 +63,13 @@ def test_only_api_openai_com_is_an_llm_host() -> None:
     ],
 )
 def test_routes_are_metered_free_or_refused(method: str, path: str, kind: RouteKind) -> None:
-    assert classify_route(OPENAI, method, path) is kind
+    assert classify_route(OPENAI, method, path).kind is kind
 
 
 def test_a_request_states_model_stream_and_max_output() -> None:
     request = parse_chat_request(body(stream=True, max_completion_tokens=50, max_tokens=9, n=3))
-    assert (request.model, request.stream, request.include_usage) == ("gpt-4o", True, False)
+    assert (request.model, request.stream) == ("gpt-4o", True)
+    assert request.wants_usage_injection  # OpenAI streams carry no usage unless asked
     assert request.max_output == 50  # max_completion_tokens wins over the deprecated max_tokens
     assert request.choices == 3
     assert parse_chat_request(body()).max_output is None

@@ -107,7 +107,10 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
     call_id = granted(first.hold(intent(), 400, LIMIT)).call_id
     first.close()
     applied = query(path, "SELECT migration_set, name, applied_at FROM _sqlite_migrations")
-    assert [(s, n) for s, n, _ in applied] == [("spendbrake", "m001_calls_and_totals")]
+    assert [(s, n) for s, n, _ in applied] == [
+        ("spendbrake", "m001_calls_and_totals"),
+        ("spendbrake", "m002_one_hour_cache_writes"),
+    ]
 
     for _ in range(2):
         SQLiteLedger(path).close()
@@ -136,6 +139,7 @@ CALL_COLUMNS = {
     "output_tokens",
     "reasoning_tokens",
     "held_nanos",
+    "cache_write_1h_tokens",
     "actual_nanos",
     "state",
     "outcome",
@@ -272,6 +276,7 @@ def test_settle_replaces_the_hold_by_the_actual_cost(ledger: SQLiteLedger, path:
         input_tokens=1200,
         cached_input_tokens=1000,
         cache_write_tokens=7,
+        cache_write_1h_tokens=5,
         output_tokens=80,
         reasoning_tokens=64,
     )
@@ -285,9 +290,10 @@ def test_settle_replaces_the_hold_by_the_actual_cost(ledger: SQLiteLedger, path:
         row["input_tokens"],
         row["cached_input_tokens"],
         row["cache_write_tokens"],
+        row["cache_write_1h_tokens"],
         row["output_tokens"],
         row["reasoning_tokens"],
-    ) == (1200, 1000, 7, 80, 64)
+    ) == (1200, 1000, 7, 5, 80, 64)
     settled_at = datetime.fromisoformat(str(row["settled_at"]))
     assert settled_at.utcoffset() is not None
     assert before <= settled_at <= datetime.now(UTC)

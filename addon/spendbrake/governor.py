@@ -13,7 +13,7 @@ from datetime import datetime
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.pricing import UnknownModel, cost_nanos, max_output_tokens
-from spendbrake.providers.openai import ChatRequest, MeteredUsage
+from spendbrake.providers.base import CallRequest, MeteredUsage
 from spendbrake.tokens import TokenEstimator
 
 # "auto" lets OpenAI pick the project's tier, which may be priority: hold for the dearest.
@@ -33,19 +33,38 @@ def hold_tier(requested: str | None) -> str | None:
     return _HOLD_TIER.get(requested, requested)
 
 
-def estimate_chat(
-    request: ChatRequest, estimator: TokenEstimator, *, provider_id: str, at: datetime
+def prompt_upper_bound(request: CallRequest, estimator: TokenEstimator) -> int:
+    """Prompt tokens, never fewer than the provider will count.
+
+    tiktoken is OpenAI's own tokenizer: exact there. Claude's tokenizer is private and counts
+    more (about 1.0-1.45x of o200k on Opus 4.7+, more for repetitive text), so its bound is the
+    larger of o200k x 1.6 and one token per 2.3 characters (reference §2.6).
+    """
+    counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
+    if request.tokenizer == "claude":
+        characters = sum(len(text) for text in request.prompt_texts)
+        counted = max(-(-counted * 16 // 10), -(-characters * 10 // 23))
+    return request.fixed_prompt_tokens + counted
+
+
+def estimate_call(
+    request: CallRequest, estimator: TokenEstimator, *, provider_id: str, at: datetime
 ) -> Estimate:
-    """The worst-case cost of a Chat Completions call. Raises UnknownModel."""
-    prompt = request.fixed_prompt_tokens + sum(
-        estimator.count(text, request.model) for text in request.prompt_texts
-    )
+    """The worst-case cost of a call. Raises UnknownModel."""
+    prompt = prompt_upper_bound(request, estimator)
     per_choice = (
         request.max_output if request.max_output is not None else max_output_tokens(request.model)
     )
     output = per_choice * request.choices
+    # A prompt that may be written to the cache is held as if all of it were (1.25x, 2x for 1h).
+    written = prompt if request.cache_write else 0
     cost = cost_nanos(
-        TokenCounts(input_tokens=prompt, output_tokens=output),
+        TokenCounts(
+            input_tokens=prompt,
+            cache_write_tokens=written,
+            cache_write_1h_tokens=written if request.cache_write == "1h" else 0,
+            output_tokens=output,
+        ),
         request.model,
         provider_id=provider_id,
         service_tier=hold_tier(request.service_tier),

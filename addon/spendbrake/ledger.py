@@ -35,7 +35,8 @@ class CallIntent:
 class TokenCounts:
     input_tokens: int = 0
     cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
+    cache_write_tokens: int = 0  # all cache writes, 1-hour ones included
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens kept for an hour (dearer)
     output_tokens: int = 0
     reasoning_tokens: int = 0
 

@@ -65,6 +65,7 @@ def cost_nanos(
         input_tokens=tokens.input_tokens,
         cache_read_tokens=tokens.cached_input_tokens,
         cache_write_tokens=tokens.cache_write_tokens,
+        cache_write_1h_tokens=tokens.cache_write_1h_tokens,
         output_tokens=tokens.output_tokens,
     )
     try:

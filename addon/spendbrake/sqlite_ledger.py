@@ -93,6 +93,11 @@ def m001_calls_and_totals(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m002_one_hour_cache_writes(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0")
+
+
 def _process_stat(pid: int) -> tuple[str, str] | None:
     """The state letter and the kernel's start time of ``pid`` (None where /proc cannot tell).
 
@@ -250,7 +255,8 @@ class SQLiteLedger:
                     """
                     UPDATE calls SET state = 'settled', actual_nanos = ?, outcome = ?, reason = ?,
                         input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?,
-                        output_tokens = ?, reasoning_tokens = ?, settled_at = ?
+                        cache_write_1h_tokens = ?, output_tokens = ?, reasoning_tokens = ?,
+                        settled_at = ?
                     WHERE id = ?
                     """,
                     (
@@ -260,6 +266,7 @@ class SQLiteLedger:
                         t.input_tokens,
                         t.cached_input_tokens,
                         t.cache_write_tokens,
+                        t.cache_write_1h_tokens,
                         t.output_tokens,
                         t.reasoning_tokens,
                         _utc_iso(datetime.now(UTC)),

@@ -37,8 +37,14 @@ from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
 from spendbrake.pricing import UnknownModel
 from spendbrake.pricing import warm_up as warm_up_prices
-from spendbrake.providers import Provider, RouteKind, classify_route, provider_for_host
-from spendbrake.providers import openai as openai_chat
+from spendbrake.providers import (
+    OPENAI,
+    Provider,
+    RouteKind,
+    classify_route,
+    provider_for_host,
+)
+from spendbrake.providers.base import CallRequest, MeteredUsage, UnreadableRequest
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
@@ -116,6 +122,7 @@ class Enforcement:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
+        provider: Provider | None = None
         try:
             provider = provider_of(flow)
             if provider is None:
@@ -129,7 +136,7 @@ class Enforcement:
                 "forwarded. See the proxy's log.",
             )
         if refusal is not None:
-            self._answer(flow, refusal)
+            self._answer(flow, provider or OPENAI, refusal)
 
     async def _admit(self, flow: http.HTTPFlow, provider: Provider) -> Refusal | None:
         state = flow_state(flow)
@@ -137,9 +144,9 @@ class Enforcement:
             reason = state.identity_error if state else "the agent could not be identified"
             return Refusal("unauthenticated_agent", f"spendbrake: {reason}")
         route = classify_route(provider, flow.request.method, flow.request.path)
-        if route is RouteKind.FREE:
+        if route.kind is RouteKind.FREE:
             return None
-        if route is RouteKind.UNKNOWN:
+        if route.kind is RouteKind.UNKNOWN or route.api is None:
             route_name = f"{flow.request.method} {flow.request.path.split('?')[0]}"
             return Refusal(
                 "unmetered_route",
@@ -151,6 +158,7 @@ class Enforcement:
                 "ledger_unavailable", f"spendbrake cannot meter calls: {self.unavailable}"
             )
 
+        api = route.api
         now = utc_now()
         window = day_window(now, self.config.timezone)
         agent = state.identity.agent
@@ -158,7 +166,7 @@ class Enforcement:
             agent=agent,
             session=state.identity.session,
             provider=provider.id,
-            endpoint=openai_chat.CHAT_COMPLETIONS,
+            endpoint=api.endpoint,
             requested_model="",
             forwarded_model="",
             stream=False,
@@ -167,8 +175,8 @@ class Enforcement:
         )
         try:
             body = flow.request.content or b""
-            request = openai_chat.parse_chat_request(body)
-        except (openai_chat.UnreadableRequest, ValueError) as e:
+            request = api.parse(body)
+        except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent, Refusal("unreadable_request", f"spendbrake: {e}")
             )
@@ -200,9 +208,8 @@ class Enforcement:
                 result.totals, result.requested_nanos, window.resets_at, now
             )
 
-        strip_usage_chunk = request.stream and not request.include_usage
-        if strip_usage_chunk:
-            flow.request.content = openai_chat.with_include_usage(body)
+        if request.wants_usage_injection:
+            flow.request.content = api.with_usage_requested(body)
         if request.stream:
             # The meter must read the events as text; a compressed stream could not be metered.
             flow.request.headers["accept-encoding"] = "identity"
@@ -210,18 +217,19 @@ class Enforcement:
             call_id=result.call_id,
             intent=intent,
             provider=provider,
+            api=api,
             held_nanos=result.held_nanos,
             configured_limit=limit,
             remaining_nanos=result.totals.remaining_nanos,
-            strip_usage_chunk=strip_usage_chunk,
+            strip_usage_chunk=request.wants_usage_injection,
         )
         return None
 
     async def _estimate(
-        self, request: openai_chat.ChatRequest, provider: Provider, now: datetime
+        self, request: CallRequest, provider: Provider, now: datetime
     ) -> governor.Estimate:
         def estimate() -> governor.Estimate:
-            return governor.estimate_chat(request, self.estimator, provider_id=provider.id, at=now)
+            return governor.estimate_call(request, self.estimator, provider_id=provider.id, at=now)
 
         large = sum(len(text) for text in request.prompt_texts) > _TOKENIZE_ON_LOOP_MAX_CHARS
         if large or not self.estimator.is_loaded(request.model):
@@ -238,8 +246,8 @@ class Enforcement:
             log.exception("spendbrake: could not record a refusal")
         return refusal
 
-    def _answer(self, flow: http.HTTPFlow, refusal: Refusal) -> None:
-        body = openai_chat.error_body(refusal.status, refusal.code, refusal.message)
+    def _answer(self, flow: http.HTTPFlow, provider: Provider, refusal: Refusal) -> None:
+        body = provider.error_body(refusal.status, refusal.code, refusal.message)
         headers = refusal.headers()
         state = flow_state(flow)
         if state and state.identity:
@@ -257,7 +265,7 @@ class Enforcement:
         headers["x-spendbrake-agent"] = state.identity.agent
         if not headers.get("content-type", "").startswith("text/event-stream"):
             return  # buffered: settled and annotated in `response`, when the usage is known
-        call.meter = openai_chat.ChatStreamMeter(strip_usage_chunk=call.strip_usage_chunk)
+        call.meter = call.api.stream_meter(strip_injected_usage=call.strip_usage_chunk)
         flow.response.stream = _guarded(call)
         if call.strip_usage_chunk:
             headers.pop("content-length", None)  # the body shrinks by the dropped event
@@ -299,7 +307,7 @@ class Enforcement:
             usage = None if call.meter_failed else call.meter.usage
         else:
             try:
-                usage = openai_chat.usage_from_completion(json.loads(response.content or b""))
+                usage = call.api.usage_from_json(json.loads(response.content or b""))
             except ValueError:
                 usage = None
         if usage is not None:
@@ -312,9 +320,7 @@ class Enforcement:
             call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
         )
 
-    def _priced(
-        self, call: HeldCall, usage: openai_chat.MeteredUsage, outcome: str, reason: str
-    ) -> Settlement:
+    def _priced(self, call: HeldCall, usage: MeteredUsage, outcome: str, reason: str) -> Settlement:
         try:
             actual = governor.actual_cost(
                 usage,

@@ -9,7 +9,7 @@ from mitmproxy import http
 from spendbrake.attribution import Identity
 from spendbrake.ledger import CallIntent
 from spendbrake.providers import Provider
-from spendbrake.providers.openai import ChatStreamMeter
+from spendbrake.providers.base import Api, StreamMeter
 
 STATE_KEY = "spendbrake"
 
@@ -21,11 +21,12 @@ class HeldCall:
     call_id: int
     intent: CallIntent
     provider: Provider
+    api: Api
     held_nanos: int
     configured_limit: int
     remaining_nanos: int  # after the hold, for the response headers
     strip_usage_chunk: bool
-    meter: ChatStreamMeter | None = None
+    meter: StreamMeter | None = None
     meter_failed: bool = False
     settled: bool = False
 

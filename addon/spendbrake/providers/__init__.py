@@ -5,30 +5,46 @@ Only hosts listed here are TLS-intercepted; every other host is tunnelled untouc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from spendbrake.providers import openai
+from spendbrake.providers.base import Api
 
 
 class RouteKind(Enum):
     METERED = "metered"  # costs money: estimated, held, priced
-    FREE = "free"  # costs nothing (listing models, reading files): passes unmetered
+    FREE = "free"  # costs nothing (listing models, counting tokens): passes unmetered
     UNKNOWN = "unknown"  # not understood: refused, because it might cost money
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: RouteKind
+    api: Api | None = None
 
 
 @dataclass(frozen=True)
 class Provider:
     id: str
     hosts: frozenset[str]
-    api_url: str
+    metered: Mapping[str, Api]  # path of a POST route → the API that meters it
+    error_body: Callable[[int, str, str], dict[str, Any]]  # the provider's own error shape
+    free_posts: frozenset[str] = field(default_factory=frozenset)  # POSTs that cost nothing
 
 
-OPENAI = Provider(id=openai.PROVIDER_ID, hosts=openai.HOSTS, api_url="https://api.openai.com/v1")
+OPENAI = Provider(
+    id=openai.PROVIDER_ID,
+    hosts=openai.HOSTS,
+    metered={openai.CHAT_COMPLETIONS: openai.ChatCompletions()},
+    error_body=openai.error_body,
+)
 PROVIDERS: tuple[Provider, ...] = (OPENAI,)
 LLM_HOSTS: frozenset[str] = frozenset(host for p in PROVIDERS for host in p.hosts)
 
-# Reading never generates tokens at OpenAI: GET/HEAD/OPTIONS/DELETE on any route is free.
+# Reading never generates tokens: GET/HEAD/OPTIONS/DELETE on any route is free.
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
@@ -37,10 +53,11 @@ def provider_for_host(host: str) -> Provider | None:
     return next((p for p in PROVIDERS if host in p.hosts), None)
 
 
-def classify_route(provider: Provider, method: str, path: str) -> RouteKind:
+def classify_route(provider: Provider, method: str, path: str) -> Route:
     route = path.split("?", 1)[0].rstrip("/")
-    if method.upper() == "POST" and route == openai.CHAT_COMPLETIONS:
-        return RouteKind.METERED
-    if method.upper() in _FREE_METHODS:
-        return RouteKind.FREE
-    return RouteKind.UNKNOWN
+    method = method.upper()
+    if method == "POST" and route in provider.metered:
+        return Route(RouteKind.METERED, provider.metered[route])
+    if method in _FREE_METHODS or (method == "POST" and route in provider.free_posts):
+        return Route(RouteKind.FREE)
+    return Route(RouteKind.UNKNOWN)

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from spendbrake.ledger import TokenCounts
+from spendbrake.providers.base import (
+    CallRequest,
+    MeteredUsage,
+    UnreadableRequest,
+    as_json_text,
+    count,
+    int_at_least,
+    load_json_object,
+)
 from spendbrake.sse import EventSplitter, event_data
 
 PROVIDER_ID = "openai"
@@ -31,29 +39,8 @@ _IMAGE_ALLOWANCE = 4_000
 _AUDIO_ALLOWANCE = 20_000
 
 
-class UnreadableRequest(ValueError):
-    """The body of a metered call cannot be understood, so its cost cannot be bounded."""
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    model: str
-    stream: bool
-    include_usage: bool  # the client itself asked for the usage chunk
-    max_output: int | None  # max_completion_tokens, else max_tokens, else None (model's maximum)
-    choices: int  # n: every choice is billed output
-    service_tier: str | None
-    prompt_texts: tuple[str, ...]  # what is counted with the tokenizer
-    fixed_prompt_tokens: int  # per-message overheads and media allowances
-
-
-def parse_chat_request(body: bytes) -> ChatRequest:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise UnreadableRequest("the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise UnreadableRequest("the request body is not a JSON object")
+def parse_chat_request(body: bytes) -> CallRequest:
+    data = load_json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise UnreadableRequest("the request has no model")
@@ -74,31 +61,31 @@ def parse_chat_request(body: bytes) -> ChatRequest:
                 texts.append(value)
                 fixed += _TOKENS_PER_NAME
             elif key == "tool_calls" or key == "function_call" or key == "audio":
-                texts.append(json.dumps(value, ensure_ascii=False))
+                texts.append(as_json_text(value))
             elif isinstance(value, str):
                 texts.append(value)  # role, tool_call_id, refusal...
     for key in ("tools", "functions", "response_format", "tool_choice"):
         if data.get(key) is not None:
-            texts.append(json.dumps(data[key], ensure_ascii=False))
+            texts.append(as_json_text(data[key]))
             fixed += _TOOLS_MARGIN
     if "audio" in (data.get("modalities") or []):
         fixed += _AUDIO_ALLOWANCE
     if isinstance(data.get("prediction"), dict):
-        texts.append(json.dumps(data["prediction"], ensure_ascii=False))
+        texts.append(as_json_text(data["prediction"]))
 
-    stream_options = data.get("stream_options")
-    return ChatRequest(
+    stream = data.get("stream") is True
+    options = data.get("stream_options")
+    client_asked_for_usage = isinstance(options, dict) and options.get("include_usage") is True
+    tier = data.get("service_tier")
+    return CallRequest(
         model=model,
-        stream=data.get("stream") is True,
-        include_usage=isinstance(stream_options, dict)
-        and stream_options.get("include_usage") is True,
+        stream=stream,
         max_output=_max_output(data),
-        choices=1 if data.get("n") is None else _int_at_least(data["n"], "n", minimum=1),
-        service_tier=data.get("service_tier")
-        if isinstance(data.get("service_tier"), str)
-        else None,
+        choices=1 if data.get("n") is None else int_at_least(data["n"], "n", minimum=1),
+        service_tier=tier if isinstance(tier, str) else None,
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
+        wants_usage_injection=stream and not client_asked_for_usage,
     )
 
 
@@ -126,21 +113,15 @@ def _collect_content(content: Any, texts: list[str]) -> int:
             allowance += _AUDIO_ALLOWANCE
         else:
             # An unknown part could be anything; counting its JSON bounds it from above.
-            texts.append(json.dumps(part, ensure_ascii=False))
+            texts.append(as_json_text(part))
     return allowance
 
 
 def _max_output(data: dict[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         if data.get(key) is not None:
-            return _int_at_least(data[key], key, minimum=0)
+            return int_at_least(data[key], key, minimum=0)
     return None
-
-
-def _int_at_least(value: Any, key: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UnreadableRequest(f"{key} must be an integer of at least {minimum}")
-    return value
 
 
 def with_include_usage(body: bytes) -> bytes:
@@ -155,20 +136,13 @@ def with_include_usage(body: bytes) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True)
-class MeteredUsage:
-    tokens: TokenCounts
-    model: str | None
-    service_tier: str | None
-
-
 def usage_from_completion(obj: Any) -> MeteredUsage | None:
     """Usage of a ``chat.completion`` object or of the final ``chat.completion.chunk``."""
     if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
         return None
     usage = obj["usage"]
-    prompt = _count(usage, "prompt_tokens")
-    completion = _count(usage, "completion_tokens")
+    prompt = count(usage, "prompt_tokens")
+    completion = count(usage, "completion_tokens")
     total = usage.get("total_tokens")
     if isinstance(total, int) and not isinstance(total, bool):
         # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
@@ -178,19 +152,14 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
     completion_details = usage.get("completion_tokens_details") or {}
     tokens = TokenCounts(
         input_tokens=prompt,
-        cached_input_tokens=_count(prompt_details, "cached_tokens"),
-        cache_write_tokens=_count(prompt_details, "cache_write_tokens"),
+        cached_input_tokens=count(prompt_details, "cached_tokens"),
+        cache_write_tokens=count(prompt_details, "cache_write_tokens"),
         output_tokens=completion,
-        reasoning_tokens=_count(completion_details, "reasoning_tokens"),
+        reasoning_tokens=count(completion_details, "reasoning_tokens"),
     )
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
     tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
     return MeteredUsage(tokens=tokens, model=model, service_tier=tier)
-
-
-def _count(mapping: Any, key: str) -> int:
-    value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 # Cheap test before json.loads: only the usage chunk has "usage": {…}; others say "usage":null.
@@ -257,3 +226,21 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
             "code": code,
         }
     }
+
+
+class ChatCompletions:
+    """``POST /v1/chat/completions`` as a metered API."""
+
+    endpoint = CHAT_COMPLETIONS
+
+    def parse(self, body: bytes) -> CallRequest:
+        return parse_chat_request(body)
+
+    def with_usage_requested(self, body: bytes) -> bytes:
+        return with_include_usage(body)
+
+    def usage_from_json(self, obj: Any) -> MeteredUsage | None:
+        return usage_from_completion(obj)
+
+    def stream_meter(self, *, strip_injected_usage: bool) -> ChatStreamMeter:
+        return ChatStreamMeter(strip_usage_chunk=strip_injected_usage)
