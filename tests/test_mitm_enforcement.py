@@ -312,3 +312,46 @@ async def test_the_flow_state_is_one_typed_object(proxy: Proxy) -> None:
     assert state is not None
     assert state.call is not None
     assert state.call.intent.requested_model == "gpt-4o-mini"
+
+
+def anthropic_flow(max_tokens: int, *, stream: bool = False) -> http.HTTPFlow:
+    body = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    return chat_flow(body, host="api.anthropic.com", path="/v1/messages")
+
+
+async def test_anthropic_refusals_come_in_anthropics_error_shape(proxy: Proxy) -> None:
+    flow = await proxy.send(anthropic_flow(100))  # 100 x $5/M output alone is $0.0005
+    assert flow.response is not None
+    assert flow.response.status_code == 402
+    body = json.loads(flow.response.content or b"")
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "billing_error"
+    assert "daily budget exceeded for agent 'bot'" in body["error"]["message"]
+    assert flow.response.headers["x-spendbrake-reason"] == "daily_budget_exceeded"
+
+
+async def test_an_anthropic_stream_is_metered_from_its_own_events(proxy: Proxy) -> None:
+    flow = await proxy.send(anthropic_flow(10, stream=True))
+    assert flow.response is None
+    assert flow.request.content is not None
+    assert b"stream_options" not in flow.request.content  # nothing to inject at Anthropic
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    proxy.enforcement.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    start = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":'
+        b'"claude-haiku-4-5","usage":{"input_tokens":12,"output_tokens":1}}}\n\n'
+    )
+    delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":6}}\n\n'
+    assert [stream(start), stream(delta), stream(b"")] == [start, delta, b""]
+    await proxy.enforcement.response(flow)
+    [row] = proxy.rows()
+    assert (row["provider"], row["endpoint"]) == ("anthropic", "/v1/messages")
+    assert (row["input_tokens"], row["output_tokens"]) == (12, 6)
+    assert row["actual_nanos"] == 12 * 1_000 + 6 * 5_000  # $1/M in, $5/M out

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from spendbrake.providers import openai
+from spendbrake.providers import anthropic, openai
 from spendbrake.providers.base import Api
 
 
@@ -41,7 +41,14 @@ OPENAI = Provider(
     metered={openai.CHAT_COMPLETIONS: openai.ChatCompletions()},
     error_body=openai.error_body,
 )
-PROVIDERS: tuple[Provider, ...] = (OPENAI,)
+ANTHROPIC = Provider(
+    id=anthropic.PROVIDER_ID,
+    hosts=anthropic.HOSTS,
+    metered={anthropic.MESSAGES: anthropic.Messages()},
+    error_body=anthropic.error_body,
+    free_posts=frozenset({anthropic.COUNT_TOKENS}),
+)
+PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC)
 LLM_HOSTS: frozenset[str] = frozenset(host for p in PROVIDERS for host in p.hosts)
 
 # Reading never generates tokens: GET/HEAD/OPTIONS/DELETE on any route is free.

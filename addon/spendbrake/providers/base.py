@@ -61,8 +61,8 @@ class Api(Protocol):
 def load_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise UnreadableRequest("the request body is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise UnreadableRequest("the request body is not JSON (or nests too deeply)") from None
     if not isinstance(data, dict):
         raise UnreadableRequest("the request body is not a JSON object")
     return data
