@@ -1,10 +1,11 @@
-"""The fake OpenAI provider, exercised with the real `openai` SDK (no proxy in between)."""
+"""The fake provider, exercised with the real `openai` and `anthropic` SDKs (no proxy between)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import ssl
 import stat
 import subprocess
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -60,6 +62,18 @@ def client(pki: TestPKI, provider: FakeProvider) -> Iterator[openai.OpenAI]:
 
 
 @pytest.fixture(scope="module")
+def claude(pki: TestPKI, provider: FakeProvider) -> Iterator[anthropic.Anthropic]:
+    # anthropic 2.x is built on httpx2 too; its base URL has no /v1 (the SDK adds it).
+    sdk = anthropic.Anthropic(
+        base_url=f"https://127.0.0.1:{provider.port}",
+        api_key="sk-ant-test",
+        http_client=anthropic.DefaultHttpxClient(verify=_strict_context(pki)),
+    )
+    yield sdk
+    sdk.close()
+
+
+@pytest.fixture(scope="module")
 def raw(pki: TestPKI, provider: FakeProvider) -> Iterator[httpx2.Client]:
     with httpx2.Client(
         base_url=f"https://127.0.0.1:{provider.port}", verify=_strict_context(pki)
@@ -74,8 +88,24 @@ def test_pki_files(pki: TestPKI) -> None:
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     leaf = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["api.openai.com", "localhost"]
+    assert sans.get_values_for_type(x509.DNSName) == [
+        "api.openai.com",
+        "api.anthropic.com",
+        "localhost",
+    ]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("hostname", ["api.openai.com", "api.anthropic.com"])
+def test_certificate_verifies_for_provider_hostnames(
+    pki: TestPKI, provider: FakeProvider, hostname: str
+) -> None:
+    # What a client of https://<hostname> checks (e.g. mitmproxy upstream, pinned to 127.0.0.1).
+    with (
+        socket.create_connection(("127.0.0.1", provider.port), timeout=5) as sock,
+        _strict_context(pki).wrap_socket(sock, server_hostname=hostname) as tls,
+    ):
+        assert tls.version() is not None
 
 
 def test_non_stream_usage_follows_rule(client: openai.OpenAI) -> None:
@@ -248,3 +278,258 @@ def test_standalone_main(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- Anthropic Messages -----------------------------------------------------------------------
+
+ANTHROPIC_MODEL = "claude-haiku-4-5-20251001"
+
+
+def _usage_tuple(usage: anthropic.types.Usage) -> tuple[int | None, ...]:
+    return (
+        usage.input_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+        usage.output_tokens,
+    )
+
+
+def test_anthropic_non_stream_usage_follows_rule(
+    claude: anthropic.Anthropic, provider: FakeProvider
+) -> None:
+    raw_response = claude.messages.with_raw_response.create(
+        model=ANTHROPIC_MODEL,
+        max_tokens=5,
+        system="You are terse.",  # 14 chars
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},  # 9 chars
+            {"role": "assistant", "content": "Hi"},  # 2 chars
+            {"role": "user", "content": "Again"},  # 5 chars
+        ],
+    )
+    assert raw_response.headers["request-id"].startswith("req_")
+    assert "x-request-id" not in raw_response.headers
+    message = raw_response.parse()
+    assert message.id.startswith("msg_")
+    assert (message.type, message.role, message.model) == ("message", "assistant", ANTHROPIC_MODEL)
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [
+        ("text", "Hello! How can I help?")
+    ]
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+    assert _usage_tuple(message.usage) == (7 + 30 // 4, 0, 0, 5)
+    assert message.usage.service_tier == "standard"
+    assert json.loads(message.to_json())["usage"]["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": 0,
+    }
+
+    (recorded,) = provider.requests
+    assert (recorded.method, recorded.path) == ("POST", "/v1/messages")
+    # anthropic SDK 2.x sends the API key as a bearer token, not as x-api-key.
+    assert recorded.headers["authorization"] == "Bearer sk-ant-test"
+    assert "x-api-key" not in recorded.headers
+    assert "anthropic-version" in recorded.headers
+
+
+def test_anthropic_usage_caps_at_nine_and_headers_override(claude: anthropic.Anthropic) -> None:
+    capped = claude.messages.create(
+        model=ANTHROPIC_MODEL,
+        max_tokens=1024,
+        system=[{"type": "text", "text": "12345678"}],  # list-of-blocks system counts too
+        messages=[{"role": "user", "content": "x"}],
+    )
+    assert _usage_tuple(capped.usage) == (7 + 9 // 4, 0, 0, 9)
+
+    overridden = claude.messages.create(
+        model=ANTHROPIC_MODEL,
+        max_tokens=1024,
+        messages=[{"role": "user", "content": "x"}],
+        extra_headers={
+            "x-fake-usage-prompt": "25",
+            "x-fake-usage-completion": "250",
+            "x-fake-usage-cache-read": "2048",
+            "x-fake-usage-cache-write": "512",
+        },
+    )
+    assert _usage_tuple(overridden.usage) == (25, 512, 2048, 250)
+    assert overridden.usage.cache_creation is not None
+    assert overridden.usage.cache_creation.ephemeral_5m_input_tokens == 512
+    assert overridden.usage.cache_creation.ephemeral_1h_input_tokens == 0
+
+
+def test_anthropic_stream_final_usage(claude: anthropic.Anthropic) -> None:
+    with claude.messages.stream(
+        model=ANTHROPIC_MODEL,
+        max_tokens=100,
+        messages=[{"role": "user", "content": "12345678"}],
+        extra_headers={"x-fake-usage-cache-read": "2048"},
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    assert _usage_tuple(start.message.usage) == (9, 0, 2048, 1)
+    # The classic message_delta carries only the cumulative output count.
+    assert delta.usage.output_tokens == 9
+    assert (delta.usage.input_tokens, delta.usage.cache_read_input_tokens) == (None, None)
+    assert _usage_tuple(final.usage) == (9, 0, 2048, 9)
+    assert final.usage.service_tier == "standard"
+    assert [b.text for b in final.content if b.type == "text"] == ["Hello! How can I help?"]
+    assert final.stop_reason == "end_turn"
+
+
+def test_anthropic_stream_full_delta_usage(claude: anthropic.Anthropic) -> None:
+    with claude.messages.stream(
+        model=ANTHROPIC_MODEL,
+        max_tokens=3,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={
+            "x-fake-anthropic-delta-usage": "full",
+            "x-fake-usage-prompt": "25",
+            "x-fake-usage-cache-read": "2048",
+            "x-fake-usage-cache-write": "64",
+        },
+    ) as stream:
+        delta = next(e for e in stream if e.type == "message_delta")
+        final = stream.get_final_message()
+    assert (
+        delta.usage.input_tokens,
+        delta.usage.cache_creation_input_tokens,
+        delta.usage.cache_read_input_tokens,
+        delta.usage.output_tokens,
+    ) == (25, 64, 2048, 3)
+    assert _usage_tuple(final.usage) == (25, 64, 2048, 3)
+
+
+def test_anthropic_stream_error_raises(claude: anthropic.Anthropic, provider: FakeProvider) -> None:
+    texts: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as excinfo,
+        claude.messages.stream(
+            model=ANTHROPIC_MODEL,
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-stream-error": "overloaded"},
+        ) as stream,
+    ):
+        texts.extend(stream.text_stream)
+    assert texts == ["Hello", "!"]
+    assert excinfo.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert excinfo.value.type == "overloaded_error"
+    assert len(provider.requests) == 1  # a mid-stream error is not retried
+
+
+def test_anthropic_stream_transcript(raw: httpx2.Client) -> None:
+    body = {
+        "model": ANTHROPIC_MODEL,
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    started = time.monotonic()
+    arrivals: list[float] = []
+    with raw.stream(
+        "POST", "/v1/messages", json=body, headers={"x-fake-delay-ms": "30"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["request-id"].startswith("req_")
+        lines: list[str] = []
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                arrivals.append(time.monotonic())
+            lines.append(line)
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event:")]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 6,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    # Each event is exactly `event: <name>`, `data: <json>`, blank line.
+    assert lines[1::3] == [line for line in lines if line.startswith("data: ")]
+    assert set(lines[2::3]) == {""}
+    data = [json.loads(line.removeprefix("data: ")) for line in lines[1::3]]
+    assert [d["type"] for d in data] == names
+    assert lines[7] == 'data: {"type": "ping"}'
+    assert "".join(d["delta"]["text"] for d in data[3:9]) == "Hello! How can I help?"
+    assert data[10]["usage"] == {"output_tokens": 9}
+    # Flushed event by event: the first at once, then 30 ms before each of the other 11.
+    assert arrivals[0] - started < 0.5
+    assert arrivals[-1] - arrivals[0] >= 11 * 0.03 - 0.01
+
+    with raw.stream(
+        "POST", "/v1/messages", json=body, headers={"x-fake-stream-error": "overloaded"}
+    ) as response:
+        tail = [line for line in response.iter_lines() if line][-2:]
+    assert tail == [
+        "event: error",
+        'data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
+    ]
+
+    typo = raw.post("/v1/messages", json=body, headers={"x-fake-stream-error": "overload"})
+    assert typo.status_code == 400
+    assert "x-fake-stream-error" in typo.json()["error"]["message"]
+
+
+def test_anthropic_count_tokens(claude: anthropic.Anthropic, provider: FakeProvider) -> None:
+    counted = claude.messages.count_tokens(
+        model=ANTHROPIC_MODEL,
+        system="You are terse.",  # 14 chars
+        messages=[{"role": "user", "content": "Say hello"}],  # 9 chars
+    )
+    assert counted.input_tokens == 7 + 23 // 4
+    assert [r.path for r in provider.requests] == ["/v1/messages/count_tokens"]
+
+
+def test_anthropic_missing_max_tokens_is_400(claude: anthropic.Anthropic) -> None:
+    # The SDK refuses to build such a request, so send the body through its generic post().
+    with pytest.raises(anthropic.BadRequestError) as excinfo:
+        claude.post(
+            "/v1/messages",
+            cast_to=anthropic.types.Message,
+            body={"model": ANTHROPIC_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        )
+    assert excinfo.value.status_code == 400
+    assert excinfo.value.body == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"},
+    }
+
+
+def test_anthropic_fake_status_and_404(
+    claude: anthropic.Anthropic, raw: httpx2.Client, provider: FakeProvider
+) -> None:
+    with pytest.raises(anthropic.InternalServerError) as excinfo:
+        claude.messages.create(
+            model=ANTHROPIC_MODEL,
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-status": "500"},
+        )
+    assert excinfo.value.status_code == 500
+    assert excinfo.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "fake failure"},
+    }
+    assert excinfo.value.request_id is not None
+    with pytest.raises(anthropic.OverloadedError):
+        claude.messages.count_tokens(
+            model=ANTHROPIC_MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-status": "529"},
+        )
+    # x-should-retry: false stops the SDK's default retries.
+    assert len(provider.requests) == 2
+
+    missing = raw.get("/v1/messages/batches")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "Not Found"},
+    }

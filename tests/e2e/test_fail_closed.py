@@ -58,7 +58,9 @@ def test_unreadable_request_is_refused(proxy: Proxy, fake: FakeProvider, test_id
     assert_refusal(
         response.status_code, response.headers, response.json(), "unreadable_request", 400
     )
-    assert response.json()["error"]["message"] == "spendbrake: the request body is not JSON"
+    assert response.json()["error"]["message"] == (
+        "spendbrake: the request body is not JSON (or nests too deeply)"
+    )
     assert requests_of(fake, test_id) == []
     rows = ledger_calls(proxy.ledger, agent)
     assert [(r["state"], r["reason"], r["held_nanos"]) for r in rows] == [

@@ -1,13 +1,32 @@
-"""A local HTTPS fake of the OpenAI API that replays real response shapes.
+"""A local HTTPS fake of the OpenAI and Anthropic APIs that replays real response shapes.
 
 Server side is stdlib only so it behaves the same wherever the tests run. Run standalone with
 `python -m spendbrake.testing.fake_provider --port 8443 --dir /tmp/x`.
 
+Routes:
+  POST /v1/chat/completions          OpenAI Chat Completions (stream and non-stream)
+  POST /v1/messages                  Anthropic Messages (stream and non-stream)
+  POST /v1/messages/count_tokens     Anthropic token counting (free at Anthropic)
+Anything else answers 404 (Anthropic's error shape under /v1/messages, OpenAI's elsewhere).
+
+Usage is deterministic. OpenAI: prompt_tokens = 7 + chars(message text) // 4, completion_tokens =
+min(max_completion_tokens or max_tokens, 9). Anthropic: input_tokens = 7 + chars(system + message
+text) // 4, output_tokens = min(max_tokens, 9), cache fields 0.
+
 Test controls (request headers, so SDK clients can send them via `extra_headers`):
   x-fake-delay-ms: N            sleep N ms before every SSE event except the first
-  x-fake-status: N              answer status N with OpenAI's error shape
-  x-fake-usage-prompt: N        override usage.prompt_tokens
-  x-fake-usage-completion: N    override usage.completion_tokens
+  x-fake-status: N              answer status N with the provider's error shape (type api_error
+                                for Anthropic, server_error for OpenAI) and x-should-retry: false
+  x-fake-usage-prompt: N        override prompt_tokens / input_tokens (also for count_tokens)
+  x-fake-usage-completion: N    override completion_tokens / output_tokens
+  x-fake-usage-cache-read: N    Anthropic: cache_read_input_tokens
+  x-fake-usage-cache-write: N   Anthropic: cache_creation_input_tokens (all of it 5-minute cache)
+  x-fake-anthropic-delta-usage: full
+                                Anthropic stream: message_delta.usage also carries the cumulative
+                                input_tokens and cache_* fields, as newer API versions send
+  x-fake-stream-error: overloaded
+                                Anthropic stream: after the second text delta, send an
+                                `event: error` (overloaded_error) and end the stream there
 
 Out-of-band endpoints (never recorded): GET /_fake/requests, POST /_fake/reset, GET /_fake/hello.
 """
@@ -26,6 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +59,16 @@ STREAM_DELTAS: tuple[str, ...] = ("Hello", "!", " How", " can", " I", " help?")
 MAX_COMPLETION_TOKENS = 9
 BASE_PROMPT_TOKENS = 7
 SYSTEM_FINGERPRINT = "fp_fake0000"
+
+ANTHROPIC_TEXT = "".join(STREAM_DELTAS)
+ANTHROPIC_MESSAGES_PATH = "/v1/messages"
+ANTHROPIC_COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# Values of x-fake-stream-error: the Anthropic error event each one sends mid-stream.
+ANTHROPIC_STREAM_ERRORS: dict[str, tuple[str, str]] = {
+    "overloaded": ("overloaded_error", "Overloaded"),
+}
+# The stream error is sent after this many text deltas.
+ANTHROPIC_STREAM_ERROR_AFTER = 2
 
 # OpenAI answers with the dated snapshot the alias currently points at.
 MODEL_SNAPSHOTS: dict[str, str] = {
@@ -89,7 +119,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeProvider:
-    """HTTPS fake of api.openai.com, serving from a daemon thread."""
+    """HTTPS fake of api.openai.com and api.anthropic.com, serving from a daemon thread."""
 
     def __init__(
         self, pki: TestPKI, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
@@ -187,6 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
     # SSE events are tiny; Nagle would hold them back and fake buffering that isn't there.
     disable_nagle_algorithm = True
     server: _Server
+    # Anthropic names it `request-id`, OpenAI `x-request-id`; set per request by _dispatch.
+    _request_id_header = "x-request-id"
 
     def setup(self) -> None:
         super().setup()
@@ -223,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path = self.path.split("?", 1)[0]
         provider = self.server.provider
+        anthropic = _is_anthropic_path(path)
+        self._request_id_header = "request-id" if anthropic else "x-request-id"
 
         if path.startswith("/_fake/"):
             self._out_of_band(path)
@@ -239,15 +273,25 @@ class _Handler(BaseHTTPRequestHandler):
 
         status = _int_header(self.headers.get("x-fake-status"))
         if status is not None:
-            self._send_json(
-                status,
-                {"error": {"message": "fake failure", "type": "server_error", "code": None}},
-                extra_headers={"x-should-retry": "false"},
+            failure = (
+                _anthropic_error("api_error", "fake failure")
+                if anthropic
+                else {"error": {"message": "fake failure", "type": "server_error", "code": None}}
             )
+            self._send_json(status, failure, extra_headers={"x-should-retry": "false"})
             return
 
         if self.command == "POST" and path == "/v1/chat/completions":
             self._chat_completions(body)
+            return
+        if self.command == "POST" and path == ANTHROPIC_MESSAGES_PATH:
+            self._messages(body)
+            return
+        if self.command == "POST" and path == ANTHROPIC_COUNT_TOKENS_PATH:
+            self._count_tokens(body)
+            return
+        if anthropic:
+            self._send_json(404, _anthropic_error("not_found_error", "Not Found"))
             return
 
         self._send_json(
@@ -375,14 +419,197 @@ class _Handler(BaseHTTPRequestHandler):
         if usage is not None:
             events.append(chunk([], len(events), usage))
         events.append(b"data: [DONE]\n\n")
+        self._send_sse(events)
 
+    # -- anthropic messages ----------------------------------------------------------------
+
+    def _anthropic_payload(
+        self, body: bytes, *, needs_max_tokens: bool
+    ) -> tuple[dict[str, Any], int] | None:
+        """The request's JSON object and max_tokens (0 if not needed), or None after a 400."""
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            self._send_json(
+                400, _anthropic_error("invalid_request_error", "Invalid JSON in request body")
+            )
+            return None
+        # max_tokens first: it is the field clients forget (Anthropic has no default).
+        problem = None
+        max_tokens = payload.get("max_tokens")
+        if needs_max_tokens:
+            if "max_tokens" not in payload:
+                problem = "max_tokens: Field required"
+            elif not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+                problem = "max_tokens: Input should be a valid integer"
+            elif max_tokens < 1:
+                problem = "max_tokens: Input should be greater than or equal to 1"
+        for field in ("messages", "model"):
+            if problem is None and field not in payload:
+                problem = f"{field}: Field required"
+        if problem is not None:
+            self._send_json(400, _anthropic_error("invalid_request_error", problem))
+            return None
+        return payload, max_tokens if isinstance(max_tokens, int) else 0
+
+    def _messages(self, body: bytes) -> None:
+        parsed = self._anthropic_payload(body, needs_max_tokens=True)
+        if parsed is None:
+            return
+        payload, max_tokens = parsed
+
+        usage = self._anthropic_usage(payload, max_tokens)
+        message_id = f"msg_01{uuid.uuid4().hex[:22]}"
+        model = str(payload["model"])
+        if payload.get("stream") is True:
+            self._messages_stream(message_id, model, usage)
+            return
+
+        self._send_json(
+            200,
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": ANTHROPIC_TEXT}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            },
+        )
+
+    def _count_tokens(self, body: bytes) -> None:
+        parsed = self._anthropic_payload(body, needs_max_tokens=False)
+        if parsed is None:
+            return
+        self._send_json(200, {"input_tokens": self._anthropic_input_tokens(parsed[0])})
+
+    def _anthropic_input_tokens(self, payload: dict[str, Any]) -> int:
+        chars = _system_chars(payload.get("system")) + _content_chars(payload.get("messages"))
+        return _int_header_or(
+            self.headers.get("x-fake-usage-prompt"), BASE_PROMPT_TOKENS + chars // 4
+        )
+
+    def _anthropic_usage(self, payload: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+        output = min(max_tokens, MAX_COMPLETION_TOKENS)
+        cache_write = _int_header_or(self.headers.get("x-fake-usage-cache-write"), 0)
+        # Key order as Anthropic sends it.
+        return {
+            "input_tokens": self._anthropic_input_tokens(payload),
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": _int_header_or(
+                self.headers.get("x-fake-usage-cache-read"), 0
+            ),
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cache_write,
+                "ephemeral_1h_input_tokens": 0,
+            },
+            "output_tokens": _int_header_or(self.headers.get("x-fake-usage-completion"), output),
+            "service_tier": "standard",
+        }
+
+    def _messages_stream(self, message_id: str, model: str, usage: dict[str, Any]) -> None:
+        error_name = self.headers.get("x-fake-stream-error")
+        stream_error = None
+        if error_name is not None:
+            stream_error = ANTHROPIC_STREAM_ERRORS.get(error_name.strip().lower())
+            if stream_error is None:
+                # A typo in a test's control header should fail loudly, not pass silently.
+                self._send_json(
+                    400,
+                    _anthropic_error(
+                        "invalid_request_error",
+                        f"x-fake-stream-error: unknown value {error_name!r}; "
+                        f"known: {', '.join(sorted(ANTHROPIC_STREAM_ERRORS))}",
+                    ),
+                )
+                return
+
+        output_tokens = usage["output_tokens"]
+        # message_start reports a small running output count; message_delta the final one.
+        start_usage = {**usage, "output_tokens": min(1, output_tokens)}
+        if (self.headers.get("x-fake-anthropic-delta-usage") or "").strip().lower() == "full":
+            delta_usage = {
+                "input_tokens": usage["input_tokens"],
+                "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
+                "cache_read_input_tokens": usage["cache_read_input_tokens"],
+                "output_tokens": output_tokens,
+            }
+        else:
+            delta_usage = {"output_tokens": output_tokens}
+
+        events = [
+            _sse_event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": message_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            ),
+            _sse_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            # Anthropic's ping is the one event not sent compact.
+            b'event: ping\ndata: {"type": "ping"}\n\n',
+        ]
+        for i, text in enumerate(STREAM_DELTAS):
+            if stream_error is not None and i == ANTHROPIC_STREAM_ERROR_AFTER:
+                error_type, message = stream_error
+                events.append(_sse_event("error", _anthropic_error(error_type, message)))
+                self._send_sse(events)
+                return
+            events.append(
+                _sse_event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": text},
+                    },
+                )
+            )
+        events += [
+            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": delta_usage,
+                },
+            ),
+            _sse_event("message_stop", {"type": "message_stop"}),
+        ]
+        self._send_sse(events)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _send_sse(self, events: Sequence[bytes]) -> None:
+        """Stream `events` (complete SSE events), one HTTP chunk each, honouring x-fake-delay-ms."""
         delay = max(_int_header_or(self.headers.get("x-fake-delay-ms"), 0), 0) / 1000
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+        self.send_header(self._request_id_header, f"req_{uuid.uuid4().hex}")
         self.end_headers()
         try:
             for i, event in enumerate(events):
@@ -396,8 +623,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ssl.SSLError, TimeoutError):
             # The client (or proxy) cut the stream short; that's a scenario tests provoke.
             self.close_connection = True
-
-    # -- plumbing --------------------------------------------------------------------------
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -440,7 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+        self.send_header(self._request_id_header, f"req_{uuid.uuid4().hex}")
         for name, value in (extra_headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -464,6 +689,19 @@ def _content_chars(messages: object) -> int:
     return total
 
 
+def _system_chars(system: object) -> int:
+    """Characters of text in an Anthropic `system` (a string or a list of text blocks)."""
+    if isinstance(system, str):
+        return len(system)
+    if isinstance(system, list):
+        return _content_chars([{"content": system}])
+    return 0
+
+
+def _is_anthropic_path(path: str) -> bool:
+    return path == ANTHROPIC_MESSAGES_PATH or path.startswith(ANTHROPIC_MESSAGES_PATH + "/")
+
+
 def _int_header(value: str | None) -> int | None:
     if value is None:
         return None
@@ -482,13 +720,24 @@ def _error(message: str, type_: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": None}}
 
 
+def _anthropic_error(type_: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def _sse_event(name: str, obj: Any) -> bytes:
+    """One named SSE event the way Anthropic frames them."""
+    return b"event: " + name.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+
+
 def _dumps(obj: Any) -> bytes:
     # Compact separators, like OpenAI's streamed chunks.
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Local HTTPS fake of the OpenAI API.")
+    parser = argparse.ArgumentParser(
+        description="Local HTTPS fake of the OpenAI and Anthropic APIs."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--dir", type=Path, help="where to write the test PKI (default: temp)")
