@@ -205,7 +205,7 @@ async def test_a_provider_never_reached_costs_nothing(proxy: Proxy) -> None:
             400,
             "unknown_model",
         ),
-        ({"path": "/v1/responses"}, 403, "unmetered_route"),
+        ({"path": "/v1/images/generations"}, 403, "unmetered_route"),
         ({"credentials": ("bad name", "s")}, 407, "unauthenticated_agent"),
     ],
 )

@@ -43,3 +43,15 @@ def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate() -> None:
         input_tokens=12 + 2048, cache_write_tokens=2048, cache_write_1h_tokens=2048, output_tokens=6
     )
     assert cost_nanos(tokens, "claude-sonnet-4-5", provider_id="anthropic") == 12_414_000
+
+
+def test_embeddings_cost_two_cents_per_million_tokens() -> None:
+    assert (
+        cost_nanos(TokenCounts(input_tokens=8), "text-embedding-3-small", provider_id="openai")
+        == 160
+    )
+
+
+def test_the_responses_transcripts_model_is_priced() -> None:
+    tokens = TokenCounts(input_tokens=328, output_tokens=552, reasoning_tokens=448)
+    assert cost_nanos(tokens, "o4-mini-2025-04-16", provider_id="openai") == 2_789_600

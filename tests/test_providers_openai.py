@@ -58,8 +58,12 @@ def test_only_api_openai_com_is_an_llm_host() -> None:
         ("POST", "/v1/chat/completions", RouteKind.METERED),
         ("POST", "/v1/chat/completions?x=1", RouteKind.METERED),
         ("GET", "/v1/models", RouteKind.FREE),
-        ("POST", "/v1/responses", RouteKind.UNKNOWN),
-        ("POST", "/v1/embeddings", RouteKind.UNKNOWN),
+        ("POST", "/v1/completions", RouteKind.METERED),
+        ("POST", "/v1/responses", RouteKind.METERED),
+        ("POST", "/v1/embeddings", RouteKind.METERED),
+        ("POST", "/v1/responses/input_tokens", RouteKind.FREE),
+        ("POST", "/v1/images/generations", RouteKind.UNKNOWN),
+        ("POST", "/v1/batches", RouteKind.UNKNOWN),
     ],
 )
 def test_routes_are_metered_free_or_refused(method: str, path: str, kind: RouteKind) -> None:
@@ -187,3 +191,38 @@ def test_the_error_shape_is_openais() -> None:
     assert error_body(402, "daily_budget_exceeded", "no") == {
         "error": {"message": "no", "type": "insufficient_quota", "code": "daily_budget_exceeded"}
     }
+
+
+def test_legacy_completions_default_to_16_tokens_and_bill_every_candidate() -> None:
+    from spendbrake.providers.openai import parse_completions_request
+
+    default = parse_completions_request(b'{"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi"}')
+    assert (default.max_output, default.choices, default.prompt_texts) == (16, 1, ("Say hi",))
+    best = parse_completions_request(
+        b'{"model": "gpt-3.5-turbo-instruct", "prompt": [1, 2, 3], '
+        b'"max_tokens": 5, "n": 2, "best_of": 4}'
+    )
+    assert (best.max_output, best.choices, best.fixed_prompt_tokens) == (5, 4, 3)
+    with pytest.raises(UnreadableRequest, match="prompt must be"):
+        parse_completions_request(b'{"model": "m", "prompt": {"a": 1}}')
+
+
+def test_embeddings_hold_their_input_only() -> None:
+    from spendbrake.providers.openai_embeddings import (
+        parse_embeddings_request,
+        usage_from_embeddings,
+    )
+
+    request = parse_embeddings_request(
+        b'{"model": "text-embedding-3-small", "input": ["a", "b c"]}'
+    )
+    assert (request.max_output, request.prompt_texts) == (0, ("a", "b c"))
+    ids = parse_embeddings_request(b'{"model": "text-embedding-3-small", "input": [[1, 2], [3]]}')
+    assert ids.fixed_prompt_tokens == 3
+    with pytest.raises(UnreadableRequest, match="input must be"):
+        parse_embeddings_request(b'{"model": "text-embedding-3-small", "input": []}')
+    usage = usage_from_embeddings(
+        {"model": "text-embedding-3-small", "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+    )
+    assert usage is not None
+    assert usage.tokens == TokenCounts(input_tokens=8)

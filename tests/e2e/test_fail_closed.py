@@ -119,14 +119,14 @@ def test_locked_ledger_refuses_then_recovers(
 def test_unmetered_route_is_refused(proxy: Proxy, fake: FakeProvider, test_id: str) -> None:
     report = run_client(
         "sdk_chat.py",
-        {"endpoint": "responses", "max_retries": 0, "headers": {TEST_ID_HEADER: test_id}},
-        proxy.client_env("fc-responses"),
+        {"endpoint": "images", "max_retries": 0, "headers": {TEST_ID_HEADER: test_id}},
+        proxy.client_env("fc-images"),
     )
     call = report["calls"][0]
     assert call["ok"] is False, call
     assert call["error_class"] == "PermissionDeniedError"
     assert_refusal(call["status"], call["headers"], call["error_body"], "unmetered_route", 403)
-    assert "POST /v1/responses" in call["error_body"]["error"]["message"]
+    assert "POST /v1/images/generations" in call["error_body"]["error"]["message"]
     assert requests_of(fake, test_id) == []
 
 

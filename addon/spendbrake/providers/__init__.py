@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from spendbrake.providers import anthropic, openai
+from spendbrake.providers import anthropic, openai, openai_embeddings, openai_responses
 from spendbrake.providers.base import Api
 
 
@@ -38,8 +38,15 @@ class Provider:
 OPENAI = Provider(
     id=openai.PROVIDER_ID,
     hosts=openai.HOSTS,
-    metered={openai.CHAT_COMPLETIONS: openai.ChatCompletions()},
+    metered={
+        openai.CHAT_COMPLETIONS: openai.ChatCompletions(),
+        openai.COMPLETIONS: openai.LegacyCompletions(),
+        openai_responses.RESPONSES: openai_responses.Responses(),
+        openai_embeddings.EMBEDDINGS: openai_embeddings.Embeddings(),
+    },
     error_body=openai.error_body,
+    # Counting a Responses input is free.
+    free_posts=frozenset({"/v1/responses/input_tokens"}),
 )
 ANTHROPIC = Provider(
     id=anthropic.PROVIDER_ID,

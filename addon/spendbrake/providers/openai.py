@@ -25,6 +25,8 @@ from spendbrake.sse import EventSplitter, event_data
 PROVIDER_ID = "openai"
 HOSTS = frozenset({"api.openai.com"})
 CHAT_COMPLETIONS = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"  # legacy
+_LEGACY_DEFAULT_MAX_TOKENS = 16  # the legacy API's own default
 
 # Cookbook "How to count tokens with tiktoken": <|start|>{role}<|message|>…<|end|> per message,
 # one more for a name, three for the reply priming. Tool schemas are injected as text; their JSON
@@ -83,6 +85,49 @@ def parse_chat_request(body: bytes) -> CallRequest:
         max_output=_max_output(data),
         choices=1 if data.get("n") is None else int_at_least(data["n"], "n", minimum=1),
         service_tier=tier if isinstance(tier, str) else None,
+        prompt_texts=tuple(texts),
+        fixed_prompt_tokens=fixed,
+        wants_usage_injection=stream and not client_asked_for_usage,
+    )
+
+
+def parse_completions_request(body: bytes) -> CallRequest:
+    """The legacy Completions API: ``prompt`` text (or token ids), ``max_tokens`` defaulting to
+    16, and ``best_of`` candidates generated (and billed) server-side of which ``n`` return."""
+    data = load_json_object(body)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise UnreadableRequest("the request has no model")
+    prompt = data.get("prompt")
+    texts: list[str] = []
+    fixed = 0
+    if isinstance(prompt, str):
+        texts.append(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        texts.extend(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, int) for p in prompt):
+        fixed = len(prompt)
+    elif isinstance(prompt, list) and all(isinstance(p, list) for p in prompt):
+        fixed = sum(len(p) for p in prompt)
+    else:
+        raise UnreadableRequest("prompt must be text, a list of texts, or token ids")
+    if isinstance(data.get("suffix"), str):
+        texts.append(data["suffix"])
+    max_tokens = data.get("max_tokens")
+    n = 1 if data.get("n") is None else int_at_least(data["n"], "n", minimum=1)
+    best_of = data.get("best_of")
+    generated = n if best_of is None else int_at_least(best_of, "best_of", minimum=1)
+    stream = data.get("stream") is True
+    options = data.get("stream_options")
+    client_asked_for_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return CallRequest(
+        model=model,
+        stream=stream,
+        max_output=_LEGACY_DEFAULT_MAX_TOKENS
+        if max_tokens is None
+        else int_at_least(max_tokens, "max_tokens", minimum=0),
+        choices=max(n, generated),
+        service_tier=None,
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
         wants_usage_injection=stream and not client_asked_for_usage,
@@ -244,3 +289,12 @@ class ChatCompletions:
 
     def stream_meter(self, *, strip_injected_usage: bool) -> ChatStreamMeter:
         return ChatStreamMeter(strip_usage_chunk=strip_injected_usage)
+
+
+class LegacyCompletions(ChatCompletions):
+    """``POST /v1/completions``: the legacy API, metered like Chat Completions."""
+
+    endpoint = COMPLETIONS
+
+    def parse(self, body: bytes) -> CallRequest:
+        return parse_completions_request(body)

@@ -4,7 +4,7 @@ Run as ``python sdk_chat.py '<json spec>'``; prints one JSON report on stdout. T
 default base URL (https://api.openai.com/v1), so it only reaches the fake through the proxy.
 
 Spec keys (all optional):
-  endpoint        "chat" (default) or "responses"
+  endpoint        "chat" (default) or "images" (a route spendbrake does not meter)
   model           default "gpt-4o-mini"
   content         the user message; "{i}" is replaced by the call's index
   max_tokens      int
@@ -73,9 +73,9 @@ def one_call(client: openai.OpenAI, spec: dict[str, Any], i: int) -> dict[str, A
     headers = spec.get("headers", {})
     started = time.monotonic()
     try:
-        if spec.get("endpoint") == "responses":
-            client.responses.create(model=model, input=content, extra_headers=headers)
-            raise AssertionError("the responses call was expected to be refused")
+        if spec.get("endpoint") == "images":
+            client.images.generate(model="gpt-image-1", prompt=content, extra_headers=headers)
+            raise AssertionError("the images call was expected to be refused")
         arguments: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": content}],
