@@ -533,3 +533,244 @@ def test_anthropic_fake_status_and_404(
         "type": "error",
         "error": {"type": "not_found_error", "message": "Not Found"},
     }
+
+
+# -- OpenAI Responses -------------------------------------------------------------------------
+
+RESPONSES_EVENT_NAMES = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
+
+
+def _responses_usage_tuple(usage: openai.types.responses.ResponseUsage | None) -> tuple[int, ...]:
+    assert usage is not None
+    return (
+        usage.input_tokens,
+        usage.input_tokens_details.cached_tokens,
+        usage.output_tokens,
+        usage.output_tokens_details.reasoning_tokens,
+        usage.total_tokens,
+    )
+
+
+def test_responses_non_stream_usage_follows_rule(
+    client: openai.OpenAI, provider: FakeProvider
+) -> None:
+    response = client.responses.create(
+        model="gpt-4o-mini",
+        instructions="You are terse.",  # 14 chars
+        input=[
+            {"role": "user", "content": "Say hello"},  # 9 chars
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Hi"}]},  # 2
+            {"role": "user", "content": [{"type": "input_text", "text": "12345678"}]},  # 8
+        ],
+        max_output_tokens=5,
+    )
+    assert response.id.startswith("resp_")
+    assert (response.object, response.status) == ("response", "completed")
+    assert response.model == "gpt-4o-mini-2024-07-18"
+    assert response.service_tier == "default"
+    assert (response.instructions, response.max_output_tokens) == ("You are terse.", 5)
+    assert (response.error, response.incomplete_details) == (None, None)
+    assert response.output_text == "Hi there!"
+    assert _responses_usage_tuple(response.usage) == (7 + 33 // 4, 0, 5, 0, 15 + 5)
+    dumped = json.loads(response.to_json())
+    (item,) = dumped["output"]
+    assert item["id"].startswith("msg_")
+    assert (item["type"], item["status"], item["role"]) == ("message", "completed", "assistant")
+    assert item["content"] == [
+        {"type": "output_text", "text": "Hi there!", "annotations": [], "logprobs": []}
+    ]
+    assert dumped["usage"]["input_tokens_details"] == {"cached_tokens": 0}
+    assert dumped["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+    (recorded,) = provider.requests
+    assert (recorded.method, recorded.path) == ("POST", "/v1/responses")
+
+
+def test_responses_usage_caps_at_nine_and_headers_override(client: openai.OpenAI) -> None:
+    capped = client.responses.create(model="o4-mini", input="12345678", max_output_tokens=500)
+    assert capped.model == "o4-mini"
+    assert _responses_usage_tuple(capped.usage) == (9, 0, 9, 0, 18)
+    unlimited = client.responses.create(model="gpt-4o", input="x")
+    assert unlimited.model == "gpt-4o-2024-08-06"
+    assert unlimited.max_output_tokens is None
+    assert _responses_usage_tuple(unlimited.usage) == (7, 0, 9, 0, 16)
+
+    overridden = client.responses.create(
+        model="o4-mini",
+        input="x",
+        extra_headers={
+            "x-fake-usage-prompt": "1000",
+            "x-fake-usage-cache-read": "768",
+            "x-fake-usage-completion": "250",
+            "x-fake-usage-reasoning": "200",
+        },
+    )
+    # Cached and reasoning tokens are parts of input_tokens and output_tokens, not extra.
+    assert _responses_usage_tuple(overridden.usage) == (1000, 768, 250, 200, 1250)
+
+
+def test_responses_stream_ends_with_completed_usage(client: openai.OpenAI) -> None:
+    events = list(
+        client.responses.create(
+            model="gpt-4o-mini",
+            input=[{"role": "user", "content": "12345678"}],
+            stream=True,
+            extra_headers={"x-fake-usage-cache-read": "2"},
+        )
+    )
+    assert [e.type for e in events] == [*RESPONSES_EVENT_NAMES, "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(10))
+    created, *_, completed = events
+    assert created.type == "response.created"
+    assert (created.response.status, created.response.usage) == ("in_progress", None)
+    assert completed.type == "response.completed"
+    assert completed.response.status == "completed"
+    assert completed.response.id == created.response.id
+    assert completed.response.model == "gpt-4o-mini-2024-07-18"
+    assert completed.response.output_text == "Hi there!"
+    assert _responses_usage_tuple(completed.response.usage) == (9, 2, 9, 0, 18)
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == ["Hi", " there!"]
+
+
+@pytest.mark.parametrize("end", ["incomplete", "failed"])
+def test_responses_stream_incomplete_and_failed(client: openai.OpenAI, end: str) -> None:
+    events = list(
+        client.responses.create(
+            model="gpt-4o-mini",
+            input="hi",
+            max_output_tokens=3,
+            stream=True,
+            extra_headers={"x-fake-responses-end": end},
+        )
+    )
+    assert [e.type for e in events] == [*RESPONSES_EVENT_NAMES, f"response.{end}"]
+    terminal = events[-1]
+    assert terminal.type in ("response.incomplete", "response.failed")
+    assert terminal.sequence_number == 9
+    assert terminal.response.status == end
+    assert _responses_usage_tuple(terminal.response.usage) == (7, 0, 3, 0, 10)
+    if end == "incomplete":
+        assert terminal.response.incomplete_details is not None
+        assert terminal.response.incomplete_details.reason == "max_output_tokens"
+        assert terminal.response.error is None
+    else:
+        assert terminal.response.error is not None
+        assert terminal.response.error.code == "server_error"
+        assert terminal.response.error.message == "fake failure"
+        assert terminal.response.incomplete_details is None
+
+    # The header shapes the non-streamed response the same way.
+    response = client.responses.create(
+        model="gpt-4o-mini", input="hi", extra_headers={"x-fake-responses-end": end}
+    )
+    assert response.status == end
+    assert _responses_usage_tuple(response.usage) == (7, 0, 9, 0, 16)
+
+
+def test_responses_stream_transcript(raw: httpx2.Client) -> None:
+    body = {"model": "gpt-4o-mini", "input": "hi", "stream": True}
+    started = time.monotonic()
+    arrivals: list[float] = []
+    with raw.stream(
+        "POST", "/v1/responses", json=body, headers={"x-fake-delay-ms": "20"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"].startswith("req_")
+        lines: list[str] = []
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                arrivals.append(time.monotonic())
+            lines.append(line)
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event:")]
+    assert names == [*RESPONSES_EVENT_NAMES, "response.completed"]
+    # Each event is exactly `event: <name>`, `data: <json>`, blank line; no [DONE].
+    assert lines[1::3] == [line for line in lines if line.startswith("data: ")]
+    assert set(lines[2::3]) == {""}
+    data = [json.loads(line.removeprefix("data: ")) for line in lines[1::3]]
+    assert [(d["type"], d["sequence_number"]) for d in data] == list(
+        zip(names, range(10), strict=True)
+    )
+    assert all("[DONE]" not in line for line in lines)
+    assert data[0]["response"]["service_tier"] == "auto"
+    assert data[-1]["response"]["service_tier"] == "default"
+    # Flushed event by event: the first at once, then 20 ms before each of the other 9.
+    assert arrivals[0] - started < 0.5
+    assert arrivals[-1] - arrivals[0] >= 9 * 0.02 - 0.01
+
+    typo = raw.post("/v1/responses", json=body, headers={"x-fake-responses-end": "cancelled"})
+    assert typo.status_code == 400
+    assert "x-fake-responses-end" in typo.json()["error"]["message"]
+    assert raw.post("/v1/responses", content=b"not json").status_code == 400
+
+
+# -- OpenAI Embeddings ------------------------------------------------------------------------
+
+EMBEDDING = [0.0023064255, -0.009327292, 0.015797377]
+
+
+def test_embeddings_one_input(client: openai.OpenAI, provider: FakeProvider) -> None:
+    result = client.embeddings.create(model="text-embedding-3-small", input="Say hello")  # 9
+    assert (result.object, result.model) == ("list", "text-embedding-3-small")
+    (embedding,) = result.data
+    assert (embedding.object, embedding.index) == ("embedding", 0)
+    # The SDK asked for base64 and decoded the float32 bytes back into floats.
+    assert embedding.embedding == pytest.approx(EMBEDDING, rel=1e-6)
+    assert (result.usage.prompt_tokens, result.usage.total_tokens) == (1 + 9 // 4, 3)
+    (recorded,) = provider.requests
+    assert recorded.path == "/v1/embeddings"
+    assert json.loads(recorded.body)["encoding_format"] == "base64"
+
+
+def test_embeddings_several_inputs_and_float_format(client: openai.OpenAI) -> None:
+    inputs = ["a", "12345678", "x" * 13]
+    result = client.embeddings.create(model="text-embedding-3-large", input=inputs)
+    assert [e.index for e in result.data] == [0, 1, 2]
+    assert all(e.embedding == pytest.approx(EMBEDDING, rel=1e-6) for e in result.data)
+    assert result.usage.prompt_tokens == (1 + 0) + (1 + 2) + (1 + 3)
+    assert result.usage.total_tokens == 8
+
+    floats = client.embeddings.create(
+        model="text-embedding-3-small", input=inputs[:2], encoding_format="float"
+    )
+    assert [e.embedding for e in floats.data] == [EMBEDDING, EMBEDDING]
+
+
+def test_embeddings_override_and_bad_input(client: openai.OpenAI, raw: httpx2.Client) -> None:
+    overridden = client.embeddings.create(
+        model="text-embedding-3-small", input="x", extra_headers={"x-fake-usage-prompt": "8"}
+    )
+    assert (overridden.usage.prompt_tokens, overridden.usage.total_tokens) == (8, 8)
+
+    bad = raw.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": []})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "input"
+
+
+def test_fake_status_on_responses_and_embeddings(
+    client: openai.OpenAI, provider: FakeProvider
+) -> None:
+    with pytest.raises(openai.InternalServerError) as excinfo:
+        client.responses.create(
+            model="gpt-4o-mini", input="hi", extra_headers={"x-fake-status": "500"}
+        )
+    assert excinfo.value.body == {"message": "fake failure", "type": "server_error", "code": None}
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(
+            model="gpt-4o-mini", input="hi", stream=True, extra_headers={"x-fake-status": "429"}
+        )
+    with pytest.raises(openai.InternalServerError):
+        client.embeddings.create(
+            model="text-embedding-3-small", input="hi", extra_headers={"x-fake-status": "503"}
+        )
+    # x-should-retry: false stops the SDK's default retries.
+    assert [r.path for r in provider.requests] == ["/v1/responses"] * 2 + ["/v1/embeddings"]

@@ -5,21 +5,29 @@ Server side is stdlib only so it behaves the same wherever the tests run. Run st
 
 Routes:
   POST /v1/chat/completions          OpenAI Chat Completions (stream and non-stream)
+  POST /v1/responses                 OpenAI Responses (stream and non-stream)
+  POST /v1/embeddings                OpenAI Embeddings (float or base64 vectors)
   POST /v1/messages                  Anthropic Messages (stream and non-stream)
   POST /v1/messages/count_tokens     Anthropic token counting (free at Anthropic)
 Anything else answers 404 (Anthropic's error shape under /v1/messages, OpenAI's elsewhere).
 
 Usage is deterministic. OpenAI: prompt_tokens = 7 + chars(message text) // 4, completion_tokens =
 min(max_completion_tokens or max_tokens, 9). Anthropic: input_tokens = 7 + chars(system + message
-text) // 4, output_tokens = min(max_tokens, 9), cache fields 0.
+text) // 4, output_tokens = min(max_tokens, 9), cache fields 0. Responses: input_tokens = 7 +
+chars(instructions + input text) // 4, output_tokens = min(max_output_tokens or 9, 9), cached and
+reasoning tokens 0. Embeddings: prompt_tokens = sum over inputs of 1 + chars // 4.
 
 Test controls (request headers, so SDK clients can send them via `extra_headers`):
   x-fake-delay-ms: N            sleep N ms before every SSE event except the first
   x-fake-status: N              answer status N with the provider's error shape (type api_error
                                 for Anthropic, server_error for OpenAI) and x-should-retry: false
-  x-fake-usage-prompt: N        override prompt_tokens / input_tokens (also for count_tokens)
+  x-fake-usage-prompt: N        override prompt_tokens / input_tokens (also for count_tokens and
+                                embeddings)
   x-fake-usage-completion: N    override completion_tokens / output_tokens
-  x-fake-usage-cache-read: N    Anthropic: cache_read_input_tokens
+  x-fake-usage-cache-read: N    Anthropic: cache_read_input_tokens; Responses:
+                                input_tokens_details.cached_tokens (a part of input_tokens)
+  x-fake-usage-reasoning: N     Responses: output_tokens_details.reasoning_tokens (a part of
+                                output_tokens)
   x-fake-usage-cache-write: N   Anthropic: cache_creation_input_tokens (all of it 5-minute cache)
   x-fake-anthropic-delta-usage: full
                                 Anthropic stream: message_delta.usage also carries the cumulative
@@ -27,6 +35,11 @@ Test controls (request headers, so SDK clients can send them via `extra_headers`
   x-fake-stream-error: overloaded
                                 Anthropic stream: after the second text delta, send an
                                 `event: error` (overloaded_error) and end the stream there
+  x-fake-responses-end: incomplete | failed
+                                Responses: end with status "incomplete" (incomplete_details.reason
+                                max_output_tokens) or "failed" (error server_error) instead of
+                                "completed"; streams then end with response.incomplete or
+                                response.failed (still carrying usage)
 
 Out-of-band endpoints (never recorded): GET /_fake/requests, POST /_fake/reset, GET /_fake/hello.
 """
@@ -34,12 +47,14 @@ Out-of-band endpoints (never recorded): GET /_fake/requests, POST /_fake/reset, 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import signal
 import socket
 import socketserver
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -69,6 +84,15 @@ ANTHROPIC_STREAM_ERRORS: dict[str, tuple[str, str]] = {
 }
 # The stream error is sent after this many text deltas.
 ANTHROPIC_STREAM_ERROR_AFTER = 2
+
+# Responses API: the text of every answer, and how a stream splits it.
+RESPONSES_DELTAS: tuple[str, ...] = ("Hi", " there!")
+RESPONSES_TEXT = "".join(RESPONSES_DELTAS)
+# Values of x-fake-responses-end: the terminal status (and event suffix) each one gives.
+RESPONSES_ENDS = ("completed", "incomplete", "failed")
+
+# Embeddings: every input gets this vector (float32-exact enough for the SDK's base64 decoding).
+EMBEDDING_VECTOR: tuple[float, ...] = (0.0023064255, -0.009327292, 0.015797377)
 
 # OpenAI answers with the dated snapshot the alias currently points at.
 MODEL_SNAPSHOTS: dict[str, str] = {
@@ -284,6 +308,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and path == "/v1/chat/completions":
             self._chat_completions(body)
             return
+        if self.command == "POST" and path == "/v1/responses":
+            self._responses(body)
+            return
+        if self.command == "POST" and path == "/v1/embeddings":
+            self._embeddings(body)
+            return
         if self.command == "POST" and path == ANTHROPIC_MESSAGES_PATH:
             self._messages(body)
             return
@@ -313,7 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- chat completions ------------------------------------------------------------------
 
-    def _chat_completions(self, body: bytes) -> None:
+    def _openai_payload(self, body: bytes) -> dict[str, Any] | None:
+        """The request's JSON object, or None after answering 400 the way OpenAI does."""
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -326,6 +357,12 @@ class _Handler(BaseHTTPRequestHandler):
                     "invalid_request_error",
                 ),
             )
+            return None
+        return payload
+
+    def _chat_completions(self, body: bytes) -> None:
+        payload = self._openai_payload(body)
+        if payload is None:
             return
 
         usage = self._usage(payload)
@@ -420,6 +457,151 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(chunk([], len(events), usage))
         events.append(b"data: [DONE]\n\n")
         self._send_sse(events)
+
+    # -- responses -------------------------------------------------------------------------
+
+    def _responses(self, body: bytes) -> None:
+        payload = self._openai_payload(body)
+        if payload is None:
+            return
+        end_name = (self.headers.get("x-fake-responses-end") or "completed").strip().lower()
+        if end_name not in RESPONSES_ENDS:
+            # A typo in a test's control header should fail loudly, not pass silently.
+            self._send_json(
+                400,
+                _error(
+                    f"x-fake-responses-end: unknown value {end_name!r}; "
+                    f"known: {', '.join(RESPONSES_ENDS)}",
+                    "invalid_request_error",
+                ),
+            )
+            return
+
+        usage = self._responses_usage(payload)
+        model = str(payload.get("model", ""))
+        response = _response_object(payload, MODEL_SNAPSHOTS.get(model, model))
+        message_id = f"msg_{uuid.uuid4().hex}"
+        item_status = "incomplete" if end_name == "incomplete" else "completed"
+        part = {"type": "output_text", "text": RESPONSES_TEXT, "annotations": [], "logprobs": []}
+        item = {
+            "id": message_id,
+            "type": "message",
+            "status": item_status,
+            "role": "assistant",
+            "content": [part],
+        }
+        final = {**response, "status": end_name, "output": [item], "usage": usage}
+        if end_name == "incomplete":
+            final["incomplete_details"] = {"reason": "max_output_tokens"}
+        elif end_name == "failed":
+            final["error"] = {"code": "server_error", "message": "fake failure"}
+
+        if payload.get("stream") is not True:
+            self._send_json(200, final)
+            return
+
+        # Until the end, the response reports the tier asked for ("auto"), not the one used.
+        pending = {**response, "status": "in_progress", "service_tier": "auto"}
+        text_ref = {"item_id": message_id, "output_index": 0, "content_index": 0}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": pending}),
+            ("response.in_progress", {"response": pending}),
+            (
+                "response.output_item.added",
+                {
+                    "output_index": 0,
+                    "item": {**item, "status": "in_progress", "content": []},
+                },
+            ),
+            ("response.content_part.added", {**text_ref, "part": {**part, "text": ""}}),
+        ]
+        for i, delta in enumerate(RESPONSES_DELTAS):
+            # OpenAI pads deltas with a random-length string; vary the length likewise.
+            obfuscation = "x8Qe2ab1c9d3zzLq9"[: (i * 11) % 17 + 3]
+            events.append(
+                (
+                    "response.output_text.delta",
+                    {**text_ref, "delta": delta, "logprobs": [], "obfuscation": obfuscation},
+                )
+            )
+        events += [
+            ("response.output_text.done", {**text_ref, "text": RESPONSES_TEXT, "logprobs": []}),
+            ("response.content_part.done", {**text_ref, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            (f"response.{end_name}", {"response": final}),
+        ]
+        self._send_sse(
+            [
+                _sse_event(name, {"type": name, "sequence_number": seq, **fields})
+                for seq, (name, fields) in enumerate(events)
+            ]
+        )
+
+    def _responses_usage(self, payload: dict[str, Any]) -> dict[str, Any]:
+        instructions = payload.get("instructions")
+        chars = (len(instructions) if isinstance(instructions, str) else 0) + _input_chars(
+            payload.get("input")
+        )
+        limit = payload.get("max_output_tokens")
+        output = min(limit, MAX_COMPLETION_TOKENS) if _is_int(limit) and limit else 9
+        input_tokens = _int_header_or(
+            self.headers.get("x-fake-usage-prompt"), BASE_PROMPT_TOKENS + chars // 4
+        )
+        output = _int_header_or(self.headers.get("x-fake-usage-completion"), output)
+        return {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {
+                "cached_tokens": _int_header_or(self.headers.get("x-fake-usage-cache-read"), 0)
+            },
+            "output_tokens": output,
+            "output_tokens_details": {
+                "reasoning_tokens": _int_header_or(self.headers.get("x-fake-usage-reasoning"), 0)
+            },
+            "total_tokens": input_tokens + output,
+        }
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def _embeddings(self, body: bytes) -> None:
+        payload = self._openai_payload(body)
+        if payload is None:
+            return
+        raw_input = payload.get("input")
+        inputs = [raw_input] if isinstance(raw_input, str) else raw_input
+        if (
+            not isinstance(inputs, list)
+            or not inputs
+            or not all(isinstance(text, str) for text in inputs)
+        ):
+            # The real API also takes token arrays; the fake only strings.
+            error = _error(
+                "'input' must be a string or a non-empty list of strings (fake provider)",
+                "invalid_request_error",
+            )
+            error["error"]["param"] = "input"
+            self._send_json(400, error)
+            return
+
+        if payload.get("encoding_format") == "base64":
+            # What OpenAI sends for base64: the little-endian float32 bytes of the vector.
+            packed = struct.pack(f"<{len(EMBEDDING_VECTOR)}f", *EMBEDDING_VECTOR)
+            embedding: str | list[float] = base64.b64encode(packed).decode("ascii")
+        else:
+            embedding = list(EMBEDDING_VECTOR)
+        tokens = sum(1 + len(text) // 4 for text in inputs)
+        tokens = _int_header_or(self.headers.get("x-fake-usage-prompt"), tokens)
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": embedding}
+                    for i in range(len(inputs))
+                ],
+                "model": str(payload.get("model", "")),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     # -- anthropic messages ----------------------------------------------------------------
 
@@ -689,6 +871,65 @@ def _content_chars(messages: object) -> int:
     return total
 
 
+def _input_chars(input_: object) -> int:
+    """Characters of text in a Responses `input`: a string or a list of items.
+
+    Message items count their string content or their input_text / output_text parts (earlier
+    assistant turns come back as output_text); other items (tool calls, images) count nothing.
+    """
+    if isinstance(input_, str):
+        return len(input_)
+    if not isinstance(input_, list):
+        return 0
+    total = 0
+    for item in input_:
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in ("input_text", "output_text"):
+                    text = part.get("text")
+                    total += len(text) if isinstance(text, str) else 0
+    return total
+
+
+def _response_object(payload: dict[str, Any], model: str) -> dict[str, Any]:
+    """A Responses API `response` before it has output or usage, echoing the request's settings."""
+    max_output_tokens = payload.get("max_output_tokens")
+    metadata = payload.get("metadata")
+    # Key order as OpenAI sends it.
+    return {
+        "id": f"resp_{uuid.uuid4().hex}{uuid.uuid4().hex[:16]}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": payload.get("instructions"),
+        "max_output_tokens": max_output_tokens if _is_int(max_output_tokens) else None,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": payload.get("parallel_tool_calls", True),
+        "previous_response_id": payload.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": payload.get("store", True),
+        "temperature": payload.get("temperature", 1.0),
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": payload.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": None,
+        "metadata": metadata if isinstance(metadata, dict) else {},
+    }
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _system_chars(system: object) -> int:
     """Characters of text in an Anthropic `system` (a string or a list of text blocks)."""
     if isinstance(system, str):
@@ -725,7 +966,7 @@ def _anthropic_error(type_: str, message: str) -> dict[str, Any]:
 
 
 def _sse_event(name: str, obj: Any) -> bytes:
-    """One named SSE event the way Anthropic frames them."""
+    """One named SSE event the way Anthropic and the Responses API frame them."""
     return b"event: " + name.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
 
 
