@@ -1,6 +1,8 @@
 """Dollar figures are pinned: a price change in genai-prices must be a deliberate upgrade."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.pricing import UnknownModel, cost_nanos, max_output_tokens
@@ -55,3 +57,76 @@ def test_embeddings_cost_two_cents_per_million_tokens() -> None:
 def test_the_responses_transcripts_model_is_priced() -> None:
     tokens = TokenCounts(input_tokens=328, output_tokens=552, reasoning_tokens=448)
     assert cost_nanos(tokens, "o4-mini-2025-04-16", provider_id="openai") == 2_789_600
+
+
+def reference_cost(tokens: TokenCounts, model: str, provider_id: str, tier: str | None) -> int:
+    """genai-prices itself, called the slow way: what the fast path must always agree with."""
+    import warnings
+
+    import genai_prices
+
+    from spendbrake.money import usd_to_nanos
+    from spendbrake.pricing import price_context
+
+    usage = genai_prices.Usage(
+        input_tokens=tokens.input_tokens,
+        cache_read_tokens=tokens.cached_input_tokens,
+        cache_write_tokens=tokens.cache_write_tokens,
+        cache_write_1h_tokens=tokens.cache_write_1h_tokens,
+        output_tokens=tokens.output_tokens,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calculation = genai_prices.calc_price(
+            usage, model, provider_id=provider_id, price_context=price_context(tier)
+        )
+    return usd_to_nanos(calculation.total_price)
+
+
+MODELS = [
+    ("gpt-4o-mini", "openai", None),
+    ("gpt-4o-2024-08-06", "openai", "priority"),
+    ("gpt-4o-mini", "openai", "flex"),
+    ("o4-mini", "openai", None),
+    ("gpt-5", "openai", "priority"),
+    ("text-embedding-3-small", "openai", None),
+    ("claude-haiku-4-5", "anthropic", None),
+    ("claude-sonnet-4-5", "anthropic", None),  # tiered above 200k input tokens
+    ("claude-opus-4-5", "anthropic", None),
+]
+
+
+@given(
+    st.sampled_from(MODELS),
+    st.integers(min_value=0, max_value=400_000),
+    st.integers(min_value=0, max_value=100),
+    st.integers(min_value=0, max_value=100),
+    st.integers(min_value=0, max_value=100),
+    st.integers(min_value=0, max_value=200_000),
+)
+def test_the_fast_path_always_agrees_with_genai_prices(
+    model: tuple[str, str, str | None], prompt: int, read: int, write: int, hour: int, out: int
+) -> None:
+    # shares of the prompt, in percent: reads and writes never exceed it together
+    reads = prompt * read // 100
+    writes = (prompt - reads) * write // 100
+    tokens = TokenCounts(
+        input_tokens=prompt,
+        cached_input_tokens=reads,
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=writes * hour // 100,
+        output_tokens=out,
+    )
+    name, provider_id, tier = model
+    expected = reference_cost(tokens, name, provider_id, tier)
+    assert cost_nanos(tokens, name, provider_id=provider_id, service_tier=tier) == expected
+
+
+def test_flat_prices_take_the_fast_path_and_tiered_ones_genai_prices_every_time() -> None:
+    from datetime import UTC, datetime
+
+    from spendbrake.pricing import _affine, _model_price
+
+    now = datetime.now(UTC)
+    assert _affine(_model_price("gpt-4o-mini", "openai", None, now)) is not None
+    assert _affine(_model_price("claude-sonnet-4-5", "anthropic", None, now)) is None  # > 200k

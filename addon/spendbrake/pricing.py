@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import tomllib
 import warnings
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 
 import genai_prices
-from genai_prices.types import PriceContext
+from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import ModelPrice, PriceContext
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.money import usd_to_nanos
@@ -60,29 +63,115 @@ def cost_nanos(
     service_tier: str | None = None,
     at: datetime | None = None,
 ) -> int:
-    """The price of ``tokens`` on ``model`` in nanos, rounded up. Raises UnknownModel."""
-    usage = genai_prices.Usage(
-        input_tokens=tokens.input_tokens,
-        cache_read_tokens=tokens.cached_input_tokens,
-        cache_write_tokens=tokens.cache_write_tokens,
-        cache_write_1h_tokens=tokens.cache_write_1h_tokens,
-        output_tokens=tokens.output_tokens,
+    """The price of ``tokens`` on ``model`` in nanos, rounded up. Raises UnknownModel.
+
+    genai-prices re-resolves and re-validates a model's price units on every calculation (about
+    0.1 ms, twice per call on the event loop). A price is affine in the token counts unless it is
+    tiered, so each distinct price set is measured once through genai-prices itself, checked to
+    be affine at probe points, and then evaluated with exact Decimal arithmetic; anything that
+    fails the check (tiered prices) keeps going through genai-prices every time.
+    """
+    price = _model_price(model, provider_id, service_tier, at or datetime.now(UTC))
+    counts = _counts(tokens)
+    line = _affine(price)
+    total = line(counts) if line is not None else _exact(price, counts)
+    return usd_to_nanos(total)
+
+
+type _Counts = tuple[int, ...]  # input, cache read, cache write, of which 1 h, output
+_MTOK = 1_000_000
+_BASE: _Counts = (8 * _MTOK, _MTOK, 2 * _MTOK, _MTOK, _MTOK)
+_STEPS: tuple[_Counts, ...] = (  # each stays a valid usage when added to _BASE
+    (_MTOK, 0, 0, 0, 0),
+    (_MTOK, _MTOK, 0, 0, 0),
+    (_MTOK, 0, _MTOK, 0, 0),
+    (_MTOK, 0, _MTOK, _MTOK, 0),
+    (0, 0, 0, 0, _MTOK),
+)
+_PROBES: tuple[_Counts, ...] = (
+    (0, 0, 0, 0, 0),
+    (1, 0, 0, 0, 1),
+    (123_457, 2_345, 678, 91, 9_876),
+    (3_000_001, 1_000_000, 500_000, 250_000, 200_000),
+    (999_999_999, 0, 0, 0, 100_000),
+)
+_affine_cache: dict[str, Callable[[_Counts], Decimal] | None] = {}
+
+
+def _counts(tokens: TokenCounts) -> _Counts:
+    return (
+        tokens.input_tokens,
+        tokens.cached_input_tokens,
+        tokens.cache_write_tokens,
+        tokens.cache_write_1h_tokens,
+        tokens.output_tokens,
     )
+
+
+def _model_price(
+    model: str, provider_id: str, service_tier: str | None, at: datetime
+) -> ModelPrice:
+    """The price set genai_prices.calc_price would use (ModelInfo.calc_price's own rules)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # genai-prices warns on zero-price keys; not ours to show
-            calculation = genai_prices.calc_price(
-                usage,
-                model,
-                provider_id=provider_id,
-                genai_request_timestamp=at,
-                price_context=price_context(service_tier),
-            )
+        provider, info = get_snapshot().find_provider_model(model, None, provider_id, None)
     except LookupError:
         raise UnknownModel(f"no price is known for model {model!r} at {provider_id}") from None
-    return usd_to_nanos(calculation.total_price)
+    context = price_context(service_tier)
+    if context and not any(info is m for m in provider.models):
+        return info.get_prices(at)
+    return info.get_prices(at, context)
+
+
+def _exact(price: ModelPrice, counts: _Counts) -> Decimal:
+    usage = genai_prices.Usage(
+        input_tokens=counts[0],
+        cache_read_tokens=counts[1],
+        cache_write_tokens=counts[2],
+        cache_write_1h_tokens=counts[3],
+        output_tokens=counts[4],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # genai-prices warns on zero-price keys; not ours to show
+        return price.calc_price(usage)["total_price"]
+
+
+def _affine(price: ModelPrice) -> Callable[[_Counts], Decimal] | None:
+    key = repr(price)  # every price of the set, so equal keys price alike
+    if key not in _affine_cache:
+        _affine_cache[key] = _measure(price)
+    return _affine_cache[key]
+
+
+def _measure(price: ModelPrice) -> Callable[[_Counts], Decimal] | None:
+    try:
+        at_base = _exact(price, _BASE)
+        steps = [
+            _exact(price, tuple(b + d for b, d in zip(_BASE, step, strict=True))) - at_base
+            for step in _STEPS
+        ]
+        # per-token rates (per million): input, read, write, 1 h write, output
+        rates = (
+            steps[0],
+            steps[1] - steps[0],
+            steps[2] - steps[0],
+            steps[3] - steps[2],
+            steps[4],
+        )
+        constant = (
+            at_base - sum((r * c for r, c in zip(rates, _BASE, strict=True)), Decimal(0)) / _MTOK
+        )
+
+        def line(counts: _Counts) -> Decimal:
+            return (
+                constant
+                + sum((r * c for r, c in zip(rates, counts, strict=True)), Decimal(0)) / _MTOK
+            )
+
+        if all(line(p) == _exact(price, p) for p in _PROBES):
+            return line
+    except (ArithmeticError, LookupError, ValueError, TypeError):
+        pass
+    return None  # tiered, or not affine for another reason: genai-prices prices every call
 
 
 def warm_up() -> None:
