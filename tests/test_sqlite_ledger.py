@@ -39,6 +39,7 @@ from spendbrake.ledger import (
     DayTotals,
     HoldGranted,
     HoldRefused,
+    LedgerBusy,
     LedgerUnavailable,
     Settlement,
     TokenCounts,
@@ -559,7 +560,7 @@ def test_a_hold_fails_closed_while_another_writer_keeps_the_lock(
     blocker = lock_exclusively(path)
     try:
         started = time.monotonic()
-        with pytest.raises(LedgerUnavailable, match="not writable") as raised:
+        with pytest.raises(LedgerBusy, match="locked by another writer") as raised:
             ledger.hold(intent(), 100, LIMIT)
         waited = time.monotonic() - started
         assert isinstance(raised.value.__cause__, sqlite3.OperationalError)

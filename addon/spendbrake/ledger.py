@@ -16,6 +16,10 @@ class LedgerUnavailable(RuntimeError):
     """The ledger could not be read or written; the call must not go out (fail closed)."""
 
 
+class LedgerBusy(LedgerUnavailable):
+    """Another process holds the write lock; nothing was written. Waiting may succeed."""
+
+
 @dataclass(frozen=True)
 class CallIntent:
     """What is known of a call before it is forwarded; no prompt or key is ever stored."""

@@ -87,7 +87,8 @@ class Enforcement:
             return
         try:
             config = load_config(resolve_config_path(ctx.options.spendbrake_config))
-            ledger = SQLiteLedger(resolve_ledger_path(ctx.options.spendbrake_ledger, config))
+            path = resolve_ledger_path(ctx.options.spendbrake_ledger, config)
+            ledger, inline = SQLiteLedger(path), SQLiteLedger(path)
             recovered = ledger.recover_orphaned_holds()
         except (ConfigError, LedgerUnavailable) as e:
             # Refuse every metered call rather than let one through unmetered.
@@ -100,7 +101,8 @@ class Enforcement:
             )
         if self.worker:
             self.worker.close()
-        self.config, self.worker, self.unavailable = config, LedgerWorker(ledger), None
+        self.config, self.worker = config, LedgerWorker(ledger, inline=inline)
+        self.unavailable = None
         log.info("spendbrake: enforcing with ledger %s", ledger.path)
 
     def running(self) -> None:
