@@ -96,6 +96,8 @@ _PROBES: tuple[_Counts, ...] = (
     (999_999_999, 0, 0, 0, 100_000),
 )
 _affine_cache: dict[str, Callable[[_Counts], Decimal] | None] = {}
+_affine_by_identity: dict[int, tuple[ModelPrice, Callable[[_Counts], Decimal] | None]] = {}
+_IDENTITY_CACHE_SIZE = 1_000  # service-tier variants are new objects each time: keep it bounded
 
 
 def _counts(tokens: TokenCounts) -> _Counts:
@@ -136,9 +138,16 @@ def _exact(price: ModelPrice, counts: _Counts) -> Decimal:
 
 
 def _affine(price: ModelPrice) -> Callable[[_Counts], Decimal] | None:
+    # Most price sets are the same object call after call: recognise them without repr(), which
+    # costs more than the pricing itself. The entry keeps the object alive, so its id stays its.
+    known = _affine_by_identity.get(id(price))
+    if known is not None and known[0] is price:
+        return known[1]
     key = repr(price)  # every price of the set, so equal keys price alike
     if key not in _affine_cache:
         _affine_cache[key] = _measure(price)
+    if len(_affine_by_identity) < _IDENTITY_CACHE_SIZE:
+        _affine_by_identity[id(price)] = (price, _affine_cache[key])
     return _affine_cache[key]
 
 

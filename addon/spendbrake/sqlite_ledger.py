@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -235,7 +236,9 @@ class SQLiteLedger:
                 return HoldRefused(call_id=call_id, requested_nanos=amount_nanos, totals=totals)
             call_id = self._insert_call(conn, intent, amount_nanos, "held", "")
             self._bump(conn, intent.agent, intent.day, held=amount_nanos, calls=1)
-            after = self._totals(conn, intent.agent, intent.day, configured_limit)
+            after = replace(
+                totals, held_nanos=totals.held_nanos + amount_nanos, calls=totals.calls + 1
+            )
             return HoldGranted(call_id=call_id, held_nanos=amount_nanos, totals=after)
 
     def refuse(self, intent: CallIntent, reason: str) -> int:
