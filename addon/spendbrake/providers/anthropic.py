@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from typing import Any
 
@@ -17,12 +16,13 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     UnreadableRequest,
+    UsageTap,
     as_json_text,
     count,
     int_at_least,
     load_json_object,
+    required_model,
 )
-from spendbrake.sse import EventSplitter, event_data
 
 PROVIDER_ID = "anthropic"
 HOSTS = frozenset({"api.anthropic.com"})
@@ -47,9 +47,7 @@ _DOCUMENT_BYTES_PER_TOKEN = 10
 
 def parse_messages_request(body: bytes) -> CallRequest:
     data = load_json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise UnreadableRequest("the request has no model")
+    model = required_model(data)
     if data.get("max_tokens") is None:
         raise UnreadableRequest("the Messages API requires max_tokens")
     max_tokens = int_at_least(data["max_tokens"], "max_tokens", minimum=0)
@@ -176,7 +174,7 @@ def usage_from_message(obj: Any) -> MeteredUsage | None:
 _MENTIONS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
 
-class MessagesStreamMeter:
+class MessagesStreamMeter(UsageTap):
     """Usage from a Messages stream: the input side in ``message_start``, cumulative output
     (and, on newer API versions, cumulative input) in each ``message_delta``.
 
@@ -185,26 +183,11 @@ class MessagesStreamMeter:
     """
 
     def __init__(self) -> None:
-        self.usage: MeteredUsage | None = None
+        super().__init__(_MENTIONS_USAGE)
         self._fields: dict[str, Any] = {}
         self._model: str | None = None
-        self._splitter = EventSplitter()
 
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        events = self._splitter.feed(chunk) if chunk else [self._splitter.flush()]
-        for event in events:
-            if event and _MENTIONS_USAGE.search(event):
-                self._inspect(event)
-        return chunk
-
-    def _inspect(self, event: bytes) -> None:
-        data = event_data(event)
-        try:
-            obj = json.loads(data) if data else None
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
+    def on_event(self, obj: dict[str, Any]) -> None:
         if obj.get("type") == "message_start" and isinstance(obj.get("message"), dict):
             message = obj["message"]
             self._fields = dict(message.get("usage") or {})

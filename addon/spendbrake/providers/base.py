@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from spendbrake.ledger import TokenCounts
+from spendbrake.sse import EventSplitter, event_data
 
 
 class UnreadableRequest(ValueError):
@@ -68,6 +70,13 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def required_model(data: dict[str, Any]) -> str:
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise UnreadableRequest("the request has no model")
+    return model
+
+
 def int_at_least(value: Any, key: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UnreadableRequest(f"{key} must be an integer of at least {minimum}")
@@ -82,3 +91,33 @@ def count(mapping: Any, key: str) -> int:
 
 def as_json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def event_json(raw_event: bytes) -> dict[str, Any] | None:
+    """The JSON object in an SSE event's data, or None (no data, not JSON, not an object)."""
+    data = event_data(raw_event)
+    try:
+        obj = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class UsageTap:
+    """A stream meter that passes every byte on unchanged and reads the events that may carry
+    usage: those matching ``carries_usage``, a cheap test that spares json.loads on the rest."""
+
+    def __init__(self, carries_usage: re.Pattern[bytes]) -> None:
+        self.usage: MeteredUsage | None = None
+        self._carries_usage = carries_usage
+        self._splitter = EventSplitter()
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        events = self._splitter.feed(chunk) if chunk else [self._splitter.flush()]
+        for event in events:
+            if event and self._carries_usage.search(event) and (obj := event_json(event)):
+                self.on_event(obj)
+        return chunk
+
+    def on_event(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError

@@ -17,10 +17,12 @@ from spendbrake.providers.base import (
     UnreadableRequest,
     as_json_text,
     count,
+    event_json,
     int_at_least,
     load_json_object,
+    required_model,
 )
-from spendbrake.sse import EventSplitter, event_data
+from spendbrake.sse import EventSplitter
 
 PROVIDER_ID = "openai"
 HOSTS = frozenset({"api.openai.com"})
@@ -43,9 +45,7 @@ _AUDIO_ALLOWANCE = 20_000
 
 def parse_chat_request(body: bytes) -> CallRequest:
     data = load_json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise UnreadableRequest("the request has no model")
+    model = required_model(data)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise UnreadableRequest("the request has no messages")
@@ -95,9 +95,7 @@ def parse_completions_request(body: bytes) -> CallRequest:
     """The legacy Completions API: ``prompt`` text (or token ids), ``max_tokens`` defaulting to
     16, and ``best_of`` candidates generated (and billed) server-side of which ``n`` return."""
     data = load_json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise UnreadableRequest("the request has no model")
+    model = required_model(data)
     prompt = data.get("prompt")
     texts: list[str] = []
     fixed = 0
@@ -240,11 +238,7 @@ class ChatStreamMeter:
         """Record usage from ``event``; True when it is the usage-only chunk to be dropped."""
         if not _HAS_USAGE_OBJECT.search(event):
             return False
-        data = event_data(event)
-        try:
-            obj = json.loads(data) if data else None
-        except ValueError:
-            return False
+        obj = event_json(event)
         metered = usage_from_completion(obj)
         if metered is None:
             return False

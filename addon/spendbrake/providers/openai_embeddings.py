@@ -11,6 +11,7 @@ from spendbrake.providers.base import (
     UnreadableRequest,
     count,
     load_json_object,
+    required_model,
 )
 from spendbrake.providers.openai import ChatStreamMeter
 
@@ -19,9 +20,7 @@ EMBEDDINGS = "/v1/embeddings"
 
 def parse_embeddings_request(body: bytes) -> CallRequest:
     data = load_json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise UnreadableRequest("the request has no model")
+    model = required_model(data)
     texts, token_ids = _inputs(data.get("input"))
     return CallRequest(
         model=model,

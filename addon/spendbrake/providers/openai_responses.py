@@ -7,7 +7,6 @@ a continuation is held for its real history; an unknown one is held for a full c
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -18,12 +17,13 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     UnreadableRequest,
+    UsageTap,
     as_json_text,
     count,
     int_at_least,
     load_json_object,
+    required_model,
 )
-from spendbrake.sse import EventSplitter, event_data
 
 RESPONSES = "/v1/responses"
 
@@ -59,9 +59,7 @@ class ResponseSizes:
 
 def parse_responses_request(body: bytes, sizes: ResponseSizes) -> CallRequest:
     data = load_json_object(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise UnreadableRequest("the request has no model")
+    model = required_model(data)
     texts: list[str] = []
     fixed = _BASE_TOKENS
     if isinstance(data.get("instructions"), str):
@@ -164,28 +162,15 @@ _HAS_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-class ResponsesStreamMeter:
+class ResponsesStreamMeter(UsageTap):
     """Usage from the terminal event of a Responses stream; bytes pass unchanged."""
 
     def __init__(self, sizes: ResponseSizes) -> None:
-        self.usage: MeteredUsage | None = None
+        super().__init__(_HAS_USAGE_OBJECT)
         self._sizes = sizes
-        self._splitter = EventSplitter()
 
-    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
-        events = self._splitter.feed(chunk) if chunk else [self._splitter.flush()]
-        for event in events:
-            if event and _HAS_USAGE_OBJECT.search(event):
-                self._inspect(event)
-        return chunk
-
-    def _inspect(self, event: bytes) -> None:
-        data = event_data(event)
-        try:
-            obj = json.loads(data) if data else None
-        except ValueError:
-            return
-        if isinstance(obj, dict) and obj.get("type") in _TERMINAL_EVENTS:
+    def on_event(self, obj: dict[str, Any]) -> None:
+        if obj.get("type") in _TERMINAL_EVENTS:
             usage = usage_from_response(obj.get("response"), self._sizes)
             if usage is not None:
                 self.usage = usage
