@@ -76,8 +76,11 @@ def estimate_call(
 def actual_cost(
     usage: MeteredUsage, requested_model: str, *, provider_id: str, at: datetime
 ) -> int:
-    """The exact cost of reported usage. The response's model id is tried first (it names the
-    snapshot actually billed), then the requested one. Raises UnknownModel."""
+    """The exact cost of reported usage: the host's own figure where it gives one (OpenRouter,
+    xAI), else the usage priced, the response's model id first (it names the snapshot actually
+    billed), then the requested one. Raises UnknownModel."""
+    if usage.reported_cost_nanos is not None:
+        return usage.reported_cost_nanos
     for model in dict.fromkeys(m for m in (usage.model, requested_model) if m):
         try:
             return cost_nanos(

@@ -40,14 +40,17 @@ def _max_output_table() -> dict[str, int]:
 
 
 def max_output_tokens(model: str) -> int:
-    """The model's maximum output; a dated id falls back to the longest listed prefix."""
+    """The model's maximum output; a dated id falls back to the longest listed prefix, and a
+    router's "vendor/model" to the model's own name."""
     table = _max_output_table()
-    if model in table:
-        return table[model]
-    prefixes = [m for m in table if model.startswith(m + "-")]
-    if not prefixes:
-        raise UnknownModel(f"no maximum output is known for model {model!r}")
-    return table[max(prefixes, key=len)]
+    # Routers name models by vendor ("openai/gpt-4o"); the table names them as their makers do.
+    for name in dict.fromkeys((model, model.rpartition("/")[2])):
+        if name in table:
+            return table[name]
+        prefixes = [m for m in table if name.startswith(m + "-")]
+        if prefixes:
+            return table[max(prefixes, key=len)]
+    raise UnknownModel(f"no maximum output is known for model {model!r}")
 
 
 def price_context(service_tier: str | None) -> PriceContext | None:

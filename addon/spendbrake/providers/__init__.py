@@ -55,7 +55,42 @@ ANTHROPIC = Provider(
     error_body=anthropic.error_body,
     free_posts=frozenset({anthropic.COUNT_TOKENS}),
 )
-PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC)
+
+
+def _compatible(
+    provider_id: str, host: str, *paths: str, ask_for_stream_usage: bool = True
+) -> Provider:
+    """A host that speaks OpenAI's Chat Completions dialect (reference §3.6)."""
+    return Provider(
+        id=provider_id,
+        hosts=frozenset({host}),
+        metered={
+            path: openai.ChatCompletions(path, ask_for_stream_usage=ask_for_stream_usage)
+            for path in paths
+        },
+        error_body=openai.error_body,
+    )
+
+
+# Mistral reports usage in its last chunk unasked; Perplexity's acceptance of stream_options is
+# undocumented, so neither is sent a field it might reject.
+COMPATIBLE: tuple[Provider, ...] = (
+    _compatible("mistral", "api.mistral.ai", "/v1/chat/completions", ask_for_stream_usage=False),
+    _compatible("groq", "api.groq.com", "/openai/v1/chat/completions"),
+    _compatible("deepseek", "api.deepseek.com", "/chat/completions", "/v1/chat/completions"),
+    _compatible("x-ai", "api.x.ai", "/v1/chat/completions"),
+    _compatible("openrouter", "openrouter.ai", "/api/v1/chat/completions"),
+    _compatible("together", "api.together.xyz", "/v1/chat/completions"),
+    _compatible("fireworks", "api.fireworks.ai", "/inference/v1/chat/completions"),
+    _compatible(
+        "perplexity",
+        "api.perplexity.ai",
+        "/chat/completions",
+        "/v1/chat/completions",
+        ask_for_stream_usage=False,
+    ),
+)
+PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, *COMPATIBLE)
 LLM_HOSTS: frozenset[str] = frozenset(host for p in PROVIDERS for host in p.hosts)
 
 # Reading never generates tokens: GET/HEAD/OPTIONS/DELETE on any route is free.

@@ -36,6 +36,7 @@ class MeteredUsage:
     tokens: TokenCounts
     model: str | None  # the model the provider says it billed
     service_tier: str | None
+    reported_cost_nanos: int | None = None  # the provider's own figure (OpenRouter, xAI)
 
 
 class StreamMeter(Protocol):

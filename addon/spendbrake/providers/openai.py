@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from spendbrake.ledger import TokenCounts
+from spendbrake.money import usd_to_nanos
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
@@ -180,10 +183,15 @@ def with_include_usage(body: bytes) -> bytes:
 
 
 def usage_from_completion(obj: Any) -> MeteredUsage | None:
-    """Usage of a ``chat.completion`` object or of the final ``chat.completion.chunk``."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
+    """Usage of a ``chat.completion`` object or of the final ``chat.completion.chunk``, with
+    the OpenAI-compatible hosts' variants (reference §3.6)."""
+    if not isinstance(obj, dict):
         return None
-    usage = obj["usage"]
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        usage = (obj.get("x_groq") or {}).get("usage")  # older Groq streams
+    if not isinstance(usage, dict):
+        return None
     prompt = count(usage, "prompt_tokens")
     completion = count(usage, "completion_tokens")
     total = usage.get("total_tokens")
@@ -193,16 +201,31 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
         completion = max(completion, total - prompt)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
+    cached = count(prompt_details, "cached_tokens") or count(usage, "prompt_cache_hit_tokens")
     tokens = TokenCounts(
         input_tokens=prompt,
-        cached_input_tokens=count(prompt_details, "cached_tokens"),
+        cached_input_tokens=cached,  # DeepSeek says prompt_cache_hit_tokens
         cache_write_tokens=count(prompt_details, "cache_write_tokens"),
         output_tokens=completion,
         reasoning_tokens=count(completion_details, "reasoning_tokens"),
     )
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
     tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
-    return MeteredUsage(tokens=tokens, model=model, service_tier=tier)
+    return MeteredUsage(
+        tokens=tokens, model=model, service_tier=tier, reported_cost_nanos=_reported_cost(usage)
+    )
+
+
+def _reported_cost(usage: dict[str, Any]) -> int | None:
+    """What the host says the call cost: OpenRouter's ``cost`` (USD), xAI's
+    ``cost_in_usd_ticks`` (1e10 ticks to the dollar). Rounded up, as every cost is."""
+    ticks = usage.get("cost_in_usd_ticks")
+    if isinstance(ticks, int) and not isinstance(ticks, bool) and ticks >= 0:
+        return -(-ticks // 10)
+    cost = usage.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
+        return usd_to_nanos(Decimal(str(cost)))
+    return None
 
 
 # Cheap test before json.loads: only the usage chunk has "usage": {…}; others say "usage":null.
@@ -268,12 +291,22 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 class ChatCompletions:
-    """``POST /v1/chat/completions`` as a metered API."""
+    """Chat Completions as a metered API, at OpenAI or at a host that speaks its dialect.
 
-    endpoint = CHAT_COMPLETIONS
+    ``ask_for_stream_usage``: whether the host accepts ``stream_options.include_usage`` (without
+    it, OpenAI and most compatible hosts send no usage in a stream); hosts that always report
+    usage, or reject unknown fields, are left alone.
+    """
+
+    def __init__(self, endpoint: str = CHAT_COMPLETIONS, *, ask_for_stream_usage: bool = True):
+        self.endpoint = endpoint
+        self.ask_for_stream_usage = ask_for_stream_usage
 
     def parse(self, body: bytes) -> CallRequest:
-        return parse_chat_request(body)
+        request = parse_chat_request(body)
+        if request.wants_usage_injection and not self.ask_for_stream_usage:
+            return replace(request, wants_usage_injection=False)
+        return request
 
     def with_usage_requested(self, body: bytes) -> bytes:
         return with_include_usage(body)
@@ -288,7 +321,8 @@ class ChatCompletions:
 class LegacyCompletions(ChatCompletions):
     """``POST /v1/completions``: the legacy API, metered like Chat Completions."""
 
-    endpoint = COMPLETIONS
+    def __init__(self) -> None:
+        super().__init__(COMPLETIONS)
 
     def parse(self, body: bytes) -> CallRequest:
         return parse_completions_request(body)
