@@ -355,3 +355,24 @@ async def test_an_anthropic_stream_is_metered_from_its_own_events(proxy: Proxy) 
     assert (row["provider"], row["endpoint"]) == ("anthropic", "/v1/messages")
     assert (row["input_tokens"], row["output_tokens"]) == (12, 6)
     assert row["actual_nanos"] == 12 * 1_000 + 6 * 5_000  # $1/M in, $5/M out
+
+
+async def test_a_compressed_request_body_is_understood_and_answers_come_uncompressed(
+    proxy: Proxy,
+) -> None:
+    flow = chat_flow(chat_body(stream=True))
+    flow.request.encode("gzip")  # the client compressed its body
+    assert flow.request.raw_content != flow.request.content
+    await proxy.send(flow)
+    assert flow.response is None
+    assert flow.request.headers["content-encoding"] == "gzip"  # still the client's encoding
+    sent = json.loads(flow.request.content or b"")  # decoded: the rewritten body
+    assert sent["stream_options"] == {"include_usage": True}
+    assert flow.request.headers["accept-encoding"] == "identity"
+    [row] = proxy.rows()
+    assert row["state"] == "held"
+
+
+async def test_a_non_streamed_call_also_asks_for_an_uncompressed_answer(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    assert flow.request.headers["accept-encoding"] == "identity"

@@ -212,9 +212,9 @@ class Enforcement:
 
         if request.wants_usage_injection:
             flow.request.content = api.with_usage_requested(body)
-        if request.stream:
-            # The meter must read the events as text; a compressed stream could not be metered.
-            flow.request.headers["accept-encoding"] = "identity"
+        # The meter reads usage from plain bytes: a stream cannot be decompressed on the fly, and
+        # a body need not be decoded twice. (Loopback and provider links are not the bottleneck.)
+        flow.request.headers["accept-encoding"] = "identity"
         state.call = HeldCall(
             call_id=result.call_id,
             intent=intent,
