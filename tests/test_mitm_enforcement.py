@@ -162,13 +162,40 @@ async def test_a_stream_gets_usage_added_and_the_extra_usage_chunk_removed(proxy
     assert (row["stream"], row["actual_nanos"]) == (1, 8 * GPT_4O_MINI_IN + 1 * GPT_4O_MINI_OUT)
 
 
-async def test_a_stream_that_ends_without_usage_is_charged_its_hold(proxy: Proxy) -> None:
+def streamed_delta(text: str) -> bytes:
+    return b'data: {"choices":[{"index":0,"delta":{"content":"' + text.encode() + b'"}}]}\n\n'
+
+
+async def test_a_stream_that_ends_without_usage_is_charged_its_prompt_and_relayed_text(
+    proxy: Proxy,
+) -> None:
     flow = await proxy.send(chat_flow(chat_body(stream=True)))
     flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
     proxy.enforcement.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    stream(streamed_delta("Hi"))  # 2 bytes of text: at most 2 tokens
+    stream(b"")
     await proxy.enforcement.response(flow)
     [row] = proxy.rows()
-    assert (row["outcome"], row["actual_nanos"]) == ("no_usage", row["held_nanos"])
+    assert row["outcome"] == "cut_short"
+    assert (row["input_tokens"], row["output_tokens"]) == (8, 2)
+    assert row["actual_nanos"] == 8 * GPT_4O_MINI_IN + 2 * GPT_4O_MINI_OUT
+    assert 0 < row["actual_nanos"] < row["held_nanos"]
+
+
+async def test_relayed_text_never_counts_beyond_the_output_asked_for(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow(chat_body(stream=True)))  # max_tokens 10
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    proxy.enforcement.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    stream(streamed_delta("x" * 500))
+    flow.error = tflow.terr("Client disconnected.")
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["output_tokens"]) == ("cut_short", 10)
+    assert row["actual_nanos"] == row["held_nanos"]
 
 
 async def test_an_upstream_error_without_usage_costs_nothing(proxy: Proxy) -> None:

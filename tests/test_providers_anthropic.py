@@ -233,6 +233,7 @@ def test_the_stream_meter_replaces_cumulative_fields_and_passes_every_byte(cuts:
     assert meter.usage.tokens == TokenCounts(
         input_tokens=2073, cached_input_tokens=2048, output_tokens=15
     )
+    assert meter.usage_is_final
 
 
 def test_newer_deltas_carrying_input_fields_replace_them_too() -> None:
@@ -256,6 +257,8 @@ def test_a_stream_that_errors_keeps_the_usage_seen_so_far() -> None:
     assert meter.usage is not None
     assert meter.usage.tokens.output_tokens == 1
     assert meter.usage.tokens.input_tokens == 2073
+    assert not meter.usage_is_final  # message_start's output is only a first figure
+    assert meter.relayed_text_bytes == len("Héllo".encode())  # what the client did receive
 
 
 def test_the_error_shape_is_anthropics() -> None:

@@ -226,3 +226,15 @@ def test_embeddings_hold_their_input_only() -> None:
     )
     assert usage is not None
     assert usage.tokens == TokenCounts(input_tokens=8)
+
+
+def test_relayed_text_is_bounded_by_its_escaped_bytes() -> None:
+    from spendbrake.providers.base import generated_text_bytes
+
+    event = b'data: {"choices":[{"delta":{"content":"Hi \\"x\\" \\u00e9"}}],"usage":null}\n\n'
+    assert generated_text_bytes(event) == len(b'Hi \\"x\\" \\u00e9')  # >= its 8 UTF-8 bytes
+    meter = ChatStreamMeter(strip_usage_chunk=False)
+    meter(event)
+    meter(event)
+    assert meter.relayed_text_bytes == 2 * generated_text_bytes(event)
+    assert not meter.usage_is_final

@@ -95,6 +95,8 @@ def test_a_stream_broken_by_an_upstream_error_is_charged_what_was_reported(
     )
     assert report["ok"] is False
     [row] = settled_calls(proxy.ledger, "claude-broken", 1)
-    # message_start reported the whole input ("Say hello." -> 7 + 10 // 4) and 1 output token
-    assert (row["input_tokens"], row["output_tokens"]) == (9, 1)
-    assert row["actual_nanos"] == 9 * 1_000 + 1 * 5_000
+    # message_start reported the whole input ("Say hello." -> 7 + 10 // 4) and 1 output token;
+    # the client had received "Hello" and "!" (6 bytes) before the error: at most 6 tokens.
+    assert row["outcome"] == "cut_short"
+    assert (row["input_tokens"], row["output_tokens"]) == (9, 6)
+    assert row["actual_nanos"] == 9 * 1_000 + 6 * 5_000

@@ -175,13 +175,12 @@ def test_a_call_in_flight_holds_its_worst_case(
         in second["error_body"]["error"]["message"]
     )
     assert len(requests_of(fake, test_id)) == 1
-    # The first call's client hung up mid-stream: its hold is charged, as nothing else is known.
+    # The first call's client hung up mid-stream, before any usage: it is charged its prompt
+    # (as estimated for the hold) and the text it had relayed, at gpt-4o's $2.50/M and $10/M.
     first, refused = settled_calls(proxy.ledger, agent, 2)
-    assert (first["state"], first["outcome"], first["actual_nanos"]) == (
-        "settled",
-        "interrupted",
-        HOLD_NANOS,
-    )
+    assert (first["state"], first["outcome"]) == ("settled", "cut_short")
+    assert first["actual_nanos"] == first["input_tokens"] * 2_500 + first["output_tokens"] * 10_000
+    assert 0 < first["actual_nanos"] < HOLD_NANOS
     assert (refused["state"], refused["held_nanos"]) == ("refused", HOLD_NANOS)
 
 

@@ -221,6 +221,8 @@ class Enforcement:
             provider=provider,
             api=api,
             held_nanos=result.held_nanos,
+            prompt_tokens=estimate.prompt_tokens,
+            max_output_tokens=estimate.output_tokens,
             configured_limit=limit,
             remaining_nanos=result.totals.remaining_nanos,
             strip_usage_chunk=request.wants_usage_injection,
@@ -295,8 +297,8 @@ class Enforcement:
         if call is None or call.settled:
             return
         message = flow.error.msg if flow.error else "unknown error"
-        if call.meter and call.meter.usage and not call.meter_failed:
-            settlement = self._priced(call, call.meter.usage, "interrupted", message)
+        if call.meter is not None and not call.meter_failed:
+            settlement = self._from_stream(call, "interrupted", message)
         elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
             # Never connected to the provider: nothing was sent, nothing can be billed.
             settlement = Settlement(0, TokenCounts(), "upstream_unreachable", message)
@@ -305,15 +307,16 @@ class Enforcement:
         await self._settle(call, settlement)
 
     def _settlement_from_response(self, call: HeldCall, response: http.Response) -> Settlement:
-        if call.meter is not None:
-            usage = None if call.meter_failed else call.meter.usage
-        else:
+        outcome = "ok" if response.status_code < 400 else "upstream_error"
+        if call.meter is not None and not call.meter_failed:
+            return self._from_stream(call, outcome, "")
+        usage = None
+        if call.meter is None:
             try:
                 usage = call.api.usage_from_json(json.loads(response.content or b""))
             except ValueError:
                 usage = None
         if usage is not None:
-            outcome = "ok" if response.status_code < 400 else "upstream_error"
             return self._priced(call, usage, outcome, "")
         if response.status_code >= 400 and call.meter is None:
             # The provider answered with an error and no usage: it bills nothing for it.
@@ -321,6 +324,23 @@ class Enforcement:
         return Settlement(
             call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
         )
+
+    def _from_stream(self, call: HeldCall, outcome: str, reason: str) -> Settlement:
+        """A stream's cost: its final usage, or, when it was cut short, the usage seen so far
+        with at least the text relayed as output (never $0, never more output than asked)."""
+        meter = call.meter
+        assert meter is not None
+        if meter.usage is not None and meter.usage_is_final:
+            return self._priced(call, meter.usage, outcome, reason)
+        seen = meter.usage.tokens if meter.usage else TokenCounts(input_tokens=call.prompt_tokens)
+        relayed = min(max(seen.output_tokens, meter.relayed_text_bytes), call.max_output_tokens)
+        usage = MeteredUsage(
+            tokens=replace(seen, output_tokens=relayed),
+            model=meter.usage.model if meter.usage else None,
+            service_tier=meter.usage.service_tier if meter.usage else None,
+        )
+        why = "the stream ended before its usage: the usage seen and the text relayed"
+        return self._priced(call, usage, "cut_short", f"{why}; {reason}" if reason else why)
 
     def _priced(self, call: HeldCall, usage: MeteredUsage, outcome: str, reason: str) -> Settlement:
         try:

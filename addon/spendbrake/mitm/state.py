@@ -23,6 +23,8 @@ class HeldCall:
     provider: Provider
     api: Api
     held_nanos: int
+    prompt_tokens: int  # the estimate behind the hold
+    max_output_tokens: int
     configured_limit: int
     remaining_nanos: int  # after the hold, for the response headers
     strip_usage_chunk: bool

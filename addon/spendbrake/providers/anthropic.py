@@ -195,6 +195,7 @@ class MessagesStreamMeter(UsageTap):
                 self._model = message["model"]
         elif obj.get("type") == "message_delta" and isinstance(obj.get("usage"), dict):
             self._fields.update(obj["usage"])
+            self.usage_is_final = True  # message_start's output count is only a first figure
         else:
             return
         self.usage = MeteredUsage(usage_tokens(self._fields), self._model, None)

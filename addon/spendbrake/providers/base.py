@@ -40,9 +40,16 @@ class MeteredUsage:
 
 
 class StreamMeter(Protocol):
-    """Reads usage from an SSE stream as it passes; returns what the client must receive."""
+    """Reads usage from an SSE stream as it passes; returns what the client must receive.
+
+    ``usage_is_final``: the stream reported its complete usage (it was not cut short).
+    ``relayed_text_bytes``: an upper bound on the output tokens relayed so far, for a stream cut
+    short before its usage arrived.
+    """
 
     usage: MeteredUsage | None
+    usage_is_final: bool
+    relayed_text_bytes: int
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]: ...
 
@@ -104,19 +111,37 @@ def event_json(raw_event: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+# The JSON string fields that carry generated text in the providers' stream events.
+_GENERATED_TEXT = re.compile(
+    rb'"(?:content|text|delta|partial_json|thinking|reasoning_content|reasoning|arguments|refusal)"'
+    rb'\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+
+
+def generated_text_bytes(raw_event: bytes) -> int:
+    """The escaped bytes of the event's generated text: never fewer than its UTF-8 bytes, and a
+    byte-level tokenizer never makes more tokens than bytes, so this bounds its tokens."""
+    return sum(len(match) for match in _GENERATED_TEXT.findall(raw_event))
+
+
 class UsageTap:
     """A stream meter that passes every byte on unchanged and reads the events that may carry
     usage: those matching ``carries_usage``, a cheap test that spares json.loads on the rest."""
 
     def __init__(self, carries_usage: re.Pattern[bytes]) -> None:
         self.usage: MeteredUsage | None = None
+        self.usage_is_final = False
+        self.relayed_text_bytes = 0
         self._carries_usage = carries_usage
         self._splitter = EventSplitter()
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         events = self._splitter.feed(chunk) if chunk else [self._splitter.flush()]
         for event in events:
-            if event and self._carries_usage.search(event) and (obj := event_json(event)):
+            if not event:
+                continue
+            self.relayed_text_bytes += generated_text_bytes(event)
+            if self._carries_usage.search(event) and (obj := event_json(event)):
                 self.on_event(obj)
         return chunk
 

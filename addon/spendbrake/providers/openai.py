@@ -21,6 +21,7 @@ from spendbrake.providers.base import (
     as_json_text,
     count,
     event_json,
+    generated_text_bytes,
     int_at_least,
     load_json_object,
     required_model,
@@ -243,6 +244,8 @@ class ChatStreamMeter:
     def __init__(self, *, strip_usage_chunk: bool) -> None:
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: MeteredUsage | None = None
+        self.usage_is_final = False  # the usage chunk comes last, so it is always final
+        self.relayed_text_bytes = 0
         self._splitter = EventSplitter()
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
@@ -259,6 +262,7 @@ class ChatStreamMeter:
 
     def _inspect(self, event: bytes) -> bool:
         """Record usage from ``event``; True when it is the usage-only chunk to be dropped."""
+        self.relayed_text_bytes += generated_text_bytes(event)
         if not _HAS_USAGE_OBJECT.search(event):
             return False
         obj = event_json(event)
@@ -266,6 +270,7 @@ class ChatStreamMeter:
         if metered is None:
             return False
         self.usage = metered  # last value wins: usage is a total, never a delta
+        self.usage_is_final = True
         return self.strip_usage_chunk and isinstance(obj, dict) and obj.get("choices") == []
 
 

@@ -174,6 +174,7 @@ class ResponsesStreamMeter(UsageTap):
             usage = usage_from_response(obj.get("response"), self._sizes)
             if usage is not None:
                 self.usage = usage
+                self.usage_is_final = True
 
 
 class Responses:
