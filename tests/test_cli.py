@@ -149,3 +149,33 @@ def test_a_bad_config_is_a_clear_error(tmp_path: Path) -> None:
 def test_migrate_creates_the_ledger(tmp_path: Path) -> None:
     code, output = run("migrate")
     assert (code, output) == (0, f"ledger {tmp_path / 'ledger.db'} is up to date\n")
+
+
+def test_price_shows_the_figure_and_its_source(tmp_path: Path) -> None:
+    code, output = run("price", "gpt-4o-mini", "--input", "1000", "--output", "100")
+    assert code == 0
+    assert output == (
+        "gpt-4o-mini at openai, priced by genai-prices 0.2.3 (openai)\n"
+        "  1,000 input tokens: $0.00015\n"
+        "  100 output tokens:  $0.00006\n"
+        "  together:           $0.00021\n"
+        "  maximum output:     16,384 tokens\n"
+    )
+
+
+def test_price_names_an_override_and_refuses_the_unknown(tmp_path: Path) -> None:
+    config = tmp_path / "prices.toml"
+    config.write_text('[prices."my-ft"]\ninput_usd_per_mtok = 3\noutput_usd_per_mtok = 12\n')
+    code, output = run(
+        "price", "my-ft", "--config", str(config), "--input", "1000", "--output", "0"
+    )
+    assert code == 0
+    assert "priced by the configuration's [prices] override" in output
+    assert "1,000 input tokens: $0.003" in output
+    assert "unknown (requests must set their max output)" in output
+    code, output = run("price", "nope-model")
+    assert code == 1
+    assert output == (
+        "Error: no price is known for model 'nope-model' at openai; "
+        'give it a price in the configuration\'s [prices."nope-model"]\n'
+    )

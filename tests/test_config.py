@@ -95,3 +95,45 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPENDBRAKE_CONFIG", "/env.toml")
     assert resolve_config_path(None) == Path("/env.toml")
     assert resolve_config_path("/flag.toml") == Path("/flag.toml")
+
+
+def test_operator_prices_override_and_a_fallback_prices_unknown_models(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    config = load_config(
+        write(
+            tmp_path,
+            '[prices."my-finetune"]\ninput_usd_per_mtok = 3.00\noutput_usd_per_mtok = "12"\n'
+            "cached_input_usd_per_mtok = 1.5\nmax_output_tokens = 4096\n"
+            '[prices."*"]\ninput_usd_per_mtok = 15\noutput_usd_per_mtok = 75\n',
+        )
+    )
+    own = config.prices["my-finetune"]
+    assert (own.input_per_mtok, own.output_per_mtok) == (Decimal(3), Decimal(12))
+    assert (own.cached_input_per_mtok, own.cache_write_per_mtok) == (Decimal("1.5"), None)
+    assert own.max_output_tokens == 4096
+    assert config.prices["*"].output_per_mtok == Decimal(75)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[prices."m"]\ninput_usd_per_mtok = 1\n',
+            "needs input_usd_per_mtok and output_usd_per_mtok",
+        ),
+        ('[prices."m"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = -2\n', "non-negative"),
+        (
+            '[prices."m"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+            "max_output_tokens = 0\n",
+            "positive integer",
+        ),
+        (
+            '[prices."m"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\ninput_usd = 1\n',
+            r'unknown key prices\."m"\.input_usd',
+        ),
+    ],
+)
+def test_bad_prices_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

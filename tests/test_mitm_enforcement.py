@@ -403,3 +403,25 @@ async def test_a_compressed_request_body_is_understood_and_answers_come_uncompre
 async def test_a_non_streamed_call_also_asks_for_an_uncompressed_answer(proxy: Proxy) -> None:
     flow = await proxy.send(chat_flow())
     assert flow.request.headers["accept-encoding"] == "identity"
+
+
+async def test_a_private_model_is_held_and_settled_at_the_operators_price(tmp_path: Path) -> None:
+    config = tmp_path / "spendbrake.toml"
+    config.write_text(
+        '[prices."ft:gpt-4o-mini:acme"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+    )
+    enforcement = Enforcement()
+    with taddons.context(enforcement) as tctx:
+        tctx.configure(
+            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
+        )
+        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+        flow = await proxy.send(chat_flow(chat_body(model="ft:gpt-4o-mini:acme")))
+        assert flow.response is None
+        flow.response = http.Response.make(200, completion(), {"content-type": "application/json"})
+        await enforcement.response(flow)
+        [row] = proxy.rows()
+        assert row["held_nanos"] == 8 * 1_000 + 10 * 2_000
+        # the response names a published snapshot, but the operator's price is what it pays
+        assert row["actual_nanos"] == 8 * 1_000 + 9 * 2_000
+        enforcement.done()

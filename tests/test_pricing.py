@@ -130,3 +130,27 @@ def test_flat_prices_take_the_fast_path_and_tiered_ones_genai_prices_every_time(
     now = datetime.now(UTC)
     assert _affine(_model_price("gpt-4o-mini", "openai", None, now)) is not None
     assert _affine(_model_price("claude-sonnet-4-5", "anthropic", None, now)) is None  # > 200k
+
+
+def test_an_operators_price_wins_and_the_fallback_prices_only_the_unknown() -> None:
+    from decimal import Decimal
+
+    from spendbrake.pricing import OverridePrice, Pricer
+
+    pricer = Pricer(
+        {
+            "gpt-4o-mini": OverridePrice(Decimal("0.10"), Decimal("0.40"), Decimal("0.05")),
+            "*": OverridePrice(Decimal(15), Decimal(75), max_output_tokens=8192),
+        }
+    )
+    tokens = TokenCounts(input_tokens=1000, cached_input_tokens=400, output_tokens=100)
+    # negotiated: 600 x $0.10/M + 400 x $0.05/M + 100 x $0.40/M
+    assert pricer.cost_nanos(tokens, "gpt-4o-mini", provider_id="openai") == 120_000
+    assert pricer.cost_nanos(tokens, "gpt-4o", provider_id="openai") == cost_nanos(
+        tokens, "gpt-4o", provider_id="openai"
+    )  # published prices still apply to models without an override
+    assert pricer.cost_nanos(tokens, "private-model", provider_id="openai") == 22_500_000
+    assert pricer.max_output_tokens("private-model") == 8192
+    assert pricer.max_output_tokens("gpt-4o") == 16_384
+    with pytest.raises(UnknownModel):
+        Pricer().cost_nanos(tokens, "private-model", provider_id="openai")

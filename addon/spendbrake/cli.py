@@ -22,8 +22,9 @@ from spendbrake.config import (
     resolve_config_path,
     resolve_ledger_path,
 )
-from spendbrake.ledger import LedgerUnavailable
+from spendbrake.ledger import LedgerUnavailable, TokenCounts
 from spendbrake.money import MoneyError, format_usd, parse_usd
+from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.status import agent_statuses, status_document
 from spendbrake.windows import utc_now
@@ -251,6 +252,69 @@ def limit_set(config_path: Path | None, ledger_path: Path | None, agent: str, da
     finally:
         ledger.close()
     click.echo(f"{agent}: daily limit set to {format_usd(nanos)} (applies from the next call)")
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file whose [prices] overrides apply. Default: $SPENDBRAKE_CONFIG.",
+)
+@click.argument("model")
+@click.option("--provider", default="openai", show_default=True, help="genai-prices provider id.")
+@click.option(
+    "--input",
+    "input_tokens",
+    type=click.IntRange(min=0),
+    default=1_000_000,
+    show_default=True,
+    help="Input tokens to price.",
+)
+@click.option(
+    "--output",
+    "output_tokens",
+    type=click.IntRange(min=0),
+    default=1_000_000,
+    show_default=True,
+    help="Output tokens to price.",
+)
+def price(
+    config_path: Path | None, model: str, provider: str, input_tokens: int, output_tokens: int
+) -> None:
+    """Show what MODEL costs and where the price comes from.
+
+    \b
+    Example:
+        spendbrake price claude-haiku-4-5 --provider anthropic --input 1200 --output 300
+    """
+    pricer = Pricer(_load_config(config_path).prices)
+    try:
+        source = pricer.source(model, provider)
+        cost = (
+            pricer.cost_nanos(TokenCounts(input_tokens=input_tokens), model, provider_id=provider),
+            pricer.cost_nanos(
+                TokenCounts(output_tokens=output_tokens), model, provider_id=provider
+            ),
+        )
+    except UnknownModel as e:
+        raise click.ClickException(
+            f'{e}; give it a price in the configuration\'s [prices."{model}"]'
+        ) from None
+    try:
+        max_output = f"{pricer.max_output_tokens(model):,} tokens"
+    except UnknownModel:
+        max_output = "unknown (requests must set their max output)"
+    rows = [
+        (f"{input_tokens:,} input tokens", format_usd(cost[0])),
+        (f"{output_tokens:,} output tokens", format_usd(cost[1])),
+        ("together", format_usd(cost[0] + cost[1])),
+        ("maximum output", max_output),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    click.echo(f"{model} at {provider}, priced by {source}")
+    for label, value in rows:
+        click.echo(f"  {label + ':':<{width}} {value}")
 
 
 @main.command()

@@ -11,11 +11,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendbrake.money import MoneyError, parse_usd
+from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
+from spendbrake.pricing import OverridePrice
 
 DEFAULT_DAILY_NANOS = 5_000_000_000  # $5.00
 CONFIG_ENV = "SPENDBRAKE_CONFIG"
@@ -43,7 +45,16 @@ _NOT_YET_ENFORCED = frozenset(
     }
 )
 _AGENT_KEYS = frozenset({"daily_usd"})
-_TOP_KEYS = frozenset({"timezone", "ledger", "defaults", "agents"})
+_TOP_KEYS = frozenset({"timezone", "ledger", "defaults", "agents", "prices"})
+_PRICE_KEYS = frozenset(
+    {
+        "input_usd_per_mtok",
+        "output_usd_per_mtok",
+        "cached_input_usd_per_mtok",
+        "cache_write_usd_per_mtok",
+        "max_output_tokens",
+    }
+)
 
 
 class ConfigError(ValueError):
@@ -63,6 +74,7 @@ class Config:
     ledger: Path | None = None
     defaults: AgentLimits = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
     agents: Mapping[str, AgentLimits] = field(default_factory=dict)
+    prices: Mapping[str, OverridePrice] = field(default_factory=dict)  # model (or "*") → price
     source: Path | None = None
 
     def daily_limit(self, agent: str) -> int:
@@ -119,11 +131,19 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     ledger_path = Path(ledger).expanduser() if ledger else None
     if ledger_path is not None and not ledger_path.is_absolute() and source is not None:
         ledger_path = source.parent / ledger_path  # relative to the config file, not the cwd
+    prices_table = data.get("prices", {})
+    if not isinstance(prices_table, Mapping):
+        raise ConfigError(f'{where}: [prices] must be a table of [prices."MODEL"] tables')
+    prices = {
+        model: _parse_price(entry, where, f'prices."{model}"')
+        for model, entry in prices_table.items()
+    }
     return Config(
         timezone=timezone,
         ledger=ledger_path,
         defaults=defaults,
         agents=agents,
+        prices=prices,
         source=source,
     )
 
@@ -141,6 +161,39 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
         return AgentLimits(daily_nanos=parse_usd(daily, what=f"{section}.daily_usd"))
     except MoneyError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    _reject_unknown(entry, _PRICE_KEYS, where, f"{section}.")
+
+    def rate(key: str) -> Decimal | None:
+        value = entry.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {section}.{key} must be a dollar amount like 2.50")
+        try:
+            return nanos_to_decimal(parse_usd(value, what=f"{section}.{key}"))
+        except MoneyError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+    input_rate, output_rate = rate("input_usd_per_mtok"), rate("output_usd_per_mtok")
+    if input_rate is None or output_rate is None:
+        raise ConfigError(f"{where}: [{section}] needs input_usd_per_mtok and output_usd_per_mtok")
+    max_output = entry.get("max_output_tokens")
+    if max_output is not None and (
+        isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1
+    ):
+        raise ConfigError(f"{where}: {section}.max_output_tokens must be a positive integer")
+    return OverridePrice(
+        input_per_mtok=input_rate,
+        output_per_mtok=output_rate,
+        cached_input_per_mtok=rate("cached_input_usd_per_mtok"),
+        cache_write_per_mtok=rate("cache_write_usd_per_mtok"),
+        max_output_tokens=max_output,
+    )
 
 
 def _reject_unknown(

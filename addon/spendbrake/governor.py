@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from spendbrake.ledger import TokenCounts
-from spendbrake.pricing import UnknownModel, cost_nanos, max_output_tokens
+from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.providers.base import CallRequest, MeteredUsage
 from spendbrake.tokens import TokenEstimator
+
+_PUBLISHED_PRICES = Pricer()  # no overrides: genai-prices and pricing/ alone
 
 # "auto" lets OpenAI pick the project's tier, which may be priority: hold for the dearest.
 _HOLD_TIER: dict[str, str] = {"auto": "priority", "priority": "priority", "fast": "priority"}
@@ -48,17 +50,24 @@ def prompt_upper_bound(request: CallRequest, estimator: TokenEstimator) -> int:
 
 
 def estimate_call(
-    request: CallRequest, estimator: TokenEstimator, *, provider_id: str, at: datetime
+    request: CallRequest,
+    estimator: TokenEstimator,
+    *,
+    provider_id: str,
+    at: datetime,
+    pricer: Pricer = _PUBLISHED_PRICES,
 ) -> Estimate:
     """The worst-case cost of a call. Raises UnknownModel."""
     prompt = prompt_upper_bound(request, estimator)
     per_choice = (
-        request.max_output if request.max_output is not None else max_output_tokens(request.model)
+        request.max_output
+        if request.max_output is not None
+        else pricer.max_output_tokens(request.model)
     )
     output = per_choice * request.choices
     # A prompt that may be written to the cache is held as if all of it were (1.25x, 2x for 1h).
     written = prompt if request.cache_write else 0
-    cost = cost_nanos(
+    cost = pricer.cost_nanos(
         TokenCounts(
             input_tokens=prompt,
             cache_write_tokens=written,
@@ -74,16 +83,25 @@ def estimate_call(
 
 
 def actual_cost(
-    usage: MeteredUsage, requested_model: str, *, provider_id: str, at: datetime
+    usage: MeteredUsage,
+    requested_model: str,
+    *,
+    provider_id: str,
+    at: datetime,
+    pricer: Pricer = _PUBLISHED_PRICES,
 ) -> int:
     """The exact cost of reported usage: the host's own figure where it gives one (OpenRouter,
-    xAI), else the usage priced, the response's model id first (it names the snapshot actually
-    billed), then the requested one. Raises UnknownModel."""
+    xAI), else the usage priced: by an operator's override for either model name, else the
+    response's model id first (it names the snapshot actually billed), then the requested one.
+    Raises UnknownModel."""
     if usage.reported_cost_nanos is not None:
         return usage.reported_cost_nanos
-    for model in dict.fromkeys(m for m in (usage.model, requested_model) if m):
+    candidates = list(dict.fromkeys(m for m in (usage.model, requested_model) if m))
+    # An operator's own price for either name is what the operator pays: it goes first.
+    candidates.sort(key=lambda model: model not in pricer.overrides)
+    for model in candidates:
         try:
-            return cost_nanos(
+            return pricer.cost_nanos(
                 usage.tokens, model, provider_id=provider_id, service_tier=usage.service_tier, at=at
             )
         except UnknownModel:

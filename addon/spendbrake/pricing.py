@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
@@ -190,3 +191,85 @@ def warm_up() -> None:
     """Load the price snapshot and the max-output table now, not on the first agent's call."""
     _max_output_table()
     cost_nanos(TokenCounts(input_tokens=1), "gpt-4o-mini", provider_id="openai")
+
+
+_MILLION = Decimal(1_000_000)
+FALLBACK_MODEL = "*"  # the override that prices models nothing else knows
+
+
+@dataclass(frozen=True)
+class OverridePrice:
+    """An operator's price for a model (negotiated rates, private or fine-tuned models), in
+    dollars per million tokens. Cached and cache-write rates default to the input rate."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+    max_output_tokens: int | None = None
+
+    def cost_nanos(self, tokens: TokenCounts) -> int:
+        cached_rate = self.cached_input_per_mtok
+        write_rate = self.cache_write_per_mtok
+        uncached = tokens.input_tokens - tokens.cached_input_tokens - tokens.cache_write_tokens
+        total = (
+            max(uncached, 0) * self.input_per_mtok
+            + tokens.cached_input_tokens
+            * (self.input_per_mtok if cached_rate is None else cached_rate)
+            + tokens.cache_write_tokens
+            * (self.input_per_mtok if write_rate is None else write_rate)
+            + tokens.output_tokens * self.output_per_mtok
+        )
+        return usd_to_nanos(total / _MILLION)
+
+
+@dataclass(frozen=True)
+class Pricer:
+    """Prices with the operator's overrides first, then genai-prices, then the fallback
+    (``"*"``), if the operator chose one; otherwise an unknown model stays unknown."""
+
+    overrides: Mapping[str, OverridePrice] = field(default_factory=dict)
+
+    def cost_nanos(
+        self,
+        tokens: TokenCounts,
+        model: str,
+        *,
+        provider_id: str,
+        service_tier: str | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        if (own := self.overrides.get(model)) is not None:
+            return own.cost_nanos(tokens)
+        try:
+            return cost_nanos(
+                tokens, model, provider_id=provider_id, service_tier=service_tier, at=at
+            )
+        except UnknownModel:
+            if (fallback := self.overrides.get(FALLBACK_MODEL)) is not None:
+                return fallback.cost_nanos(tokens)
+            raise
+
+    def max_output_tokens(self, model: str) -> int:
+        own = self.overrides.get(model)
+        if own is not None and own.max_output_tokens is not None:
+            return own.max_output_tokens
+        try:
+            return max_output_tokens(model)
+        except UnknownModel:
+            fallback = self.overrides.get(FALLBACK_MODEL)
+            if fallback is not None and fallback.max_output_tokens is not None:
+                return fallback.max_output_tokens
+            raise
+
+    def source(self, model: str, provider_id: str) -> str:
+        """Where the price of ``model`` comes from, for ``spendbrake price``."""
+        if model in self.overrides:
+            return "the configuration's [prices] override"
+        try:
+            _model_price(model, provider_id, None, datetime.now(UTC))
+        except UnknownModel:
+            if FALLBACK_MODEL in self.overrides:
+                return 'the configuration\'s fallback price [prices."*"]'
+            raise
+        return f"genai-prices {genai_prices.__version__} ({provider_id})"

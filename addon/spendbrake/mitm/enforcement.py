@@ -35,7 +35,7 @@ from spendbrake.ledger import (
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
-from spendbrake.pricing import UnknownModel
+from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.pricing import warm_up as warm_up_prices
 from spendbrake.providers import (
     OPENAI,
@@ -59,6 +59,7 @@ _TOKENIZE_ON_LOOP_MAX_CHARS = 100_000
 class Enforcement:
     def __init__(self) -> None:
         self.config = Config()
+        self.pricer = Pricer()
         self.worker: LedgerWorker | None = None
         self.unavailable: str | None = "spendbrake is not configured yet"
         self.estimator = TokenEstimator()
@@ -102,6 +103,7 @@ class Enforcement:
         if self.worker:
             self.worker.close()
         self.config, self.worker = config, LedgerWorker(ledger, inline=inline)
+        self.pricer = Pricer(config.prices)
         self.unavailable = None
         log.info("spendbrake: enforcing with ledger %s", ledger.path)
 
@@ -192,8 +194,9 @@ class Enforcement:
             estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
             message = (
-                f"spendbrake: {e}, so the cost of this call cannot be bounded. Add the model to "
-                "pricing/ or use a model with a known price."
+                f"spendbrake: {e}, so the cost of this call cannot be bounded. Give it a price "
+                'in the configuration\'s [prices."MODEL"] (or a fallback [prices."*"]), or set '
+                "max_tokens where only its maximum output is unknown."
             )
             return await self._refuse_recorded(intent, Refusal("unknown_model", message))
 
@@ -233,7 +236,9 @@ class Enforcement:
         self, request: CallRequest, provider: Provider, now: datetime
     ) -> governor.Estimate:
         def estimate() -> governor.Estimate:
-            return governor.estimate_call(request, self.estimator, provider_id=provider.id, at=now)
+            return governor.estimate_call(
+                request, self.estimator, provider_id=provider.id, at=now, pricer=self.pricer
+            )
 
         large = sum(len(text) for text in request.prompt_texts) > _TOKENIZE_ON_LOOP_MAX_CHARS
         if large or not self.estimator.is_loaded(request.model):
@@ -349,6 +354,7 @@ class Enforcement:
                 call.intent.forwarded_model,
                 provider_id=call.provider.id,
                 at=call.intent.started_at,
+                pricer=self.pricer,
             )
         except UnknownModel as e:
             return Settlement(call.held_nanos, usage.tokens, outcome, f"{e}: settled at the hold")
