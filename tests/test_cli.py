@@ -179,3 +179,48 @@ def test_price_names_an_override_and_refuses_the_unknown(tmp_path: Path) -> None
         "Error: no price is known for model 'nope-model' at openai; "
         'give it a price in the configuration\'s [prices."nope-model"]\n'
     )
+
+
+def test_report_compares_estimates_with_actuals_per_model(tmp_path: Path) -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from spendbrake.ledger import CallIntent, HoldGranted, Settlement, TokenCounts
+
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    now = datetime.now(UTC)
+    base = CallIntent(
+        "bot",
+        "",
+        "openai",
+        "/v1/chat/completions",
+        "gpt-4o",
+        "gpt-4o",
+        False,
+        now.date().isoformat(),
+        now,
+    )
+    for estimated, actual in ((100, 80), (50, 50)):
+        call = replace(base, estimated_input_tokens=estimated, estimated_output_tokens=16)
+        hold = ledger.hold(call, 1_000, 10**12)
+        assert isinstance(hold, HoldGranted)
+        ledger.settle(hold.call_id, Settlement(250, TokenCounts(input_tokens=actual), "ok"), 10**12)
+    ledger.close()
+    code, output = run("report", "--json")
+    assert code == 0
+    assert json.loads(output)["models"] == [
+        {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "calls": 2,
+            "held_usd": "0.000002000",
+            "actual_usd": "0.000000500",
+            "estimated_input_tokens": 150,
+            "actual_input_tokens": 130,
+            "max_input_ratio": 1.0,
+        }
+    ]
+    code, table = run("report")
+    assert code == 0
+    assert "gpt-4o" in table
+    assert "25.0%" in table  # actual / held

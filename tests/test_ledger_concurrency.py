@@ -255,4 +255,8 @@ def test_processes_opening_a_new_ledger_at_the_same_time_all_succeed(tmp_path: P
     assert errors == [], f"{len(errors)} of {rounds * n} opens failed, e.g. {errors[0]}"
     for i in range(rounds):
         applied = query(tmp_path / f"ledger-{i}.db", "SELECT name FROM _sqlite_migrations")
-        assert applied == [("m001_calls_and_totals",), ("m002_one_hour_cache_writes",)]
+        assert applied == [
+            ("m001_calls_and_totals",),
+            ("m002_one_hour_cache_writes",),
+            ("m003_estimates_beside_actuals",),
+        ]

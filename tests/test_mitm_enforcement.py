@@ -103,6 +103,7 @@ async def test_a_call_within_budget_is_held_and_forwarded(proxy: Proxy) -> None:
     assert (row["agent"], row["session"], row["state"]) == ("bot", "s1", "held")
     # "user" and "hi" are a token each, + 3 per message + 3 priming; 10 output tokens as asked
     assert row["held_nanos"] == 8 * GPT_4O_MINI_IN + 10 * GPT_4O_MINI_OUT
+    assert (row["estimated_input_tokens"], row["estimated_output_tokens"]) == (8, 10)
 
 
 async def test_a_non_streamed_response_settles_its_exact_cost_and_says_so(proxy: Proxy) -> None:

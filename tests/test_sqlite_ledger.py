@@ -111,6 +111,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
     assert [(s, n) for s, n, _ in applied] == [
         ("spendbrake", "m001_calls_and_totals"),
         ("spendbrake", "m002_one_hour_cache_writes"),
+        ("spendbrake", "m003_estimates_beside_actuals"),
     ]
 
     for _ in range(2):
@@ -147,6 +148,8 @@ CALL_COLUMNS = {
     "reason",
     "owner",
     "settled_at",
+    "estimated_input_tokens",
+    "estimated_output_tokens",
 }
 
 
@@ -723,3 +726,21 @@ def test_a_dead_process_not_yet_reaped_by_its_parent_is_not_alive() -> None:
         assert not spendbrake.sqlite_ledger.owner_is_alive(owner)
     finally:
         child.wait()
+
+
+def test_estimates_are_kept_beside_actuals_and_compared_per_model(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    from dataclasses import replace
+
+    for estimated, actual in ((100, 90), (100, 120)):
+        call = replace(intent(), estimated_input_tokens=estimated, estimated_output_tokens=10)
+        call_id = granted(ledger.hold(call, 500, LIMIT)).call_id
+        ledger.settle(call_id, Settlement(200, TokenCounts(input_tokens=actual), "ok"), LIMIT)
+    refused = replace(intent(), estimated_input_tokens=5)
+    ledger.refuse(refused, "unknown_model")  # refusals are no evidence either way
+    [accuracy] = ledger.estimate_accuracy(DAY)
+    assert (accuracy.calls, accuracy.held_nanos, accuracy.actual_nanos) == (2, 1000, 400)
+    assert (accuracy.estimated_input_tokens, accuracy.actual_input_tokens) == (200, 210)
+    assert accuracy.max_input_ratio == 1.2
+    assert ledger.estimate_accuracy("2999-01-01") == []

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from spendbrake.config import (
     resolve_ledger_path,
 )
 from spendbrake.ledger import LedgerUnavailable, TokenCounts
-from spendbrake.money import MoneyError, format_usd, parse_usd
+from spendbrake.money import MoneyError, format_usd, format_usd_exact, parse_usd
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.status import agent_statuses, status_document
@@ -217,6 +218,77 @@ def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) ->
         console.print(table)
     finally:
         ledger.close()
+
+
+@main.command()
+@_config_and_ledger_options
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="How many calendar days back, today included.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def report(config_path: Path | None, ledger_path: Path | None, days: int, as_json: bool) -> None:
+    """Show how the estimates behind the holds compare with what was billed, per model.
+
+    A hold is the worst case, so actual/held is at most 1; the input ratio is the billed input
+    tokens over the estimated ones, and above 1 it means an estimate ran low.
+
+    \b
+    Example:
+        spendbrake report --days 30
+    """
+    config = _load_config(config_path)
+    ledger = _open_ledger(ledger_path, config)
+    since = (utc_now().astimezone(config.timezone).date() - timedelta(days=days - 1)).isoformat()
+    try:
+        rows = ledger.estimate_accuracy(since)
+    finally:
+        ledger.close()
+    if as_json:
+        document = {
+            "since": since,
+            "models": [
+                {
+                    "provider": r.provider,
+                    "model": r.model,
+                    "calls": r.calls,
+                    "held_usd": format_usd_exact(r.held_nanos),
+                    "actual_usd": format_usd_exact(r.actual_nanos),
+                    "estimated_input_tokens": r.estimated_input_tokens,
+                    "actual_input_tokens": r.actual_input_tokens,
+                    "max_input_ratio": round(r.max_input_ratio, 4),
+                }
+                for r in rows
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    table = Table(title=f"spendbrake: estimates against actuals since {since}")
+    for column in (
+        "provider",
+        "model",
+        "calls",
+        "actual / held",
+        "input actual / estimated",
+        "worst call",
+    ):
+        table.add_column(column, justify="left" if column in ("provider", "model") else "right")
+    for r in rows:
+        table.add_row(
+            r.provider,
+            r.model,
+            str(r.calls),
+            f"{r.actual_nanos / max(r.held_nanos, 1):.1%}",
+            f"{r.actual_input_tokens / max(r.estimated_input_tokens, 1):.1%}",
+            f"{r.max_input_ratio:.1%}",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)
 
 
 @main.group()

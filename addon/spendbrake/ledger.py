@@ -33,6 +33,22 @@ class CallIntent:
     stream: bool
     day: str
     started_at: datetime
+    estimated_input_tokens: int = 0  # the worst case behind the hold, kept beside the actual
+    estimated_output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EstimateAccuracy:
+    """How the estimates behind the holds compare with what was billed, for one model."""
+
+    provider: str
+    model: str
+    calls: int  # settled calls with usage
+    held_nanos: int
+    actual_nanos: int
+    estimated_input_tokens: int
+    actual_input_tokens: int
+    max_input_ratio: float  # the worst single call's actual / estimated input (> 1: underestimated)
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,10 @@ class Ledger(Protocol):
     def daily_limit_overrides(self) -> dict[str, int]: ...
 
     def agents_with_activity(self, day: str) -> list[str]: ...
+
+    def estimate_accuracy(self, since_day: str) -> list[EstimateAccuracy]:
+        """Per model, the holds and estimates against actual costs and tokens since a day."""
+        ...
 
     def recover_orphaned_holds(self) -> int:
         """Settle, at their held amount, holds of proxy processes that died. Returns how many."""

@@ -24,6 +24,7 @@ from sqlite_utils.migrations import Migrations
 from spendbrake.ledger import (
     CallIntent,
     DayTotals,
+    EstimateAccuracy,
     HoldGranted,
     HoldRefused,
     LedgerBusy,
@@ -98,6 +99,12 @@ def m001_calls_and_totals(db: sqlite_utils.Database) -> None:
 @migrations()
 def m002_one_hour_cache_writes(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m003_estimates_beside_actuals(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE calls ADD COLUMN estimated_input_tokens INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE calls ADD COLUMN estimated_output_tokens INTEGER NOT NULL DEFAULT 0")
 
 
 def _process_stat(pid: int) -> tuple[str, str] | None:
@@ -308,6 +315,21 @@ class SQLiteLedger:
         )
         return [agent for (agent,) in rows]
 
+    def estimate_accuracy(self, since_day: str) -> list[EstimateAccuracy]:
+        rows = self.db.conn.execute(
+            """
+            SELECT provider, forwarded_model, COUNT(*), SUM(held_nanos), SUM(actual_nanos),
+                SUM(estimated_input_tokens), SUM(input_tokens),
+                MAX(CAST(input_tokens AS REAL) / MAX(estimated_input_tokens, 1))
+            FROM calls
+            WHERE state = 'settled' AND outcome = 'ok' AND day >= ? AND estimated_input_tokens > 0
+            GROUP BY provider, forwarded_model
+            ORDER BY provider, forwarded_model
+            """,
+            (since_day,),
+        )
+        return [EstimateAccuracy(*row) for row in rows]
+
     def recover_orphaned_holds(self) -> int:
         with self._immediate() as conn:
             owners = [
@@ -362,8 +384,9 @@ class SQLiteLedger:
         cursor = conn.execute(
             """
             INSERT INTO calls (started_at, day, agent, session, provider, endpoint, requested_model,
-                forwarded_model, stream, held_nanos, state, outcome, reason, owner)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                forwarded_model, stream, held_nanos, state, outcome, reason, owner,
+                estimated_input_tokens, estimated_output_tokens)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             (
                 _utc_iso(intent.started_at),
@@ -380,6 +403,8 @@ class SQLiteLedger:
                 "refused" if state == "refused" else None,
                 reason,
                 self.owner,
+                intent.estimated_input_tokens,
+                intent.estimated_output_tokens,
             ),
         )
         assert cursor.lastrowid is not None

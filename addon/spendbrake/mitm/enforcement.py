@@ -200,6 +200,11 @@ class Enforcement:
             )
             return await self._refuse_recorded(intent, Refusal("unknown_model", message))
 
+        intent = replace(
+            intent,
+            estimated_input_tokens=estimate.prompt_tokens,
+            estimated_output_tokens=estimate.output_tokens,
+        )
         limit = self.config.daily_limit(agent)
         try:
             result = await self.worker.run(
