@@ -108,3 +108,15 @@ def test_a_prompt_that_may_be_cached_is_held_as_a_cache_write(estimator: TokenEs
         base.prompt_tokens * 1_250,
         base.prompt_tokens * 2_000,
     )
+
+
+def test_gemini_prompts_are_bounded_above_tiktokens_count(estimator: TokenEstimator) -> None:
+    # "Hello world": 2 o200k tokens x 1.2 -> 3; 11 characters / 3.5 -> 4; the larger wins.
+    request = chat(
+        model="gemini-2.5-flash",
+        tokenizer="gemini",
+        prompt_texts=("Hello world",),
+        fixed_prompt_tokens=0,
+    )
+    estimate = estimate_call(request, estimator, provider_id="google", at=NOW)
+    assert estimate.prompt_tokens == 4

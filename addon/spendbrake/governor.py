@@ -43,9 +43,12 @@ def prompt_upper_bound(request: CallRequest, estimator: TokenEstimator) -> int:
     larger of o200k x 1.6 and one token per 2.3 characters (reference §2.6).
     """
     counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
+    characters = sum(len(text) for text in request.prompt_texts)
     if request.tokenizer == "claude":
-        characters = sum(len(text) for text in request.prompt_texts)
         counted = max(-(-counted * 16 // 10), -(-characters * 10 // 23))
+    elif request.tokenizer == "gemini":
+        # SentencePiece, no offline copy: o200k x 1.2, or a token per 3.5 characters.
+        counted = max(-(-counted * 12 // 10), -(-characters * 10 // 35))
     return request.fixed_prompt_tokens + counted
 
 

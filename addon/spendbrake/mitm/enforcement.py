@@ -170,7 +170,7 @@ class Enforcement:
             agent=agent,
             session=state.identity.session,
             provider=provider.id,
-            endpoint=api.endpoint,
+            endpoint=flow.request.path.split("?", 1)[0],  # never the query: keys travel there
             requested_model="",
             forwarded_model="",
             stream=False,
@@ -179,7 +179,7 @@ class Enforcement:
         )
         try:
             body = flow.request.content or b""
-            request = api.parse(body)
+            request = api.parse(body, flow.request.path)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent, Refusal("unreadable_request", f"spendbrake: {e}")
@@ -277,7 +277,10 @@ class Enforcement:
             return
         headers = flow.response.headers
         headers["x-spendbrake-agent"] = state.identity.agent
-        if not headers.get("content-type", "").startswith("text/event-stream"):
+        is_sse = headers.get("content-type", "").startswith("text/event-stream")
+        # Gemini streams a JSON array when the client does not ask for SSE: metered as it passes.
+        streamed_json = call.intent.stream and 200 <= flow.response.status_code < 300
+        if not (is_sse or streamed_json):
             return  # buffered: settled and annotated in `response`, when the usage is known
         call.meter = call.api.stream_meter(strip_injected_usage=call.strip_usage_chunk)
         flow.response.stream = _guarded(call)

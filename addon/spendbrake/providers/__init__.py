@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from spendbrake.providers import anthropic, openai, openai_embeddings, openai_responses
+from spendbrake.providers import anthropic, gemini, openai, openai_embeddings, openai_responses
 from spendbrake.providers.base import Api
 
 
@@ -33,6 +33,8 @@ class Provider:
     metered: Mapping[str, Api]  # path of a POST route → the API that meters it
     error_body: Callable[[int, str, str], dict[str, Any]]  # the provider's own error shape
     free_posts: frozenset[str] = field(default_factory=frozenset)  # POSTs that cost nothing
+    # For providers whose routes name the model (Gemini): decides before the tables above.
+    classify: Callable[[str, str], Route | None] | None = None
 
 
 OPENAI = Provider(
@@ -90,7 +92,32 @@ COMPATIBLE: tuple[Provider, ...] = (
         ask_for_stream_usage=False,
     ),
 )
-PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, *COMPATIBLE)
+_GEMINI_APIS = {
+    gemini.GENERATE: gemini.Generate(gemini.GENERATE),
+    gemini.STREAM_GENERATE: gemini.Generate(gemini.STREAM_GENERATE),
+}
+
+
+def _classify_gemini(method: str, path: str) -> Route | None:
+    route = gemini.model_of(path)
+    if method != "POST" or route is None:
+        return None
+    _, api_method = route
+    if api_method in _GEMINI_APIS:
+        return Route(RouteKind.METERED, _GEMINI_APIS[api_method])
+    if api_method in gemini.FREE_METHODS:
+        return Route(RouteKind.FREE)
+    return Route(RouteKind.UNKNOWN)
+
+
+GEMINI = Provider(
+    id=gemini.PROVIDER_ID,
+    hosts=gemini.HOSTS,
+    metered={},
+    error_body=gemini.error_body,
+    classify=_classify_gemini,
+)
+PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, GEMINI, *COMPATIBLE)
 LLM_HOSTS: frozenset[str] = frozenset(host for p in PROVIDERS for host in p.hosts)
 
 # Reading never generates tokens: GET/HEAD/OPTIONS/DELETE on any route is free.
@@ -103,8 +130,10 @@ def provider_for_host(host: str) -> Provider | None:
 
 
 def classify_route(provider: Provider, method: str, path: str) -> Route:
-    route = path.split("?", 1)[0].rstrip("/")
     method = method.upper()
+    if provider.classify is not None and (decided := provider.classify(method, path)):
+        return decided
+    route = path.split("?", 1)[0].rstrip("/")
     if method == "POST" and route in provider.metered:
         return Route(RouteKind.METERED, provider.metered[route])
     if method in _FREE_METHODS or (method == "POST" and route in provider.free_posts):

@@ -206,7 +206,7 @@ class Messages:
 
     endpoint = MESSAGES
 
-    def parse(self, body: bytes) -> CallRequest:
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_messages_request(body)
 
     def with_usage_requested(self, body: bytes) -> bytes:

@@ -26,7 +26,7 @@ class CallRequest:
     service_tier: str | None
     prompt_texts: tuple[str, ...]  # what is counted with the tokenizer
     fixed_prompt_tokens: int  # per-message overheads and media allowances
-    tokenizer: str = "openai"  # "openai": tiktoken is exact; "claude": tiktoken times a margin
+    tokenizer: str = "openai"  # "openai": tiktoken is exact; "claude"/"gemini": with a margin
     wants_usage_injection: bool = False  # the proxy must ask for usage the client did not
     cache_write: str | None = None  # "5m" / "1h": the prompt may be written to the cache
 
@@ -59,7 +59,7 @@ class Api(Protocol):
 
     endpoint: str
 
-    def parse(self, body: bytes) -> CallRequest: ...
+    def parse(self, body: bytes, path: str = "") -> CallRequest: ...
 
     def with_usage_requested(self, body: bytes) -> bytes: ...
 

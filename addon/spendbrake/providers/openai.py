@@ -307,7 +307,7 @@ class ChatCompletions:
         self.endpoint = endpoint
         self.ask_for_stream_usage = ask_for_stream_usage
 
-    def parse(self, body: bytes) -> CallRequest:
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
         request = parse_chat_request(body)
         if request.wants_usage_injection and not self.ask_for_stream_usage:
             return replace(request, wants_usage_injection=False)
@@ -329,5 +329,5 @@ class LegacyCompletions(ChatCompletions):
     def __init__(self) -> None:
         super().__init__(COMPLETIONS)
 
-    def parse(self, body: bytes) -> CallRequest:
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_completions_request(body)

@@ -60,7 +60,7 @@ class Embeddings:
 
     endpoint = EMBEDDINGS
 
-    def parse(self, body: bytes) -> CallRequest:
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_embeddings_request(body)
 
     def with_usage_requested(self, body: bytes) -> bytes:

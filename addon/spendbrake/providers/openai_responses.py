@@ -185,7 +185,7 @@ class Responses:
     def __init__(self) -> None:
         self.sizes = ResponseSizes()
 
-    def parse(self, body: bytes) -> CallRequest:
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_responses_request(body, self.sizes)
 
     def with_usage_requested(self, body: bytes) -> bytes:
