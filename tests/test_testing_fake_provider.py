@@ -1,4 +1,7 @@
-"""The fake provider, exercised with the real `openai` and `anthropic` SDKs (no proxy between)."""
+"""The fake provider, exercised with the real `openai`, `anthropic` and `google-genai` SDKs.
+
+No proxy between.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import httpx2
 import openai
 import pytest
 from cryptography import x509
+from google import genai
+from google.genai import types
 
 from spendbrake.testing.fake_provider import FakeProvider
 from spendbrake.testing.tls import TestPKI, make_test_pki
@@ -74,6 +79,21 @@ def claude(pki: TestPKI, provider: FakeProvider) -> Iterator[anthropic.Anthropic
 
 
 @pytest.fixture(scope="module")
+def gemini(pki: TestPKI, provider: FakeProvider) -> Iterator[genai.Client]:
+    # google-genai 2.x builds its own httpx (0.28) clients; `client_args["verify"]` is the
+    # SSLContext they get (without it the SDK builds one from SSL_CERT_FILE or certifi).
+    sdk = genai.Client(
+        api_key="test",
+        http_options=types.HttpOptions(
+            base_url=f"https://127.0.0.1:{provider.port}",
+            client_args={"verify": _strict_context(pki)},
+        ),
+    )
+    yield sdk
+    sdk.close()
+
+
+@pytest.fixture(scope="module")
 def raw(pki: TestPKI, provider: FakeProvider) -> Iterator[httpx2.Client]:
     with httpx2.Client(
         base_url=f"https://127.0.0.1:{provider.port}", verify=_strict_context(pki)
@@ -91,12 +111,15 @@ def test_pki_files(pki: TestPKI) -> None:
     assert sans.get_values_for_type(x509.DNSName) == [
         "api.openai.com",
         "api.anthropic.com",
+        "generativelanguage.googleapis.com",
         "localhost",
     ]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
-@pytest.mark.parametrize("hostname", ["api.openai.com", "api.anthropic.com"])
+@pytest.mark.parametrize(
+    "hostname", ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+)
 def test_certificate_verifies_for_provider_hostnames(
     pki: TestPKI, provider: FakeProvider, hostname: str
 ) -> None:
@@ -774,3 +797,265 @@ def test_fake_status_on_responses_and_embeddings(
         )
     # x-should-retry: false stops the SDK's default retries.
     assert [r.path for r in provider.requests] == ["/v1/responses"] * 2 + ["/v1/embeddings"]
+
+
+# -- gemini ------------------------------------------------------------------------------------
+
+GEMINI_MODEL = "gemini-2.5-flash"
+GEMINI_STREAM_PATH = f"/v1beta/models/{GEMINI_MODEL}:streamGenerateContent"
+GEMINI_BODY = {"contents": [{"role": "user", "parts": [{"text": "hello"}]}]}
+
+
+def _gemini_headers(**headers: str) -> types.GenerateContentConfig:
+    """A config that sends the fake's control headers (`x_fake_usage_thoughts="5"`, ...)."""
+    return types.GenerateContentConfig(
+        http_options=types.HttpOptions(
+            headers={name.replace("_", "-"): value for name, value in headers.items()}
+        )
+    )
+
+
+def _gemini_usage_tuple(
+    usage: types.GenerateContentResponseUsageMetadata | None,
+) -> tuple[int | None, ...]:
+    assert usage is not None
+    return (
+        usage.prompt_token_count,
+        usage.candidates_token_count,
+        usage.thoughts_token_count,
+        usage.cached_content_token_count,
+        usage.total_token_count,
+    )
+
+
+def test_gemini_generate_content_usage_follows_rule(
+    gemini: genai.Client, provider: FakeProvider
+) -> None:
+    response = gemini.models.generate_content(model=GEMINI_MODEL, contents="hello")
+    assert response.text == "The sky looks blue because of Rayleigh scattering."
+    assert response.model_version == GEMINI_MODEL
+    assert response.response_id
+    assert response.candidates is not None
+    assert response.candidates[0].finish_reason == types.FinishReason.STOP
+    # "hello" is 5 chars: 7 + 5 // 4 = 8 prompt, 9 candidates, no thoughts, no cache.
+    assert _gemini_usage_tuple(response.usage_metadata) == (8, 9, None, None, 17)
+    assert response.usage_metadata is not None
+    details = response.usage_metadata.prompt_tokens_details
+    assert details is not None
+    assert [(d.modality, d.token_count) for d in details] == [(types.MediaModality.TEXT, 8)]
+
+    (request,) = provider.requests
+    assert request.method == "POST"
+    assert request.path == f"/v1beta/models/{GEMINI_MODEL}:generateContent"
+    assert request.headers["x-goog-api-key"] == "test"
+    assert json.loads(request.body)["contents"] == GEMINI_BODY["contents"]
+
+
+def test_gemini_system_instruction_max_output_and_candidates(gemini: genai.Client) -> None:
+    response = gemini.models.generate_content(
+        model=GEMINI_MODEL,
+        contents=[
+            types.Content(role="user", parts=[types.Part(text="Say hello")]),  # 9 chars
+            types.Content(role="model", parts=[types.Part(text="Hello")]),  # 5 chars
+            types.Content(role="user", parts=[types.Part(text="Again")]),  # 5 chars
+        ],
+        config=types.GenerateContentConfig(
+            system_instruction="You are terse.",  # 14 chars
+            max_output_tokens=4,
+            candidate_count=2,
+        ),
+    )
+    # 7 + 33 // 4 = 15 prompt; 4 candidate tokens each, two candidates.
+    assert _gemini_usage_tuple(response.usage_metadata) == (15, 8, None, None, 23)
+    assert response.candidates is not None
+    assert [c.index for c in response.candidates] == [0, 1]
+
+
+def test_gemini_thoughts_cache_and_overrides(gemini: genai.Client) -> None:
+    response = gemini.models.generate_content(
+        model=GEMINI_MODEL,
+        contents="hello",
+        config=_gemini_headers(x_fake_usage_thoughts="40", x_fake_usage_cache_read="6"),
+    )
+    # Thoughts are on top of candidates and in the total; cached tokens are part of the prompt.
+    assert _gemini_usage_tuple(response.usage_metadata) == (8, 9, 40, 6, 57)
+    assert response.usage_metadata is not None
+    cache_details = response.usage_metadata.cache_tokens_details
+    assert cache_details is not None
+    assert [d.token_count for d in cache_details] == [6]
+
+    response = gemini.models.generate_content(
+        model=GEMINI_MODEL,
+        contents="hello",
+        config=_gemini_headers(x_fake_usage_prompt="2059", x_fake_usage_completion="11"),
+    )
+    assert _gemini_usage_tuple(response.usage_metadata) == (2059, 11, None, None, 2070)
+
+
+def test_gemini_stream_last_chunk_has_full_usage(
+    gemini: genai.Client, provider: FakeProvider
+) -> None:
+    chunks = list(
+        gemini.models.generate_content_stream(
+            model=GEMINI_MODEL,
+            contents="hello",
+            config=_gemini_headers(x_fake_usage_thoughts="465"),
+        )
+    )
+    assert len(chunks) == 3
+    assert "".join(chunk.text or "" for chunk in chunks) == "The sky is blue."
+    # Early chunks carry a partial snapshot; the last (with finishReason) the complete usage.
+    assert [_gemini_usage_tuple(c.usage_metadata) for c in chunks] == [
+        (8, None, None, None, 8),
+        (8, None, None, None, 8),
+        (8, 9, 465, None, 482),
+    ]
+    assert [c.candidates[0].finish_reason if c.candidates else None for c in chunks] == [
+        None,
+        None,
+        types.FinishReason.STOP,
+    ]
+    assert {c.model_version for c in chunks} == {GEMINI_MODEL}
+    assert len({c.response_id for c in chunks}) == 1
+    (request,) = provider.requests
+    assert request.path == f"{GEMINI_STREAM_PATH}?alt=sse"
+
+
+def test_gemini_count_tokens_is_free(gemini: genai.Client, provider: FakeProvider) -> None:
+    assert gemini.models.count_tokens(model=GEMINI_MODEL, contents="hello").total_tokens == 8
+    counted = gemini.models.count_tokens(
+        model=GEMINI_MODEL,
+        contents="hello",
+        config=types.CountTokensConfig(
+            http_options=types.HttpOptions(headers={"x-fake-usage-prompt": "77"})
+        ),
+    )
+    assert counted.total_tokens == 77
+    assert [r.path for r in provider.requests] == [f"/v1beta/models/{GEMINI_MODEL}:countTokens"] * 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(500, genai.errors.ServerError), (429, genai.errors.ClientError)]
+)
+def test_gemini_fake_status_raises(
+    gemini: genai.Client,
+    provider: FakeProvider,
+    status: int,
+    error: type[genai.errors.APIError],
+) -> None:
+    with pytest.raises(error) as excinfo:
+        gemini.models.generate_content(
+            model=GEMINI_MODEL, contents="hello", config=_gemini_headers(x_fake_status=str(status))
+        )
+    assert excinfo.value.code == status
+    assert excinfo.value.status == "INTERNAL"
+    assert excinfo.value.message == "fake failure"
+    with pytest.raises(genai.errors.APIError):
+        list(
+            gemini.models.generate_content_stream(
+                model=GEMINI_MODEL,
+                contents="hello",
+                config=_gemini_headers(x_fake_status=str(status)),
+            )
+        )
+    # The SDK does not retry by default: one request each.
+    assert len(provider.requests) == 2
+
+
+def test_gemini_sse_transcript_uses_crlf(raw: httpx2.Client) -> None:
+    started = time.monotonic()
+    arrivals: list[float] = []
+    pieces: list[bytes] = []
+    with raw.stream(
+        "POST",
+        f"{GEMINI_STREAM_PATH}?alt=sse",
+        json=GEMINI_BODY,
+        headers={"x-goog-api-key": "test", "x-fake-delay-ms": "40"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for piece in response.iter_raw():
+            arrivals.append(time.monotonic())
+            pieces.append(piece)
+    body = b"".join(pieces)
+    # Every event is `data: <one line of JSON>` CRLF CRLF; no bare LF, no [DONE].
+    events = body.split(b"\r\n\r\n")
+    assert events[-1] == b""
+    events = events[:-1]
+    assert len(events) == 3
+    assert pieces == [event + b"\r\n\r\n" for event in events]
+    assert b"\n" not in body.replace(b"\r\n", b"")
+    assert b"[DONE]" not in body
+    assert all(event.startswith(b"data: {") for event in events)
+    data = [json.loads(event.removeprefix(b"data: ")) for event in events]
+    assert [d["candidates"][0]["content"]["parts"][0]["text"] for d in data] == [
+        "The",
+        " sky is blue.",
+        "",
+    ]
+    assert [d["usageMetadata"] for d in data[:2]] == [
+        {"promptTokenCount": 8, "totalTokenCount": 8}
+    ] * 2
+    assert data[2]["candidates"][0]["finishReason"] == "STOP"
+    assert data[2]["usageMetadata"] == {
+        "promptTokenCount": 8,
+        "candidatesTokenCount": 9,
+        "totalTokenCount": 17,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}],
+    }
+    # Flushed event by event: the first at once, then 40 ms before each of the other 2.
+    assert arrivals[0] - started < 0.5
+    assert arrivals[-1] - arrivals[0] >= 2 * 0.04 - 0.01
+
+
+def test_gemini_stream_without_alt_sse_is_a_json_array(
+    raw: httpx2.Client, provider: FakeProvider
+) -> None:
+    with raw.stream(
+        "POST",
+        f"{GEMINI_STREAM_PATH}?key=test",
+        json=GEMINI_BODY,
+        headers={"x-fake-delay-ms": "20", "x-fake-usage-cache-read": "3"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        pieces = list(response.iter_raw())
+    body = b"".join(pieces)
+    # `[{..}` then `\r\n,\r\n{..}` per further element, the last closing the array.
+    assert len(pieces) == 3
+    assert pieces[0].startswith(b"[{")
+    assert all(piece.startswith(b"\r\n,\r\n{") for piece in pieces[1:])
+    assert body.endswith(b"}]")
+    elements = json.loads(body)
+    assert isinstance(elements, list)
+    assert len(elements) == 3
+    assert elements[-1]["usageMetadata"]["cachedContentTokenCount"] == 3
+    assert elements[-1]["usageMetadata"]["totalTokenCount"] == 17
+    assert elements[0]["modelVersion"] == GEMINI_MODEL
+    assert provider.requests[0].path == f"{GEMINI_STREAM_PATH}?key=test"
+
+
+def test_gemini_errors_use_google_shape(raw: httpx2.Client) -> None:
+    missing = raw.post(f"/v1beta/models/{GEMINI_MODEL}:embedContent", json=GEMINI_BODY)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["status"] == "NOT_FOUND"
+    assert missing.json()["error"]["code"] == 404
+
+    bad = raw.post(f"/v1beta/models/{GEMINI_MODEL}:generateContent", content=b"{nope")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+    empty = raw.post(f"/v1beta/models/{GEMINI_MODEL}:generateContent", json={})
+    assert empty.status_code == 400
+    assert "contents" in empty.json()["error"]["message"]
+
+    failed = raw.post(
+        f"/v1/models/{GEMINI_MODEL}:generateContent",
+        json=GEMINI_BODY,
+        headers={"x-fake-status": "503"},
+    )
+    assert failed.status_code == 503
+    assert failed.json() == {
+        "error": {"code": 503, "message": "fake failure", "status": "INTERNAL"}
+    }
+    # OpenAI's colon-less /v1/models stays OpenAI's.
+    assert raw.get("/v1/models").json()["error"]["type"] == "invalid_request_error"

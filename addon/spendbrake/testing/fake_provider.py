@@ -1,4 +1,4 @@
-"""A local HTTPS fake of the OpenAI and Anthropic APIs that replays real response shapes.
+"""A local HTTPS fake of the OpenAI, Anthropic and Gemini APIs that replays real response shapes.
 
 Server side is stdlib only so it behaves the same wherever the tests run. Run standalone with
 `python -m spendbrake.testing.fake_provider --port 8443 --dir /tmp/x`.
@@ -9,23 +9,39 @@ Routes:
   POST /v1/embeddings                OpenAI Embeddings (float or base64 vectors)
   POST /v1/messages                  Anthropic Messages (stream and non-stream)
   POST /v1/messages/count_tokens     Anthropic token counting (free at Anthropic)
-Anything else answers 404 (Anthropic's error shape under /v1/messages, OpenAI's elsewhere).
+  POST /v1beta/models/{model}:generateContent
+                                     Gemini (also under /v1/models/...)
+  POST /v1beta/models/{model}:streamGenerateContent
+                                     Gemini stream: with ?alt=sse SSE events framed with CRLF,
+                                     without it a streamed JSON array `[{..}\r\n,\r\n{..}]`
+  POST /v1beta/models/{model}:countTokens
+                                     Gemini token counting (free): {"totalTokens": N}
+Anything else answers 404 (Anthropic's error shape under /v1/messages, Google's under /v1beta/
+and for Gemini routes, OpenAI's elsewhere). Gemini's API key (x-goog-api-key or ?key=) is ignored.
 
 Usage is deterministic. OpenAI: prompt_tokens = 7 + chars(message text) // 4, completion_tokens =
 min(max_completion_tokens or max_tokens, 9). Anthropic: input_tokens = 7 + chars(system + message
 text) // 4, output_tokens = min(max_tokens, 9), cache fields 0. Responses: input_tokens = 7 +
 chars(instructions + input text) // 4, output_tokens = min(max_output_tokens or 9, 9), cached and
-reasoning tokens 0. Embeddings: prompt_tokens = sum over inputs of 1 + chars // 4.
+reasoning tokens 0. Embeddings: prompt_tokens = sum over inputs of 1 + chars // 4. Gemini:
+promptTokenCount = 7 + chars(systemInstruction + contents text parts) // 4, candidatesTokenCount =
+min(generationConfig.maxOutputTokens or 9, 9) per candidate (times generationConfig.candidateCount),
+totalTokenCount = prompt + candidates + thoughts; streams carry a partial usage snapshot (prompt and
+total = prompt only) on every event but the last, which has the complete usage.
 
 Test controls (request headers, so SDK clients can send them via `extra_headers`):
   x-fake-delay-ms: N            sleep N ms before every SSE event except the first
   x-fake-status: N              answer status N with the provider's error shape (type api_error
-                                for Anthropic, server_error for OpenAI) and x-should-retry: false
-  x-fake-usage-prompt: N        override prompt_tokens / input_tokens (also for count_tokens and
-                                embeddings)
-  x-fake-usage-completion: N    override completion_tokens / output_tokens
+                                for Anthropic, server_error for OpenAI, status INTERNAL for
+                                Gemini) and x-should-retry: false
+  x-fake-usage-prompt: N        override prompt_tokens / input_tokens / promptTokenCount (also
+                                for count_tokens, countTokens and embeddings)
+  x-fake-usage-completion: N    override completion_tokens / output_tokens / candidatesTokenCount
   x-fake-usage-cache-read: N    Anthropic: cache_read_input_tokens; Responses:
-                                input_tokens_details.cached_tokens (a part of input_tokens)
+                                input_tokens_details.cached_tokens (a part of input_tokens);
+                                Gemini: cachedContentTokenCount (a part of promptTokenCount)
+  x-fake-usage-thoughts: N      Gemini: thoughtsTokenCount (on top of candidatesTokenCount, and
+                                counted in totalTokenCount); absent unless given
   x-fake-usage-reasoning: N     Responses: output_tokens_details.reasoning_tokens (a part of
                                 output_tokens)
   x-fake-usage-cache-write: N   Anthropic: cache_creation_input_tokens (all of it 5-minute cache)
@@ -50,6 +66,7 @@ import argparse
 import base64
 import contextlib
 import json
+import re
 import signal
 import socket
 import socketserver
@@ -66,6 +83,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from spendbrake.testing.tls import TestPKI, make_test_pki
 
@@ -93,6 +111,17 @@ RESPONSES_ENDS = ("completed", "incomplete", "failed")
 
 # Embeddings: every input gets this vector (float32-exact enough for the SDK's base64 decoding).
 EMBEDDING_VECTOR: tuple[float, ...] = (0.0023064255, -0.009327292, 0.015797377)
+
+# Gemini: the non-streaming answer, and the text of each streamed event (the last one, carrying
+# finishReason and the complete usage, has an empty text part as Google's do).
+GEMINI_TEXT = "The sky looks blue because of Rayleigh scattering."
+GEMINI_STREAM_TEXTS: tuple[str, ...] = ("The", " sky is blue.", "")
+# Gemini routes: /{version}/models/{model}:{method}. `/v1/models` alone is OpenAI's (a colon-less
+# path), so only a `model:method` final segment makes a /v1 path Gemini's.
+GEMINI_ROUTE = re.compile(
+    r"^/(?P<version>v1beta|v1)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
+)
+GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 
 # OpenAI answers with the dated snapshot the alias currently points at.
 MODEL_SNAPSHOTS: dict[str, str] = {
@@ -143,7 +172,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeProvider:
-    """HTTPS fake of api.openai.com and api.anthropic.com, serving from a daemon thread."""
+    """HTTPS fake of api.openai.com, api.anthropic.com and generativelanguage.googleapis.com.
+
+    Serves from a daemon thread.
+    """
 
     def __init__(
         self, pki: TestPKI, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False
@@ -280,6 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         provider = self.server.provider
         anthropic = _is_anthropic_path(path)
+        google = _is_google_path(path)
         self._request_id_header = "request-id" if anthropic else "x-request-id"
 
         if path.startswith("/_fake/"):
@@ -297,11 +330,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         status = _int_header(self.headers.get("x-fake-status"))
         if status is not None:
-            failure = (
-                _anthropic_error("api_error", "fake failure")
-                if anthropic
-                else {"error": {"message": "fake failure", "type": "server_error", "code": None}}
-            )
+            if anthropic:
+                failure = _anthropic_error("api_error", "fake failure")
+            elif google:
+                failure = _google_error(status, "fake failure", "INTERNAL")
+            else:
+                failure = {
+                    "error": {"message": "fake failure", "type": "server_error", "code": None}
+                }
             self._send_json(status, failure, extra_headers={"x-should-retry": "false"})
             return
 
@@ -320,8 +356,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and path == ANTHROPIC_COUNT_TOKENS_PATH:
             self._count_tokens(body)
             return
+        gemini = GEMINI_ROUTE.match(path)
+        if self.command == "POST" and gemini and gemini["method"] in GEMINI_METHODS:
+            self._gemini(body, gemini["model"], gemini["method"])
+            return
         if anthropic:
             self._send_json(404, _anthropic_error("not_found_error", "Not Found"))
+            return
+        if google:
+            self._send_json(
+                404,
+                _google_error(404, f"Method not found ({self.command} {path}).", "NOT_FOUND"),
+            )
             return
 
         self._send_json(
@@ -781,14 +827,140 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         self._send_sse(events)
 
+    # -- gemini ----------------------------------------------------------------------------
+
+    def _gemini(self, body: bytes, model: str, method: str) -> None:
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = None
+        if not isinstance(payload, dict):
+            self._send_json(
+                400,
+                _google_error(
+                    400,
+                    "Invalid JSON payload received. Unknown name or bad value.",
+                    "INVALID_ARGUMENT",
+                ),
+            )
+            return
+        if method == "countTokens":
+            # countTokens takes `contents` or a whole `generateContentRequest`.
+            wrapped = payload.get("generateContentRequest")
+            request = wrapped if isinstance(wrapped, dict) else payload
+            self._send_json(200, {"totalTokens": self._gemini_prompt_tokens(request)})
+            return
+        if not isinstance(payload.get("contents"), list | dict) or not payload["contents"]:
+            self._send_json(
+                400,
+                _google_error(
+                    400,
+                    "* GenerateContentRequest.contents: contents is not specified\n",
+                    "INVALID_ARGUMENT",
+                ),
+            )
+            return
+
+        config = payload.get("generationConfig")
+        config = config if isinstance(config, dict) else {}
+        count = config.get("candidateCount")
+        candidate_count = count if isinstance(count, int) and _is_int(count) and count > 0 else 1
+        usage = self._gemini_usage(payload, config, candidate_count)
+        response_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii")[:23]
+
+        def response(text: str, finish: bool, usage_metadata: dict[str, Any]) -> dict[str, Any]:
+            candidates: list[dict[str, Any]] = []
+            for index in range(candidate_count):
+                candidate: dict[str, Any] = {
+                    "content": {"parts": [{"text": text}], "role": "model"}
+                }
+                if finish:
+                    candidate["finishReason"] = "STOP"
+                candidate["index"] = index
+                candidates.append(candidate)
+            # Key order as Google sends it.
+            return {
+                "candidates": candidates,
+                "usageMetadata": usage_metadata,
+                "modelVersion": model,
+                "responseId": response_id,
+            }
+
+        if method == "generateContent":
+            # Google pretty-prints non-streamed JSON.
+            body_out = json.dumps(response(GEMINI_TEXT, True, usage), indent=2).encode()
+            self._send_bytes(200, body_out, "application/json; charset=UTF-8")
+            return
+
+        prompt = usage["promptTokenCount"]
+        partial = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+        last = len(GEMINI_STREAM_TEXTS) - 1
+        objects = [
+            response(text, i == last, usage if i == last else partial)
+            for i, text in enumerate(GEMINI_STREAM_TEXTS)
+        ]
+        alt = parse_qs(urlsplit(self.path).query).get("alt", [""])[-1]
+        if alt == "sse":
+            # Google's SSE: one line of JSON per event, CRLF line ends, no [DONE].
+            self._send_sse(
+                [b"data: " + _google_dumps(obj) + b"\r\n\r\n" for obj in objects],
+                content_type="text/event-stream",
+            )
+            return
+        # A streamed JSON array: `[` + elements joined by CRLF,CRLF + `]`, one element a chunk.
+        elements = [json.dumps(obj, indent=2).encode() for obj in objects]
+        chunks = [b"[" + elements[0]] + [b"\r\n,\r\n" + element for element in elements[1:]]
+        chunks[-1] += b"]"
+        self._send_sse(chunks, content_type="application/json; charset=UTF-8")
+
+    def _gemini_prompt_tokens(self, payload: dict[str, Any]) -> int:
+        chars = _gemini_parts_chars(payload.get("systemInstruction"))
+        contents = payload.get("contents")
+        for content in contents if isinstance(contents, list) else [contents]:
+            chars += _gemini_parts_chars(content)
+        return _int_header_or(
+            self.headers.get("x-fake-usage-prompt"), BASE_PROMPT_TOKENS + chars // 4
+        )
+
+    def _gemini_usage(
+        self, payload: dict[str, Any], config: dict[str, Any], candidate_count: int
+    ) -> dict[str, Any]:
+        prompt = self._gemini_prompt_tokens(payload)
+        limit = config.get("maxOutputTokens")
+        per_candidate = min(limit, MAX_COMPLETION_TOKENS) if _is_int(limit) and limit else 9
+        candidates = _int_header_or(
+            self.headers.get("x-fake-usage-completion"), per_candidate * candidate_count
+        )
+        thoughts = _int_header(self.headers.get("x-fake-usage-thoughts"))
+        cached = _int_header(self.headers.get("x-fake-usage-cache-read"))
+        # Key order as Google sends it; optional counts only when there are any.
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": candidates,
+            "totalTokenCount": prompt + candidates + (thoughts or 0),
+        }
+        if cached is not None:
+            usage["cachedContentTokenCount"] = cached
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        if cached is not None:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+        if thoughts is not None:
+            usage["thoughtsTokenCount"] = thoughts
+        return usage
+
     # -- plumbing --------------------------------------------------------------------------
 
-    def _send_sse(self, events: Sequence[bytes]) -> None:
-        """Stream `events` (complete SSE events), one HTTP chunk each, honouring x-fake-delay-ms."""
+    def _send_sse(
+        self, events: Sequence[bytes], content_type: str = "text/event-stream; charset=utf-8"
+    ) -> None:
+        """Stream `events` (complete SSE events), one HTTP chunk each, honouring x-fake-delay-ms.
+
+        Also streams other chunked bodies (Gemini's streamed JSON array) given `content_type`.
+        """
         delay = max(_int_header_or(self.headers.get("x-fake-delay-ms"), 0), 0) / 1000
 
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache")
         self.send_header(self._request_id_header, f"req_{uuid.uuid4().hex}")
@@ -943,6 +1115,24 @@ def _is_anthropic_path(path: str) -> bool:
     return path == ANTHROPIC_MESSAGES_PATH or path.startswith(ANTHROPIC_MESSAGES_PATH + "/")
 
 
+def _is_google_path(path: str) -> bool:
+    return path.startswith("/v1beta/") or GEMINI_ROUTE.match(path) is not None
+
+
+def _gemini_parts_chars(content: object) -> int:
+    """Characters of the text parts of a Gemini `Content` (or a `systemInstruction`)."""
+    if isinstance(content, str):
+        return len(content)
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return 0
+    total = 0
+    for part in parts:
+        text = part.get("text") if isinstance(part, dict) else None
+        total += len(text) if isinstance(text, str) else 0
+    return total
+
+
 def _int_header(value: str | None) -> int | None:
     if value is None:
         return None
@@ -965,6 +1155,15 @@ def _anthropic_error(type_: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}}
 
 
+def _google_error(code: int, message: str, status: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def _google_dumps(obj: Any) -> bytes:
+    # Google's streamed events: one line, with a space after colons but not after commas.
+    return json.dumps(obj, separators=(",", ": ")).encode()
+
+
 def _sse_event(name: str, obj: Any) -> bytes:
     """One named SSE event the way Anthropic and the Responses API frame them."""
     return b"event: " + name.encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
@@ -977,7 +1176,7 @@ def _dumps(obj: Any) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Local HTTPS fake of the OpenAI and Anthropic APIs."
+        description="Local HTTPS fake of the OpenAI, Anthropic and Gemini APIs."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")

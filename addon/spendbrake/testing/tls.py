@@ -29,7 +29,12 @@ class TestPKI:
 
 def make_test_pki(
     directory: Path,
-    hostnames: Sequence[str] = ("api.openai.com", "api.anthropic.com", "localhost"),
+    hostnames: Sequence[str] = (
+        "api.openai.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+        "localhost",
+    ),
     ips: Sequence[str] = ("127.0.0.1",),
 ) -> TestPKI:
     """Write a fresh CA and a leaf certificate for `hostnames` + `ips` into `directory`."""
