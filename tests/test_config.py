@@ -137,3 +137,20 @@ def test_operator_prices_override_and_a_fallback_prices_unknown_models(tmp_path:
 def test_bad_prices_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+def test_routes_the_operator_vouches_for_pass_unmetered(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, 'allow_unmetered_routes = ["POST /v1/files", "POST /v1/uploads/*"]\n')
+    )
+    assert config.allows_unmetered("POST", "/v1/files?purpose=batch")
+    assert config.allows_unmetered("post", "/v1/uploads/upload_1/parts")
+    assert not config.allows_unmetered("POST", "/v1/files/extra")
+    assert not config.allows_unmetered("POST", "/v1/images/generations")
+    assert not load_config(None).allows_unmetered("POST", "/v1/files")
+
+
+@pytest.mark.parametrize("value", ['"POST /v1/files"', '["/v1/files"]', '["FETCH /x"]'])
+def test_badly_written_routes_are_an_error(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="allow_unmetered_routes must be a list like"):
+        load_config(write(tmp_path, f"allow_unmetered_routes = {value}\n"))

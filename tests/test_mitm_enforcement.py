@@ -426,3 +426,24 @@ async def test_a_private_model_is_held_and_settled_at_the_operators_price(tmp_pa
         # the response names a published snapshot, but the operator's price is what it pays
         assert row["actual_nanos"] == 8 * 1_000 + 9 * 2_000
         enforcement.done()
+
+
+async def test_an_unmetered_route_passes_only_where_the_operator_allows_it(tmp_path: Path) -> None:
+    config = tmp_path / "spendbrake.toml"
+    config.write_text('allow_unmetered_routes = ["POST /v1/files"]\n')
+    enforcement = Enforcement()
+    with taddons.context(enforcement) as tctx:
+        tctx.configure(
+            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
+        )
+        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+        files = await proxy.send(chat_flow(b"upload", path="/v1/files"))
+        images = await proxy.send(chat_flow(b"{}", path="/v1/images/generations"))
+        assert files.response is None
+        assert images.response is not None
+        assert images.response.status_code == 403
+        assert (
+            "allow_unmetered_routes"
+            in json.loads(images.response.content or b"")["error"]["message"]
+        )
+        enforcement.done()

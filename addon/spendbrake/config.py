@@ -8,6 +8,7 @@ that silently does not exist.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,9 @@ _NOT_YET_ENFORCED = frozenset(
     }
 )
 _AGENT_KEYS = frozenset({"daily_usd"})
-_TOP_KEYS = frozenset({"timezone", "ledger", "defaults", "agents", "prices"})
+_TOP_KEYS = frozenset(
+    {"timezone", "ledger", "defaults", "agents", "prices", "allow_unmetered_routes"}
+)
 _PRICE_KEYS = frozenset(
     {
         "input_usd_per_mtok",
@@ -75,7 +78,16 @@ class Config:
     defaults: AgentLimits = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
     agents: Mapping[str, AgentLimits] = field(default_factory=dict)
     prices: Mapping[str, OverridePrice] = field(default_factory=dict)  # model (or "*") → price
+    # "POST /v1/files", "POST /v1/uploads/*": routes on LLM hosts let through without metering.
+    allow_unmetered_routes: tuple[str, ...] = ()
     source: Path | None = None
+
+    def allows_unmetered(self, method: str, path: str) -> bool:
+        route = f"{method.upper()} {path.split('?', 1)[0]}"
+        return any(
+            route.startswith(allowed[:-1]) if allowed.endswith("*") else route == allowed
+            for allowed in self.allow_unmetered_routes
+        )
 
     def daily_limit(self, agent: str) -> int:
         """The configured daily limit in nanos (a run-time override in the ledger wins over it)."""
@@ -144,8 +156,23 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         defaults=defaults,
         agents=agents,
         prices=prices,
+        allow_unmetered_routes=_parse_routes(data.get("allow_unmetered_routes", []), where),
         source=source,
     )
+
+
+_ROUTE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE|OPTIONS) /\S*")
+
+
+def _parse_routes(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and _ROUTE.fullmatch(v) for v in value
+    ):
+        raise ConfigError(
+            f'{where}: allow_unmetered_routes must be a list like ["POST /v1/files", '
+            '"POST /v1/uploads/*"]'
+        )
+    return tuple(value)
 
 
 def _parse_limits(table: object, where: str, section: str) -> AgentLimits:

@@ -150,12 +150,17 @@ class Enforcement:
         route = classify_route(provider, flow.request.method, flow.request.path)
         if route.kind is RouteKind.FREE:
             return None
+        if route.kind is RouteKind.UNKNOWN and self.config.allows_unmetered(
+            flow.request.method, flow.request.path
+        ):
+            return None  # the operator vouches that this route costs nothing here
         if route.kind is RouteKind.UNKNOWN or route.api is None:
             route_name = f"{flow.request.method} {flow.request.path.split('?')[0]}"
             return Refusal(
                 "unmetered_route",
                 f"spendbrake does not meter {route_name} on {flow.request.pretty_host}, "
-                "so it does not let it through.",
+                "so it does not let it through. If it costs nothing, list it in the "
+                "configuration's allow_unmetered_routes.",
             )
         if self.unavailable or self.worker is None:
             return Refusal(
