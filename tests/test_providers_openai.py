@@ -238,3 +238,21 @@ def test_relayed_text_is_bounded_by_its_escaped_bytes() -> None:
     meter(event)
     assert meter.relayed_text_bytes == 2 * generated_text_bytes(event)
     assert not meter.usage_is_final
+
+
+def test_a_data_line_of_several_megabytes_passes_whole_and_is_metered() -> None:
+    text = b"x" * 5_000_000
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"' + text + b'"}}],"usage":null}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
+    stream = event + usage + b"data: [DONE]\n\n"
+    meter = ChatStreamMeter(strip_usage_chunk=True)
+    received = b""
+    for start in range(0, len(stream), 65_536):
+        result = meter(stream[start : start + 65_536])
+        received += result if isinstance(result, bytes) else b"".join(result)
+    tail = meter(b"")
+    received += tail if isinstance(tail, bytes) else b"".join(tail)
+    assert received == event + b"data: [DONE]\n\n"
+    assert meter.relayed_text_bytes == len(text)
+    assert meter.usage is not None
+    assert meter.usage.tokens.output_tokens == 4

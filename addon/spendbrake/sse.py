@@ -17,30 +17,38 @@ _LINE_END = re.compile(rb"\r\n|\n|\r(?!\Z)")
 class EventSplitter:
     def __init__(self) -> None:
         self._pending = bytearray()
-        self._scan_from = 0  # where the current event's unfinished line starts
+        self._line_start = 0  # where the current, unfinished line starts
+        self._search_from = 0  # bytes before this hold no line end: never scanned twice
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        """Append ``chunk``; return every event it completes, as raw bytes."""
+        """Append ``chunk``; return every event it completes, as raw bytes.
+
+        Each byte is scanned once, so a data line of several megabytes arriving in many chunks
+        costs linear time, not quadratic (the callable runs on the event loop).
+        """
         self._pending += chunk
         events: list[bytes] = []
         event_start = 0
-        line_start = self._scan_from
-        while match := _LINE_END.search(self._pending, line_start):
+        line_start = self._line_start
+        position = self._search_from
+        while match := _LINE_END.search(self._pending, position):
             if match.start() == line_start and line_start > event_start:
                 # A blank line ends the event. (A blank line with nothing before it is kept as
                 # the head of the next event rather than sent as an empty one.)
                 events.append(bytes(self._pending[event_start : match.end()]))
                 event_start = match.end()
-            line_start = match.end()
+            line_start = position = match.end()
         del self._pending[:event_start]
-        self._scan_from = line_start - event_start
+        self._line_start = line_start - event_start
+        # The last byte may be a CR whose LF is still on its way: look at it again next time.
+        self._search_from = max(self._line_start, len(self._pending) - 1)
         return events
 
     def flush(self) -> bytes:
         """The unterminated tail at the end of the stream (usually empty)."""
         rest = bytes(self._pending)
         self._pending.clear()
-        self._scan_from = 0
+        self._line_start = self._search_from = 0
         return rest
 
 
