@@ -15,9 +15,11 @@ from spendbrake.ledger import TokenCounts
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    ReportsUsageUnasked,
     UnreadableRequest,
     UsageTap,
     as_json_text,
+    content_blocks,
     count,
     int_at_least,
     load_json_object,
@@ -85,17 +87,8 @@ def parse_messages_request(body: bytes) -> CallRequest:
 
 def _collect_blocks(content: Any, texts: list[str]) -> int:
     """Add the text of a content (a string or a list of blocks); return media allowances."""
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        texts.append(content)
-        return 0
-    if not isinstance(content, list):
-        raise UnreadableRequest("a message content is neither text nor a list of blocks")
     allowance = 0
-    for block in content:
-        if not isinstance(block, dict):
-            raise UnreadableRequest("a content block is not a JSON object")
+    for block in content_blocks(content, texts):
         kind = block.get("type")
         if kind == "text" and isinstance(block.get("text"), str):
             texts.append(block["text"])
@@ -201,16 +194,13 @@ class MessagesStreamMeter(UsageTap):
         self.usage = MeteredUsage(usage_tokens(self._fields), self._model, None)
 
 
-class Messages:
+class Messages(ReportsUsageUnasked):
     """``POST /v1/messages`` as a metered API."""
 
     endpoint = MESSAGES
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_messages_request(body)
-
-    def with_usage_requested(self, body: bytes) -> bytes:
-        return body  # Anthropic always reports usage
 
     def usage_from_json(self, obj: Any) -> MeteredUsage | None:
         return usage_from_message(obj)

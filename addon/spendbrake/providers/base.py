@@ -78,6 +78,25 @@ def load_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
+def content_blocks(content: Any, texts: list[str]) -> list[dict[str, Any]]:
+    """The blocks of a message content; a plain-text content is added to ``texts`` instead."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        texts.append(content)
+        return []
+    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
+        raise UnreadableRequest("a message content is neither text nor a list of JSON objects")
+    return content
+
+
+class ReportsUsageUnasked:
+    """For APIs that always report usage: the request is forwarded as the client wrote it."""
+
+    def with_usage_requested(self, body: bytes) -> bytes:
+        return body
+
+
 def required_model(data: dict[str, Any]) -> str:
     model = data.get("model")
     if not isinstance(model, str) or not model:

@@ -18,6 +18,7 @@ from spendbrake.ledger import TokenCounts
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    ReportsUsageUnasked,
     UnreadableRequest,
     UsageTap,
     as_json_text,
@@ -235,7 +236,7 @@ class JsonArrayElements:
         return elements
 
 
-class Generate:
+class Generate(ReportsUsageUnasked):
     """``:generateContent`` or ``:streamGenerateContent`` as a metered API."""
 
     def __init__(self, method: str) -> None:
@@ -243,9 +244,6 @@ class Generate:
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_generate_request(body, path)
-
-    def with_usage_requested(self, body: bytes) -> bytes:
-        return body  # Gemini always reports usage
 
     def usage_from_json(self, obj: Any) -> MeteredUsage | None:
         return usage_from_response(obj)

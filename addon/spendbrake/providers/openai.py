@@ -19,6 +19,7 @@ from spendbrake.providers.base import (
     MeteredUsage,
     UnreadableRequest,
     as_json_text,
+    content_blocks,
     count,
     event_json,
     generated_text_bytes,
@@ -138,17 +139,8 @@ def parse_completions_request(body: bytes) -> CallRequest:
 
 def _collect_content(content: Any, texts: list[str]) -> int:
     """Add the text of a message's content; return the fixed allowance for its media parts."""
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        texts.append(content)
-        return 0
-    if not isinstance(content, list):
-        raise UnreadableRequest("a message content is neither text nor a list of parts")
     allowance = 0
-    for part in content:
-        if not isinstance(part, dict):
-            raise UnreadableRequest("a content part is not a JSON object")
+    for part in content_blocks(content, texts):
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])

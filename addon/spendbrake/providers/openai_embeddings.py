@@ -8,6 +8,7 @@ from spendbrake.ledger import TokenCounts
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    ReportsUsageUnasked,
     UnreadableRequest,
     count,
     load_json_object,
@@ -55,16 +56,13 @@ def usage_from_embeddings(obj: Any) -> MeteredUsage | None:
     return MeteredUsage(tokens=tokens, model=model, service_tier=None)
 
 
-class Embeddings:
+class Embeddings(ReportsUsageUnasked):
     """``POST /v1/embeddings`` as a metered API."""
 
     endpoint = EMBEDDINGS
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_embeddings_request(body)
-
-    def with_usage_requested(self, body: bytes) -> bytes:
-        return body
 
     def usage_from_json(self, obj: Any) -> MeteredUsage | None:
         return usage_from_embeddings(obj)

@@ -16,6 +16,7 @@ from spendbrake.ledger import TokenCounts
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    ReportsUsageUnasked,
     UnreadableRequest,
     UsageTap,
     as_json_text,
@@ -177,7 +178,7 @@ class ResponsesStreamMeter(UsageTap):
                 self.usage_is_final = True
 
 
-class Responses:
+class Responses(ReportsUsageUnasked):
     """``POST /v1/responses`` as a metered API."""
 
     endpoint = RESPONSES
@@ -187,9 +188,6 @@ class Responses:
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_responses_request(body, self.sizes)
-
-    def with_usage_requested(self, body: bytes) -> bytes:
-        return body  # Responses streams always end with their usage
 
     def usage_from_json(self, obj: Any) -> MeteredUsage | None:
         return usage_from_response(obj, self.sizes)
