@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 )
 
 import ledger_hammer
+import spendbrake.processes
 import spendbrake.sqlite_ledger
 from ledger_hammer import DAY, LIMIT, assert_totals_match_calls, child, intent, query, stop
 from spendbrake.ledger import (
@@ -721,9 +722,9 @@ def test_a_dead_process_not_yet_reaped_by_its_parent_is_not_alive() -> None:
     try:
         deadline = time.monotonic() + 10
         owner = f"{socket.gethostname()}:{child.pid}:?"
-        while spendbrake.sqlite_ledger.owner_is_alive(owner) and time.monotonic() < deadline:
+        while spendbrake.processes.owner_is_alive(owner) and time.monotonic() < deadline:
             time.sleep(0.01)  # it exits at once; its zombie stays until wait() below
-        assert not spendbrake.sqlite_ledger.owner_is_alive(owner)
+        assert not spendbrake.processes.owner_is_alive(owner)
     finally:
         child.wait()
 

@@ -210,6 +210,9 @@ class Enforcement:
             estimated_input_tokens=estimate.prompt_tokens,
             estimated_output_tokens=estimate.output_tokens,
         )
+        # Everything that could still fail is done before the hold, so no hold is ever left
+        # behind by a call that was not sent.
+        forwarded_body = api.with_usage_requested(body) if request.wants_usage_injection else None
         limit = self.config.daily_limit(agent)
         try:
             result = await self.worker.run(
@@ -223,8 +226,8 @@ class Enforcement:
                 result.totals, result.requested_nanos, window.resets_at, now
             )
 
-        if request.wants_usage_injection:
-            flow.request.content = api.with_usage_requested(body)
+        if forwarded_body is not None:
+            flow.request.content = forwarded_body
         # The meter reads usage from plain bytes: a stream cannot be decompressed on the fly, and
         # a body need not be decoded twice. (Loopback and provider links are not the bottleneck.)
         flow.request.headers["accept-encoding"] = "identity"
