@@ -154,3 +154,10 @@ def test_routes_the_operator_vouches_for_pass_unmetered(tmp_path: Path) -> None:
 def test_badly_written_routes_are_an_error(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="allow_unmetered_routes must be a list like"):
         load_config(write(tmp_path, f"allow_unmetered_routes = {value}\n"))
+
+
+def test_a_price_can_name_the_published_model_it_is_priced_as(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[prices."my-deployment"]\nprice_as = "gpt-4o"\n'))
+    assert config.prices["my-deployment"].price_as == "gpt-4o"
+    with pytest.raises(ConfigError, match="price_as must be a model name"):
+        load_config(write(tmp_path, '[prices."d"]\nprice_as = 4\n'))

@@ -447,3 +447,33 @@ async def test_an_unmetered_route_passes_only_where_the_operator_allows_it(tmp_p
             in json.loads(images.response.content or b"")["error"]["message"]
         )
         enforcement.done()
+
+
+async def test_an_azure_deployment_is_priced_as_the_model_the_operator_names(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "spendbrake.toml"
+    config.write_text('[prices."my-mini"]\nprice_as = "gpt-4o-mini"\n')
+    enforcement = Enforcement()
+    with taddons.context(enforcement) as tctx:
+        tctx.configure(
+            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
+        )
+        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+        path = "/openai/deployments/my-mini/chat/completions?api-version=2024-10-21"
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+        flow = await proxy.send(chat_flow(body, host="acme.openai.azure.com", path=path))
+        assert flow.response is None
+        flow.response = http.Response.make(200, completion(), {"content-type": "application/json"})
+        await enforcement.response(flow)
+        unmapped = await proxy.send(
+            chat_flow(body, host="acme.openai.azure.com", path=path.replace("my-mini", "other"))
+        )
+        assert unmapped.response is not None
+        assert unmapped.response.status_code == 400
+        assert "'other'" in json.loads(unmapped.response.content or b"")["error"]["message"]
+        held, refused = proxy.rows()
+        assert (held["provider"], held["requested_model"]) == ("azure", "my-mini")
+        assert held["actual_nanos"] == 8 * GPT_4O_MINI_IN + 9 * GPT_4O_MINI_OUT
+        assert refused["reason"] == "unknown_model"
+        enforcement.done()

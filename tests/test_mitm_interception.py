@@ -33,6 +33,8 @@ def client_hello(sni: str | None, connect_host: str) -> tls.ClientHelloData:
     [
         ("api.openai.com", "api.openai.com", False),
         (None, "api.openai.com", False),
+        ("acme.openai.azure.com", "acme.openai.azure.com", False),
+        ("generativelanguage.googleapis.com", "generativelanguage.googleapis.com", False),
         ("example.com", "example.com", True),
         ("localhost", "127.0.0.1", True),
     ],

@@ -154,3 +154,15 @@ def test_an_operators_price_wins_and_the_fallback_prices_only_the_unknown() -> N
     assert pricer.max_output_tokens("gpt-4o") == 16_384
     with pytest.raises(UnknownModel):
         Pricer().cost_nanos(tokens, "private-model", provider_id="openai")
+
+
+def test_a_deployment_priced_as_a_published_model_costs_what_that_model_costs() -> None:
+    from spendbrake.pricing import OverridePrice, Pricer
+
+    pricer = Pricer({"my-gpt4o": OverridePrice(price_as="gpt-4o")})
+    tokens = TokenCounts(input_tokens=1000, output_tokens=100)
+    published = cost_nanos(tokens, "gpt-4o", provider_id="openai")
+    # Azure's price list in genai-prices lacks gpt-4o: its global price is OpenAI's.
+    assert pricer.cost_nanos(tokens, "my-gpt4o", provider_id="azure") == published
+    assert pricer.max_output_tokens("my-gpt4o") == 16_384
+    assert pricer.source("my-gpt4o", "azure").endswith("priced as gpt-4o")

@@ -56,6 +56,7 @@ _PRICE_KEYS = frozenset(
         "cached_input_usd_per_mtok",
         "cache_write_usd_per_mtok",
         "max_output_tokens",
+        "price_as",
     }
 )
 
@@ -206,17 +207,24 @@ def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
         except MoneyError as e:
             raise ConfigError(f"{where}: {e}") from None
 
+    price_as = entry.get("price_as")
+    if price_as is not None and (not isinstance(price_as, str) or not price_as):
+        raise ConfigError(f"{where}: {section}.price_as must be a model name like 'gpt-4o'")
     input_rate, output_rate = rate("input_usd_per_mtok"), rate("output_usd_per_mtok")
-    if input_rate is None or output_rate is None:
-        raise ConfigError(f"{where}: [{section}] needs input_usd_per_mtok and output_usd_per_mtok")
+    if price_as is None and (input_rate is None or output_rate is None):
+        raise ConfigError(
+            f"{where}: [{section}] needs input_usd_per_mtok and output_usd_per_mtok "
+            "(or price_as = 'a published model')"
+        )
     max_output = entry.get("max_output_tokens")
     if max_output is not None and (
         isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1
     ):
         raise ConfigError(f"{where}: {section}.max_output_tokens must be a positive integer")
     return OverridePrice(
-        input_per_mtok=input_rate,
-        output_per_mtok=output_rate,
+        input_per_mtok=input_rate or Decimal(0),
+        output_per_mtok=output_rate or Decimal(0),
+        price_as=price_as,
         cached_input_per_mtok=rate("cached_input_usd_per_mtok"),
         cache_write_per_mtok=rate("cache_write_usd_per_mtok"),
         max_output_tokens=max_output,

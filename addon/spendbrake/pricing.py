@@ -194,19 +194,22 @@ def warm_up() -> None:
 
 
 _MILLION = Decimal(1_000_000)
+_PRICED_LIKE = {"azure": "openai"}
 FALLBACK_MODEL = "*"  # the override that prices models nothing else knows
 
 
 @dataclass(frozen=True)
 class OverridePrice:
     """An operator's price for a model (negotiated rates, private or fine-tuned models), in
-    dollars per million tokens. Cached and cache-write rates default to the input rate."""
+    dollars per million tokens, or the published model it is priced as. Cached and cache-write
+    rates default to the input rate."""
 
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
+    input_per_mtok: Decimal = Decimal(0)
+    output_per_mtok: Decimal = Decimal(0)
     cached_input_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
     max_output_tokens: int | None = None
+    price_as: str | None = None  # priced as this published model instead (an Azure deployment)
 
     def cost_nanos(self, tokens: TokenCounts) -> int:
         cached_rate = self.cached_input_per_mtok
@@ -239,21 +242,47 @@ class Pricer:
         service_tier: str | None = None,
         at: datetime | None = None,
     ) -> int:
-        if (own := self.overrides.get(model)) is not None:
+        own = self.overrides.get(model)
+        if own is not None and own.price_as is None:
             return own.cost_nanos(tokens)
+        published = own.price_as if own is not None and own.price_as else model
         try:
-            return cost_nanos(
-                tokens, model, provider_id=provider_id, service_tier=service_tier, at=at
-            )
+            return self._published(tokens, published, provider_id, service_tier, at)
         except UnknownModel:
             if (fallback := self.overrides.get(FALLBACK_MODEL)) is not None:
                 return fallback.cost_nanos(tokens)
             raise
 
+    @staticmethod
+    def _published(
+        tokens: TokenCounts,
+        model: str,
+        provider_id: str,
+        service_tier: str | None,
+        at: datetime | None,
+    ) -> int:
+        try:
+            return cost_nanos(
+                tokens, model, provider_id=provider_id, service_tier=service_tier, at=at
+            )
+        except UnknownModel:
+            # Azure lists few models in genai-prices; its global prices are OpenAI's.
+            if provider_id not in _PRICED_LIKE:
+                raise
+            return cost_nanos(
+                tokens,
+                model,
+                provider_id=_PRICED_LIKE[provider_id],
+                service_tier=service_tier,
+                at=at,
+            )
+
     def max_output_tokens(self, model: str) -> int:
         own = self.overrides.get(model)
         if own is not None and own.max_output_tokens is not None:
             return own.max_output_tokens
+        if own is not None and own.price_as:
+            model = own.price_as
         try:
             return max_output_tokens(model)
         except UnknownModel:
@@ -264,7 +293,10 @@ class Pricer:
 
     def source(self, model: str, provider_id: str) -> str:
         """Where the price of ``model`` comes from, for ``spendbrake price``."""
-        if model in self.overrides:
+        own = self.overrides.get(model)
+        if own is not None and own.price_as:
+            return f"the configuration's [prices] override: priced as {own.price_as}"
+        if own is not None:
             return "the configuration's [prices] override"
         try:
             _model_price(model, provider_id, None, datetime.now(UTC))

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from spendbrake.providers import anthropic, gemini, openai, openai_embeddings, openai_responses
+from spendbrake.providers import (
+    anthropic,
+    azure,
+    gemini,
+    openai,
+    openai_embeddings,
+    openai_responses,
+)
 from spendbrake.providers.base import Api
 
 
@@ -35,6 +42,7 @@ class Provider:
     free_posts: frozenset[str] = field(default_factory=frozenset)  # POSTs that cost nothing
     # For providers whose routes name the model (Gemini): decides before the tables above.
     classify: Callable[[str, str], Route | None] | None = None
+    host_suffixes: tuple[str, ...] = ()  # for hosts named per customer (Azure)
 
 
 OPENAI = Provider(
@@ -117,8 +125,36 @@ GEMINI = Provider(
     error_body=gemini.error_body,
     classify=_classify_gemini,
 )
-PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, GEMINI, *COMPATIBLE)
-LLM_HOSTS: frozenset[str] = frozenset(host for p in PROVIDERS for host in p.hosts)
+_AZURE_APIS: dict[str, Api] = {
+    "/chat/completions": azure.Deployment(openai.ChatCompletions()),
+    "/completions": azure.Deployment(openai.LegacyCompletions()),
+    "/embeddings": azure.Deployment(openai_embeddings.Embeddings()),
+    "/responses": azure.Deployment(openai_responses.Responses()),
+}
+
+
+def _classify_azure(method: str, path: str) -> Route | None:
+    route = path.split("?", 1)[0].rstrip("/")
+    if method != "POST":
+        return None
+    if match := azure.DEPLOYMENT_ROUTE.match(route):
+        api = _AZURE_APIS.get(match["rest"])
+    elif route.startswith(azure.V1_PREFIX):
+        api = _AZURE_APIS.get(route.removeprefix(azure.V1_PREFIX))
+    else:
+        return Route(RouteKind.UNKNOWN)
+    return Route(RouteKind.METERED, api) if api else Route(RouteKind.UNKNOWN)
+
+
+AZURE = Provider(
+    id=azure.PROVIDER_ID,
+    hosts=frozenset(),
+    metered={},
+    error_body=openai.error_body,
+    classify=_classify_azure,
+    host_suffixes=azure.HOST_SUFFIXES,
+)
+PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, GEMINI, AZURE, *COMPATIBLE)
 
 # Reading never generates tokens: GET/HEAD/OPTIONS/DELETE on any route is free.
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -126,7 +162,10 @@ _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 def provider_for_host(host: str) -> Provider | None:
     host = host.lower().rstrip(".")
-    return next((p for p in PROVIDERS if host in p.hosts), None)
+    for provider in PROVIDERS:
+        if host in provider.hosts or any(host.endswith(s) for s in provider.host_suffixes):
+            return provider
+    return None
 
 
 def classify_route(provider: Provider, method: str, path: str) -> Route:
