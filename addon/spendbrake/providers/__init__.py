@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from spendbrake.providers import (
@@ -160,6 +161,8 @@ PROVIDERS: tuple[Provider, ...] = (OPENAI, ANTHROPIC, GEMINI, AZURE, *COMPATIBLE
 _FREE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
+# Few distinct hosts, asked about on every request; bounded, since SNI and Host are client input.
+@lru_cache(maxsize=4096)
 def provider_for_host(host: str) -> Provider | None:
     host = host.lower().rstrip(".")
     for provider in PROVIDERS:
