@@ -6,6 +6,7 @@ Driven through mitmproxy's own test helpers (taddons, tflow) with a real SQLite 
 import json
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,26 @@ class Proxy:
             return [dict(row) for row in db.execute("SELECT * FROM calls ORDER BY id")]
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
+@contextmanager
+def configured_proxy(tmp_path: Path, config_toml: str) -> Iterator[Proxy]:
+    """The addons configured with ``config_toml`` and a fresh ledger in ``tmp_path``."""
     config = tmp_path / "spendbrake.toml"
-    config.write_text("[agents.bot]\ndaily_usd = 0.0001\n")
+    config.write_text(config_toml)
     enforcement = Enforcement()
     with taddons.context(enforcement) as tctx:
         tctx.configure(
             enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
         )
-        yield Proxy(tctx, enforcement, tmp_path / "l.db")
-        enforcement.done()
+        try:
+            yield Proxy(tctx, enforcement, tmp_path / "l.db")
+        finally:
+            enforcement.done()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    with configured_proxy(tmp_path, "[agents.bot]\ndaily_usd = 0.0001\n") as running:
+        yield running
 
 
 def completion(prompt: int = 8, completion_tokens: int = 9) -> bytes:
@@ -407,36 +417,23 @@ async def test_a_non_streamed_call_also_asks_for_an_uncompressed_answer(proxy: P
 
 
 async def test_a_private_model_is_held_and_settled_at_the_operators_price(tmp_path: Path) -> None:
-    config = tmp_path / "spendbrake.toml"
-    config.write_text(
+    config_toml = (
         '[prices."ft:gpt-4o-mini:acme"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
     )
-    enforcement = Enforcement()
-    with taddons.context(enforcement) as tctx:
-        tctx.configure(
-            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
-        )
-        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+    with configured_proxy(tmp_path, config_toml) as proxy:
         flow = await proxy.send(chat_flow(chat_body(model="ft:gpt-4o-mini:acme")))
         assert flow.response is None
         flow.response = http.Response.make(200, completion(), {"content-type": "application/json"})
-        await enforcement.response(flow)
+        await proxy.enforcement.response(flow)
         [row] = proxy.rows()
         assert row["held_nanos"] == 8 * 1_000 + 10 * 2_000
         # the response names a published snapshot, but the operator's price is what it pays
         assert row["actual_nanos"] == 8 * 1_000 + 9 * 2_000
-        enforcement.done()
 
 
 async def test_an_unmetered_route_passes_only_where_the_operator_allows_it(tmp_path: Path) -> None:
-    config = tmp_path / "spendbrake.toml"
-    config.write_text('allow_unmetered_routes = ["POST /v1/files"]\n')
-    enforcement = Enforcement()
-    with taddons.context(enforcement) as tctx:
-        tctx.configure(
-            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
-        )
-        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+    config_toml = 'allow_unmetered_routes = ["POST /v1/files"]\n'
+    with configured_proxy(tmp_path, config_toml) as proxy:
         files = await proxy.send(chat_flow(b"upload", path="/v1/files"))
         images = await proxy.send(chat_flow(b"{}", path="/v1/images/generations"))
         assert files.response is None
@@ -446,26 +443,19 @@ async def test_an_unmetered_route_passes_only_where_the_operator_allows_it(tmp_p
             "allow_unmetered_routes"
             in json.loads(images.response.content or b"")["error"]["message"]
         )
-        enforcement.done()
 
 
 async def test_an_azure_deployment_is_priced_as_the_model_the_operator_names(
     tmp_path: Path,
 ) -> None:
-    config = tmp_path / "spendbrake.toml"
-    config.write_text('[prices."my-mini"]\nprice_as = "gpt-4o-mini"\n')
-    enforcement = Enforcement()
-    with taddons.context(enforcement) as tctx:
-        tctx.configure(
-            enforcement, spendbrake_config=str(config), spendbrake_ledger=str(tmp_path / "l.db")
-        )
-        proxy = Proxy(tctx, enforcement, tmp_path / "l.db")
+    config_toml = '[prices."my-mini"]\nprice_as = "gpt-4o-mini"\n'
+    with configured_proxy(tmp_path, config_toml) as proxy:
         path = "/openai/deployments/my-mini/chat/completions?api-version=2024-10-21"
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
         flow = await proxy.send(chat_flow(body, host="acme.openai.azure.com", path=path))
         assert flow.response is None
         flow.response = http.Response.make(200, completion(), {"content-type": "application/json"})
-        await enforcement.response(flow)
+        await proxy.enforcement.response(flow)
         unmapped = await proxy.send(
             chat_flow(body, host="acme.openai.azure.com", path=path.replace("my-mini", "other"))
         )
@@ -476,4 +466,3 @@ async def test_an_azure_deployment_is_priced_as_the_model_the_operator_names(
         assert (held["provider"], held["requested_model"]) == ("azure", "my-mini")
         assert held["actual_nanos"] == 8 * GPT_4O_MINI_IN + 9 * GPT_4O_MINI_OUT
         assert refused["reason"] == "unknown_model"
-        enforcement.done()
