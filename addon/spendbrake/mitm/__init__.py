@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from spendbrake.mitm.enforcement import Enforcement
-from spendbrake.mitm.identification import Identification
-from spendbrake.mitm.interception import Interception
+from spendbrake.mitm.addon import Spendbrake
 
 
 def spendbrake_addons() -> list[object]:
-    """The addons in hook order: identification must run before enforcement reads it."""
-    return [Interception(), Identification(), Enforcement()]
+    """What mitmproxy loads: one addon, which hands each hook to interception, identification
+    and enforcement in that order."""
+    return [Spendbrake()]

@@ -1,0 +1,71 @@
+"""The one addon mitmproxy sees: each hook once, handed to the parts in the order they need.
+
+mitmproxy calls every addon in its chain for every event, with a context manager and a coroutine
+per addon; one addon instead of three saves that on every event of every flow. The parts stay
+separate classes, each with one concern and its own tests.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import connection, http, tls
+from mitmproxy.proxy import server_hooks
+
+from spendbrake.mitm.enforcement import Enforcement
+from spendbrake.mitm.identification import Identification
+from spendbrake.mitm.interception import Interception
+
+
+class Spendbrake:
+    def __init__(self) -> None:
+        self.interception = Interception()
+        self.identification = Identification()
+        self.enforcement = Enforcement()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self, loader: object) -> None:
+        self.interception.load(loader)
+        self.enforcement.load(loader)
+
+    def configure(self, updated: set[str]) -> None:
+        self.interception.configure(updated)
+        self.enforcement.configure(updated)
+
+    def running(self) -> None:
+        self.enforcement.running()
+
+    def done(self) -> None:
+        self.enforcement.done()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        self.interception.tls_clienthello(data)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.identification.http_connect(flow)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.identification.client_disconnected(client)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        self.interception.server_connect(data)
+
+    # -- flows ---------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.interception.requestheaders(flow)
+        # Identification runs before enforcement reads who is calling.
+        self.identification.requestheaders(flow)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        await self.enforcement.request(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self.enforcement.responseheaders(flow)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self.enforcement.response(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self.enforcement.error(flow)
