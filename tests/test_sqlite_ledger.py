@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -113,6 +114,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m001_calls_and_totals"),
         ("spendbrake", "m002_one_hour_cache_writes"),
         ("spendbrake", "m003_estimates_beside_actuals"),
+        ("spendbrake", "m004_day_totals_kept_by_triggers"),
     ]
 
     for _ in range(2):
@@ -123,6 +125,77 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
     assert spendbrake.sqlite_ledger.migrations.pending(reopened.db) == []
     reopened.close()
     assert call_row(path, call_id)["held_nanos"] == 400  # reopening kept the data
+
+
+def test_a_ledger_written_before_the_triggers_keeps_exact_totals_after_upgrade(
+    path: Path,
+) -> None:
+    # A ledger as the proxy left it before m004: its code kept day_totals itself.
+    db = sqlite_utils.Database(path)
+    spendbrake.sqlite_ledger.migrations.apply(db, stop_before="m004_day_totals_kept_by_triggers")
+    db.execute(
+        """
+        INSERT INTO calls (started_at, day, agent, session, provider, endpoint, requested_model,
+            forwarded_model, stream, held_nanos, state, owner)
+        VALUES ('2026-11-22T00:00:00+00:00', ?, 'research-bot', 's1', 'openai',
+            '/v1/chat/completions', 'gpt-4o', 'gpt-4o', 0, 300, 'held', 'other-host:1:1')
+        """,
+        (DAY,),
+    )
+    db.execute(
+        "INSERT INTO day_totals (agent, day, held_nanos, calls) VALUES ('research-bot', ?, 300, 1)",
+        (DAY,),
+    )
+    db.conn.commit()
+    db.close()
+
+    ledger = SQLiteLedger(path)
+    [(old_call,)] = query(path, "SELECT id FROM calls")
+    ledger.settle(old_call, ok(120), LIMIT)
+    granted(ledger.hold(intent(), 50, LIMIT))
+    totals = assert_totals_match_calls(ledger, path, "research-bot", DAY)
+    assert (totals.spent_nanos, totals.held_nanos, totals.calls) == (120, 50, 2)
+    ledger.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "actual_nanos = 1",  # settled: final
+        "state = 'held'",  # back from settled
+        "held_nanos = held_nanos + 1",
+        "day = '2000-01-01'",
+        "agent = 'someone-else'",
+    ],
+)
+def test_a_settled_calls_money_cannot_be_rewritten(
+    ledger: SQLiteLedger, path: Path, change: str
+) -> None:
+    call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
+    ledger.settle(call_id, ok(80), LIMIT)
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="final"):
+        db.execute(f"UPDATE calls SET {change} WHERE id = ?", (call_id,))
+    assert call_row(path, call_id)["actual_nanos"] == 80
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "state = 'refused'",
+        "held_nanos = 1",
+        "state = 'settled'",  # without an actual cost
+        "state = 'settled', actual_nanos = 5, day = '2000-01-01'",
+    ],
+)
+def test_a_hold_moves_only_to_settled_with_its_actual_cost(
+    ledger: SQLiteLedger, path: Path, change: str
+) -> None:
+    call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="final"):
+        db.execute(f"UPDATE calls SET {change} WHERE id = ?", (call_id,))
+    assert call_row(path, call_id)["state"] == "held"
+    assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
 CALL_COLUMNS = {

@@ -107,6 +107,65 @@ def m003_estimates_beside_actuals(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE calls ADD COLUMN estimated_output_tokens INTEGER NOT NULL DEFAULT 0")
 
 
+@migrations()
+def m004_day_totals_kept_by_triggers(db: sqlite_utils.Database) -> None:
+    """day_totals is the sum of calls, kept by the database itself: every statement that writes
+    a call also moves its day's totals, in the same statement, so no code path can forget to,
+    and a settlement is one statement instead of four."""
+    db.execute(
+        """
+        CREATE TRIGGER calls_insert_moves_day_totals AFTER INSERT ON calls
+        BEGIN
+            INSERT INTO day_totals (agent, day, spent_nanos, held_nanos, calls, blocked,
+                budget_blocked)
+            VALUES (
+                NEW.agent,
+                NEW.day,
+                CASE NEW.state WHEN 'settled' THEN NEW.actual_nanos ELSE 0 END,
+                CASE NEW.state WHEN 'held' THEN NEW.held_nanos ELSE 0 END,
+                NEW.state <> 'refused',
+                NEW.state = 'refused',
+                NEW.state = 'refused' AND NEW.reason = 'daily_budget_exceeded'
+            )
+            ON CONFLICT (agent, day) DO UPDATE SET
+                spent_nanos = spent_nanos + excluded.spent_nanos,
+                held_nanos = held_nanos + excluded.held_nanos,
+                calls = calls + excluded.calls,
+                blocked = blocked + excluded.blocked,
+                budget_blocked = budget_blocked + excluded.budget_blocked;
+        END
+        """
+    )
+    db.execute(
+        """
+        CREATE TRIGGER calls_settle_moves_day_totals AFTER UPDATE OF state ON calls
+        WHEN OLD.state = 'held' AND NEW.state = 'settled'
+        BEGIN
+            UPDATE day_totals SET
+                held_nanos = held_nanos - OLD.held_nanos,
+                spent_nanos = spent_nanos + NEW.actual_nanos
+            WHERE agent = NEW.agent AND day = NEW.day;
+        END
+        """
+    )
+    # Any other change to a call's money would leave day_totals wrong: a call is held once and
+    # settled once, and then it is final.
+    db.execute(
+        """
+        CREATE TRIGGER calls_money_is_final BEFORE UPDATE OF state, held_nanos, actual_nanos,
+            agent, day ON calls
+        WHEN NOT (OLD.state = 'held' AND NEW.state = 'settled')
+            OR NEW.held_nanos IS NOT OLD.held_nanos
+            OR NEW.agent IS NOT OLD.agent
+            OR NEW.day IS NOT OLD.day
+            OR NEW.actual_nanos IS NULL
+        BEGIN
+            SELECT RAISE(ABORT, 'a call is held once and settled once; its money is then final');
+        END
+        """
+    )
+
+
 def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switching to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once (no busy
     handler) while another connection is mid-switch: retry for the busy timeout."""
@@ -137,6 +196,7 @@ class SQLiteLedger:
                 # Created 0600: the ledger says who spent what; other users have no business here.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            conn.isolation_level = None  # transactions are begun explicitly, never implicitly
             self.db = sqlite_utils.Database(conn)
             _enable_wal(conn)
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -159,16 +219,11 @@ class SQLiteLedger:
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that takes the lock first; SQLite errors become LedgerUnavailable."""
+        """A write transaction that takes the lock first; SQLite errors become LedgerUnavailable,
+        or LedgerBusy when another writer holds the lock and nothing was written."""
         conn = self.db.conn
-        try:
+        with self._lock_errors():
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                raise LedgerBusy(f"ledger {self.path} is locked by another writer: {e}") from e
-            raise LedgerUnavailable(f"ledger {self.path} is not writable: {e}") from e
-        except sqlite3.Error as e:
-            raise LedgerUnavailable(f"ledger {self.path} is not writable: {e}") from e
         try:
             yield conn
             conn.execute("COMMIT")
@@ -180,6 +235,18 @@ class SQLiteLedger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @contextmanager
+    def _lock_errors(self) -> Iterator[None]:
+        """Around a statement that either takes the write lock or writes nothing."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise LedgerBusy(f"ledger {self.path} is locked by another writer: {e}") from e
+            raise LedgerUnavailable(f"ledger {self.path} is not writable: {e}") from e
+        except sqlite3.Error as e:
+            raise LedgerUnavailable(f"ledger {self.path} is not writable: {e}") from e
 
     # -- the Ledger interface ------------------------------------------------------------------
 
@@ -194,10 +261,8 @@ class SQLiteLedger:
                 call_id = self._insert_call(
                     conn, intent, amount_nanos, "refused", "daily_budget_exceeded"
                 )
-                self._bump(conn, intent.agent, intent.day, blocked=1, budget_blocked=1)
                 return HoldRefused(call_id=call_id, requested_nanos=amount_nanos, totals=totals)
             call_id = self._insert_call(conn, intent, amount_nanos, "held", "")
-            self._bump(conn, intent.agent, intent.day, held=amount_nanos, calls=1)
             after = replace(
                 totals, held_nanos=totals.held_nanos + amount_nanos, calls=totals.calls + 1
             )
@@ -205,46 +270,45 @@ class SQLiteLedger:
 
     def refuse(self, intent: CallIntent, reason: str) -> int:
         with self._immediate() as conn:
-            call_id = self._insert_call(conn, intent, 0, "refused", reason)
-            self._bump(conn, intent.agent, intent.day, blocked=1)
-            return call_id
+            return self._insert_call(conn, intent, 0, "refused", reason)
 
     def settle(self, call_id: int, settlement: Settlement, configured_limit: int) -> DayTotals:
         if settlement.actual_nanos < 0:
             raise ValueError("an actual cost cannot be negative")
-        with self._immediate() as conn:
-            row = conn.execute(
-                "SELECT agent, day, held_nanos, state FROM calls WHERE id = ?", (call_id,)
-            ).fetchone()
-            if row is None:
+        conn, t = self.db.conn, settlement.tokens
+        # One statement, so one transaction of its own; a trigger moves the day's totals with it.
+        with self._lock_errors():
+            settled = conn.execute(
+                """
+                UPDATE calls SET state = 'settled', actual_nanos = ?, outcome = ?, reason = ?,
+                    input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?,
+                    cache_write_1h_tokens = ?, output_tokens = ?, reasoning_tokens = ?,
+                    settled_at = ?
+                WHERE id = ? AND state = 'held'
+                RETURNING agent, day
+                """,
+                (
+                    settlement.actual_nanos,
+                    settlement.outcome,
+                    settlement.reason,
+                    t.input_tokens,
+                    t.cached_input_tokens,
+                    t.cache_write_tokens,
+                    t.cache_write_1h_tokens,
+                    t.output_tokens,
+                    t.reasoning_tokens,
+                    _utc_iso(datetime.now(UTC)),
+                    call_id,
+                ),
+            ).fetchall()  # to the end: the statement, and its lock, finish there
+        if not settled:  # settled before (a call is settled once), or unknown
+            settled = conn.execute(
+                "SELECT agent, day FROM calls WHERE id = ?", (call_id,)
+            ).fetchall()
+            if not settled:
                 raise KeyError(f"no call {call_id} in the ledger")
-            agent, day, held, state = row
-            if state == "held":
-                t = settlement.tokens
-                conn.execute(
-                    """
-                    UPDATE calls SET state = 'settled', actual_nanos = ?, outcome = ?, reason = ?,
-                        input_tokens = ?, cached_input_tokens = ?, cache_write_tokens = ?,
-                        cache_write_1h_tokens = ?, output_tokens = ?, reasoning_tokens = ?,
-                        settled_at = ?
-                    WHERE id = ?
-                    """,
-                    (
-                        settlement.actual_nanos,
-                        settlement.outcome,
-                        settlement.reason,
-                        t.input_tokens,
-                        t.cached_input_tokens,
-                        t.cache_write_tokens,
-                        t.cache_write_1h_tokens,
-                        t.output_tokens,
-                        t.reasoning_tokens,
-                        _utc_iso(datetime.now(UTC)),
-                        call_id,
-                    ),
-                )
-                self._bump(conn, agent, day, held=-held, spent=settlement.actual_nanos)
-            return self._totals(conn, agent, day, configured_limit)
+        [(agent, day)] = settled
+        return self._totals(conn, agent, day, configured_limit)
 
     def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals:
         return self._totals(self.db.conn, agent, day, configured_limit)
@@ -315,23 +379,16 @@ class SQLiteLedger:
     # -- helpers -------------------------------------------------------------------------------
 
     def _settle_held_at_hold(self, conn: sqlite3.Connection, owner: str, outcome: str) -> int:
-        rows = conn.execute(
-            "SELECT id, agent, day, held_nanos FROM calls WHERE state = 'held' AND owner = ?",
-            (owner,),
-        ).fetchall()
-        now = _utc_iso(datetime.now(UTC))
-        for call_id, agent, day, held in rows:
-            conn.execute(
-                """
-                UPDATE calls SET state = 'settled', actual_nanos = held_nanos, outcome = ?,
-                    reason = 'settled at its hold: the proxy ended before the call did',
-                    settled_at = ?
-                WHERE id = ?
-                """,
-                (outcome, now, call_id),
-            )
-            self._bump(conn, agent, day, held=-held, spent=held)
-        return len(rows)
+        cursor = conn.execute(
+            """
+            UPDATE calls SET state = 'settled', actual_nanos = held_nanos, outcome = ?,
+                reason = 'settled at its hold: the proxy ended before the call did',
+                settled_at = ?
+            WHERE state = 'held' AND owner = ?
+            """,
+            (outcome, _utc_iso(datetime.now(UTC)), owner),
+        )
+        return cursor.rowcount
 
     def _insert_call(
         self, conn: sqlite3.Connection, intent: CallIntent, held: int, state: str, reason: str
@@ -364,33 +421,6 @@ class SQLiteLedger:
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
-
-    @staticmethod
-    def _bump(
-        conn: sqlite3.Connection,
-        agent: str,
-        day: str,
-        *,
-        spent: int = 0,
-        held: int = 0,
-        calls: int = 0,
-        blocked: int = 0,
-        budget_blocked: int = 0,
-    ) -> None:
-        conn.execute(
-            """
-            INSERT INTO day_totals (agent, day, spent_nanos, held_nanos, calls, blocked,
-                budget_blocked)
-            VALUES (?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (agent, day) DO UPDATE SET
-                spent_nanos = spent_nanos + excluded.spent_nanos,
-                held_nanos = held_nanos + excluded.held_nanos,
-                calls = calls + excluded.calls,
-                blocked = blocked + excluded.blocked,
-                budget_blocked = budget_blocked + excluded.budget_blocked
-            """,
-            (agent, day, spent, held, calls, blocked, budget_blocked),
-        )
 
     @staticmethod
     def _totals(conn: sqlite3.Connection, agent: str, day: str, configured_limit: int) -> DayTotals:
