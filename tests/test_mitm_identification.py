@@ -105,3 +105,37 @@ def test_credentials_are_forgotten_when_the_client_disconnects() -> None:
     state = flow_state(flow)
     assert state is not None
     assert state.identity == Identity("default", "", "default")
+
+
+def test_identifying_headers_are_removed_whatever_their_case_and_the_rest_kept_in_order() -> None:
+    request = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}")
+    request.headers.fields = (
+        (b"Authorization", b"Bearer sk-test"),
+        (b"X-Spendbrake-Agent", b"triage-bot"),
+        (b"x-other", b"1"),
+        (b"X-SPENDBRAKE-SESSION", b"run-7"),
+        (b"Proxy-Authorization", b"Basic !!not-base64"),
+        (b"x-other", b"2"),
+    )
+    flow = tflow.tflow(req=request)
+    Identification().requestheaders(flow)
+    state = flow_state(flow)
+    assert state is not None
+    assert state.identity == Identity("triage-bot", "run-7", "header")
+    assert flow.request.headers.fields == (
+        (b"Authorization", b"Bearer sk-test"),
+        (b"x-other", b"1"),
+        (b"x-other", b"2"),
+    )
+
+
+def test_an_agent_header_sent_twice_names_no_usable_agent() -> None:
+    request = http.Request.make("POST", "https://api.openai.com/v1/chat/completions", b"{}")
+    request.headers.fields = ((b"x-spendbrake-agent", b"a"), (b"x-spendbrake-agent", b"b"))
+    flow = tflow.tflow(req=request)
+    Identification().requestheaders(flow)
+    state = flow_state(flow)
+    assert state is not None
+    assert state.identity is None
+    assert "'a, b'" in (state.identity_error or "")
+    assert "x-spendbrake-agent" not in flow.request.headers

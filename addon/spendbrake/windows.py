@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
+
+# Every UTC offset in use is a whole number of quarter hours (Nepal +5:45, Chatham +12:45):
+# a local midnight never falls inside a quarter hour of UTC.
+_QUARTER_HOUR_S = 900
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,16 @@ def day_window(now: datetime, tz: ZoneInfo) -> DayWindow:
     next_date = local.date() + timedelta(days=1)
     resets_at = datetime(next_date.year, next_date.month, next_date.day, tzinfo=tz)
     return DayWindow(day=local.date().isoformat(), resets_at=resets_at)
+
+
+def current_day_window(now: datetime, tz: ZoneInfo) -> DayWindow:
+    """``day_window``, worked out once per quarter hour instead of on every call."""
+    return _day_window_of_quarter(int(now.timestamp()) // _QUARTER_HOUR_S, tz)
+
+
+@lru_cache(maxsize=16)
+def _day_window_of_quarter(quarter: int, tz: ZoneInfo) -> DayWindow:
+    return day_window(datetime.fromtimestamp(quarter * _QUARTER_HOUR_S, UTC), tz)
 
 
 def utc_now() -> datetime:

@@ -48,7 +48,7 @@ from spendbrake.providers.base import CallRequest, MeteredUsage, UnreadableReque
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
-from spendbrake.windows import day_window, utc_now
+from spendbrake.windows import current_day_window, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -169,32 +169,34 @@ class Enforcement:
 
         api = route.api
         now = utc_now()
-        window = day_window(now, self.config.timezone)
-        agent = state.identity.agent
-        intent = CallIntent(
-            agent=agent,
-            session=state.identity.session,
-            provider=provider.id,
-            endpoint=flow.request.path.split("?", 1)[0],  # never the query: keys travel there
-            requested_model="",
-            forwarded_model="",
-            stream=False,
-            day=window.day,
-            started_at=now,
-        )
+        window = current_day_window(now, self.config.timezone)
+        identity = state.identity
+        agent = identity.agent
+
+        def intent(
+            request: CallRequest | None = None, estimate: governor.Estimate | None = None
+        ) -> CallIntent:
+            return CallIntent(
+                agent=agent,
+                session=identity.session,
+                provider=provider.id,
+                endpoint=flow.request.path.split("?", 1)[0],  # never the query: keys travel there
+                requested_model=request.model if request else "",
+                forwarded_model=request.model if request else "",
+                stream=request.stream if request else False,
+                day=window.day,
+                started_at=now,
+                estimated_input_tokens=estimate.prompt_tokens if estimate else 0,
+                estimated_output_tokens=estimate.output_tokens if estimate else 0,
+            )
+
         try:
             body = flow.request.content or b""
             request = api.parse(body, flow.request.path)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
-                intent, Refusal("unreadable_request", f"spendbrake: {e}")
+                intent(), Refusal("unreadable_request", f"spendbrake: {e}")
             )
-        intent = replace(
-            intent,
-            requested_model=request.model,
-            forwarded_model=request.model,
-            stream=request.stream,
-        )
         try:
             estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
@@ -203,20 +205,16 @@ class Enforcement:
                 'in the configuration\'s [prices."MODEL"] (or a fallback [prices."*"]), or set '
                 "max_tokens where only its maximum output is unknown."
             )
-            return await self._refuse_recorded(intent, Refusal("unknown_model", message))
+            return await self._refuse_recorded(intent(request), Refusal("unknown_model", message))
 
-        intent = replace(
-            intent,
-            estimated_input_tokens=estimate.prompt_tokens,
-            estimated_output_tokens=estimate.output_tokens,
-        )
+        held_intent = intent(request, estimate)
         # Everything that could still fail is done before the hold, so no hold is ever left
         # behind by a call that was not sent.
         forwarded_body = api.with_usage_requested(body) if request.wants_usage_injection else None
         limit = self.config.daily_limit(agent)
         try:
             result = await self.worker.run(
-                lambda ledger: ledger.hold(intent, estimate.cost_nanos, limit)
+                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit)
             )
         except LedgerUnavailable as e:
             return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
@@ -233,7 +231,7 @@ class Enforcement:
         flow.request.headers["accept-encoding"] = "identity"
         state.call = HeldCall(
             call_id=result.call_id,
-            intent=intent,
+            intent=held_intent,
             provider=provider,
             api=api,
             held_nanos=result.held_nanos,

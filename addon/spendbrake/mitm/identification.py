@@ -18,14 +18,31 @@ from spendbrake.attribution import (
 from spendbrake.mitm.state import STATE_KEY, FlowState
 
 _PROXY_AUTHORIZATION = "proxy-authorization"
+_REMOVED = frozenset(name.encode() for name in (_PROXY_AUTHORIZATION, *IDENTIFICATION_HEADERS))
 
 
-def _credentials_of(flow: http.HTTPFlow) -> tuple[str, str] | None:
+def _proxyauth_credentials(flow: http.HTTPFlow) -> tuple[str, str] | None:
     from_proxyauth = flow.metadata.get("proxyauth")
     if isinstance(from_proxyauth, tuple) and len(from_proxyauth) == 2:
         return from_proxyauth
-    header = flow.request.headers.get(_PROXY_AUTHORIZATION)
-    return parse_basic_credentials(header) if header else None
+    return None
+
+
+def _credentials_in(authorization: str | None) -> tuple[str, str] | None:
+    return parse_basic_credentials(authorization) if authorization else None
+
+
+def _take_identifying_headers(headers: http.Headers) -> dict[str, str]:
+    """Removes the headers that identify the caller and returns them, repeated ones joined as
+    ``Headers.get`` joins them. One pass: each ``Headers`` lookup is a scan of every field."""
+    taken: dict[str, list[str]] = {}
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered in _REMOVED:
+            taken.setdefault(lowered.decode(), []).append(value.decode("utf-8", "surrogateescape"))
+    if taken:
+        headers.fields = tuple((n, v) for n, v in headers.fields if n.lower() not in _REMOVED)
+    return {name: ", ".join(values) for name, values in taken.items()}
 
 
 class Identification:
@@ -33,22 +50,25 @@ class Identification:
         self._tunnel_credentials: dict[str, tuple[str, str]] = {}
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        credentials = _credentials_of(flow)
+        authorization = flow.request.headers.pop(_PROXY_AUTHORIZATION, None)
+        credentials = _proxyauth_credentials(flow) or _credentials_in(authorization)
         if credentials:
             self._tunnel_credentials[flow.client_conn.id] = credentials
-        flow.request.headers.pop(_PROXY_AUTHORIZATION, None)
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnel_credentials.pop(client.id, None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Plain-HTTP proxy requests carry credentials on every request; tunnels only on CONNECT.
-        credentials = _credentials_of(flow) or self._tunnel_credentials.get(flow.client_conn.id)
-        flow.request.headers.pop(_PROXY_AUTHORIZATION, None)
+        # None of these headers reaches the provider.
+        taken = _take_identifying_headers(flow.request.headers)
+        credentials = (
+            _proxyauth_credentials(flow)
+            or _credentials_in(taken.get(_PROXY_AUTHORIZATION))
+            or self._tunnel_credentials.get(flow.client_conn.id)
+        )
         try:
-            state = FlowState(identity=identify(credentials, flow.request.headers))
+            state = FlowState(identity=identify(credentials, taken))
         except InvalidIdentity as e:
             state = FlowState(identity=None, identity_error=str(e))
-        for name in IDENTIFICATION_HEADERS:
-            flow.request.headers.pop(name, None)  # never reaches the provider
         flow.metadata[STATE_KEY] = state
