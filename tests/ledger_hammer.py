@@ -76,7 +76,8 @@ def totals_from_calls(path: Path, agent: str, day: str) -> tuple[int, int, int, 
             COALESCE(SUM(CASE WHEN state = 'held' THEN held_nanos END), 0),
             COUNT(CASE WHEN state IN ('held', 'settled') THEN 1 END),
             COUNT(CASE WHEN state = 'refused' THEN 1 END),
-            COUNT(CASE WHEN state = 'refused' AND reason = 'daily_budget_exceeded' THEN 1 END)
+            COUNT(CASE WHEN state = 'refused'
+                AND reason IN ('daily_budget_exceeded', 'monthly_budget_exceeded') THEN 1 END)
         FROM calls WHERE agent = ? AND day = ?
         """,
         (agent, day),
@@ -102,6 +103,41 @@ def assert_totals_match_calls(
     )
     assert totals.remaining_nanos == totals.limit_nanos - totals.spent_nanos - totals.held_nanos
     return totals
+
+
+def assert_windows_match_calls(path: Path) -> None:
+    """Every month, group and session window is exactly the sum of its call rows."""
+    recomputed = query(
+        path,
+        """
+        WITH c AS (
+            SELECT agent, session, day, grp,
+                CASE state WHEN 'settled' THEN actual_nanos ELSE 0 END AS spent,
+                CASE state WHEN 'held' THEN held_nanos ELSE 0 END AS held,
+                CASE state WHEN 'settled' THEN input_tokens + output_tokens ELSE 0 END AS st,
+                CASE state WHEN 'held'
+                    THEN estimated_input_tokens + estimated_output_tokens ELSE 0 END AS ht
+            FROM calls WHERE state <> 'refused'
+        )
+        SELECT 'agent_month', agent, substr(day, 1, 7), SUM(spent), SUM(held), SUM(st), SUM(ht)
+            FROM c GROUP BY 2, 3
+        UNION ALL SELECT 'session', agent || '/' || session, '', SUM(spent), SUM(held), SUM(st),
+            SUM(ht) FROM c GROUP BY 2
+        UNION ALL SELECT 'group_day', grp, day, SUM(spent), SUM(held), SUM(st), SUM(ht)
+            FROM c WHERE grp <> '' GROUP BY 2, 3
+        UNION ALL SELECT 'group_month', grp, substr(day, 1, 7), SUM(spent), SUM(held), SUM(st),
+            SUM(ht) FROM c WHERE grp <> '' GROUP BY 2, 3
+        ORDER BY 1, 2, 3
+        """,
+    )
+    kept = query(
+        path,
+        """
+        SELECT scope, name, period, spent_nanos, held_nanos, spent_tokens, held_tokens
+        FROM window_totals ORDER BY 1, 2, 3
+        """,
+    )
+    assert kept == recomputed, "window_totals drifted from the calls table"
 
 
 def stop(process: BaseProcess, timeout: float = 10) -> None:

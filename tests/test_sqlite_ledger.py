@@ -115,6 +115,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m002_one_hour_cache_writes"),
         ("spendbrake", "m003_estimates_beside_actuals"),
         ("spendbrake", "m004_day_totals_kept_by_triggers"),
+        ("spendbrake", "m005_monthly_group_and_session_windows"),
     ]
 
     for _ in range(2):
@@ -224,6 +225,7 @@ CALL_COLUMNS = {
     "settled_at",
     "estimated_input_tokens",
     "estimated_output_tokens",
+    "grp",
 }
 
 
@@ -232,7 +234,7 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         return {str(name) for _, name, *_ in query(path, f"PRAGMA table_info({table})")}
 
     tables = {str(t) for (t,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"calls", "day_totals", "limits", "_sqlite_migrations"}
+    assert tables == {"calls", "day_totals", "window_totals", "limits", "_sqlite_migrations"}
     assert columns("calls") == CALL_COLUMNS
     assert columns("day_totals") == {
         "agent",
@@ -244,6 +246,15 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "budget_blocked",
     }
     assert columns("limits") == {"agent", "window", "limit_nanos", "set_at"}
+    assert columns("window_totals") == {
+        "scope",
+        "name",
+        "period",
+        "spent_nanos",
+        "held_nanos",
+        "spent_tokens",
+        "held_tokens",
+    }
     everything = set().union(*(columns(t) for t in tables))
     for word in ("prompt", "key", "secret", "auth", "completion", "message", "content", "body"):
         assert not [c for c in everything if word in c], f"a column looks like it stores {word}"

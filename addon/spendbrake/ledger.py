@@ -80,6 +80,42 @@ class DayTotals:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The windows a call must fit besides its agent's day; ``None``: no limit in that window.
+
+    Run-time overrides (``spendbrake limit set``) in the ledger win over these configured values.
+    """
+
+    monthly_nanos: int | None = None
+    session_nanos: int | None = None
+    session_tokens: int | None = None
+    group: str = ""  # the team whose shared limits apply too ("" for none)
+    group_daily_nanos: int | None = None
+    group_monthly_nanos: int | None = None
+
+
+NO_MORE_LIMITS = Limits()
+
+# The windows a hold is checked against, in the order a refusal names them.
+WINDOWS = ("daily", "monthly", "group_daily", "group_monthly", "session_usd", "session_tokens")
+
+
+@dataclass(frozen=True)
+class WindowUse:
+    """One window at the moment of a hold: money in nanos, or tokens for session_tokens."""
+
+    window: str  # one of WINDOWS
+    name: str  # the agent, the group, or the session id
+    spent: int
+    held: int
+    limit: int
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.spent - self.held
+
+
+@dataclass(frozen=True)
 class HoldGranted:
     call_id: int
     held_nanos: int
@@ -90,7 +126,13 @@ class HoldGranted:
 class HoldRefused:
     call_id: int  # the refusal is recorded as a row too
     requested_nanos: int
-    totals: DayTotals  # before the refused hold
+    totals: DayTotals  # the agent's day, before the refused hold
+    blocked_by: WindowUse | None = None  # the first window the call did not fit
+    requested_tokens: int = 0
+
+    @property
+    def window(self) -> str:
+        return self.blocked_by.window if self.blocked_by else "daily"
 
 
 @dataclass(frozen=True)
@@ -103,9 +145,15 @@ class Settlement:
 
 class Ledger(Protocol):
     def hold(
-        self, intent: CallIntent, amount_nanos: int, configured_limit: int
+        self,
+        intent: CallIntent,
+        amount_nanos: int,
+        configured_limit: int,
+        limits: Limits = NO_MORE_LIMITS,
     ) -> HoldGranted | HoldRefused:
-        """Atomically check spent + held + amount against the day's limit and hold it."""
+        """Atomically check spent + held + amount against the day's limit and every other
+        window in ``limits`` (the intent's estimated tokens against the session's tokens), and
+        hold it in all of them."""
         ...
 
     def refuse(self, intent: CallIntent, reason: str) -> int:
@@ -120,6 +168,11 @@ class Ledger(Protocol):
 
     def set_daily_limit(self, agent: str, limit_nanos: int) -> None:
         """A run-time limit that wins over the config; read on every hold, so no restart."""
+        ...
+
+    def set_limit(self, window: str, name: str, limit: int) -> None:
+        """A run-time limit of any window (nanos, or tokens for session_tokens) for an agent,
+        or for a group in group_daily / group_monthly; wins over the config at once."""
         ...
 
     def daily_limit_overrides(self) -> dict[str, int]: ...

@@ -21,6 +21,8 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from spendbrake.ledger import (
+    NO_MORE_LIMITS,
+    WINDOWS,
     CallIntent,
     DayTotals,
     EstimateAccuracy,
@@ -28,11 +30,23 @@ from spendbrake.ledger import (
     HoldRefused,
     LedgerBusy,
     LedgerUnavailable,
+    Limits,
     Settlement,
+    WindowUse,
 )
 from spendbrake.processes import current_owner, owner_is_alive
 
 BUSY_TIMEOUT_MS = 2_000
+
+# The refusal code a call is recorded with when a window has no room for it.
+REFUSAL_OF_WINDOW = {
+    "daily": "daily_budget_exceeded",
+    "group_daily": "daily_budget_exceeded",
+    "monthly": "monthly_budget_exceeded",
+    "group_monthly": "monthly_budget_exceeded",
+    "session_usd": "session_budget_exceeded",
+    "session_tokens": "session_tokens_exceeded",
+}
 
 migrations = Migrations("spendbrake")
 
@@ -166,6 +180,142 @@ def m004_day_totals_kept_by_triggers(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m005_monthly_group_and_session_windows(db: sqlite_utils.Database) -> None:
+    """The windows besides the agent's day: the agent's month, its group's day and month, and
+    its session (money and tokens), kept like day_totals by triggers on calls."""
+    db.execute("ALTER TABLE calls ADD COLUMN grp TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        """
+        CREATE TABLE window_totals (
+            scope TEXT NOT NULL,  -- agent_month, group_day, group_month or session
+            name TEXT NOT NULL,  -- the agent, the group, or "AGENT/SESSION"
+            period TEXT NOT NULL,  -- "2026-11-22", "2026-11", or "" (a session has no end)
+            spent_nanos INTEGER NOT NULL DEFAULT 0,
+            held_nanos INTEGER NOT NULL DEFAULT 0,
+            spent_tokens INTEGER NOT NULL DEFAULT 0,
+            held_tokens INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, name, period)
+        )
+        """
+    )
+    windows_of_new = """
+        SELECT 'agent_month' AS scope, NEW.agent AS name, substr(NEW.day, 1, 7) AS period
+        UNION ALL SELECT 'session', NEW.agent || '/' || NEW.session, ''
+        UNION ALL SELECT 'group_day', NEW.grp, NEW.day WHERE NEW.grp <> ''
+        UNION ALL SELECT 'group_month', NEW.grp, substr(NEW.day, 1, 7) WHERE NEW.grp <> ''
+    """
+    db.execute(
+        f"""
+        CREATE TRIGGER calls_insert_moves_windows AFTER INSERT ON calls
+        WHEN NEW.state <> 'refused'
+        BEGIN
+            INSERT INTO window_totals (scope, name, period, spent_nanos, held_nanos,
+                spent_tokens, held_tokens)
+            SELECT w.scope, w.name, w.period,
+                CASE NEW.state WHEN 'settled' THEN NEW.actual_nanos ELSE 0 END,
+                CASE NEW.state WHEN 'held' THEN NEW.held_nanos ELSE 0 END,
+                CASE NEW.state WHEN 'settled' THEN NEW.input_tokens + NEW.output_tokens ELSE 0 END,
+                CASE NEW.state WHEN 'held'
+                    THEN NEW.estimated_input_tokens + NEW.estimated_output_tokens ELSE 0 END
+            FROM ({windows_of_new}) AS w WHERE true
+            ON CONFLICT (scope, name, period) DO UPDATE SET
+                spent_nanos = spent_nanos + excluded.spent_nanos,
+                held_nanos = held_nanos + excluded.held_nanos,
+                spent_tokens = spent_tokens + excluded.spent_tokens,
+                held_tokens = held_tokens + excluded.held_tokens;
+        END
+        """
+    )
+    db.execute(
+        """
+        CREATE TRIGGER calls_settle_moves_windows AFTER UPDATE OF state ON calls
+        WHEN OLD.state = 'held' AND NEW.state = 'settled'
+        BEGIN
+            UPDATE window_totals SET
+                held_nanos = held_nanos - OLD.held_nanos,
+                spent_nanos = spent_nanos + NEW.actual_nanos,
+                held_tokens = held_tokens
+                    - OLD.estimated_input_tokens - OLD.estimated_output_tokens,
+                spent_tokens = spent_tokens + NEW.input_tokens + NEW.output_tokens
+            WHERE (scope = 'agent_month' AND name = NEW.agent AND period = substr(NEW.day, 1, 7))
+                OR (scope = 'session' AND name = NEW.agent || '/' || NEW.session AND period = '')
+                OR (NEW.grp <> '' AND scope = 'group_day' AND name = NEW.grp
+                    AND period = NEW.day)
+                OR (NEW.grp <> '' AND scope = 'group_month' AND name = NEW.grp
+                    AND period = substr(NEW.day, 1, 7));
+        END
+        """
+    )
+    # The group and the estimates decide which windows a hold moved: they are final too.
+    db.execute(
+        """
+        CREATE TRIGGER calls_windows_are_final BEFORE UPDATE OF grp, session,
+            estimated_input_tokens, estimated_output_tokens ON calls
+        WHEN NEW.grp IS NOT OLD.grp OR NEW.session IS NOT OLD.session
+            OR NEW.estimated_input_tokens IS NOT OLD.estimated_input_tokens
+            OR NEW.estimated_output_tokens IS NOT OLD.estimated_output_tokens
+        BEGIN
+            SELECT RAISE(ABORT, 'a call is held once and settled once; its money is then final');
+        END
+        """
+    )
+    # A refusal by the agent's or its group's month makes the agent as exhausted as its day does.
+    db.execute("DROP TRIGGER calls_insert_moves_day_totals")
+    db.execute(
+        """
+        CREATE TRIGGER calls_insert_moves_day_totals AFTER INSERT ON calls
+        BEGIN
+            INSERT INTO day_totals (agent, day, spent_nanos, held_nanos, calls, blocked,
+                budget_blocked)
+            VALUES (
+                NEW.agent,
+                NEW.day,
+                CASE NEW.state WHEN 'settled' THEN NEW.actual_nanos ELSE 0 END,
+                CASE NEW.state WHEN 'held' THEN NEW.held_nanos ELSE 0 END,
+                NEW.state <> 'refused',
+                NEW.state = 'refused',
+                NEW.state = 'refused'
+                    AND NEW.reason IN ('daily_budget_exceeded', 'monthly_budget_exceeded')
+            )
+            ON CONFLICT (agent, day) DO UPDATE SET
+                spent_nanos = spent_nanos + excluded.spent_nanos,
+                held_nanos = held_nanos + excluded.held_nanos,
+                calls = calls + excluded.calls,
+                blocked = blocked + excluded.blocked,
+                budget_blocked = budget_blocked + excluded.budget_blocked;
+        END
+        """
+    )
+    # Calls already in the ledger count in the windows they belong to.
+    db.execute(
+        """
+        INSERT INTO window_totals (scope, name, period, spent_nanos, held_nanos, spent_tokens,
+            held_tokens)
+        SELECT scope, name, period, SUM(spent), SUM(held), SUM(spent_tokens), SUM(held_tokens)
+        FROM (
+            SELECT 'agent_month' AS scope, agent AS name, substr(day, 1, 7) AS period,
+                COALESCE(actual_nanos, 0) AS spent,
+                CASE state WHEN 'held' THEN held_nanos ELSE 0 END AS held,
+                CASE state WHEN 'settled' THEN input_tokens + output_tokens ELSE 0 END
+                    AS spent_tokens,
+                CASE state WHEN 'held'
+                    THEN estimated_input_tokens + estimated_output_tokens ELSE 0 END AS held_tokens
+            FROM calls WHERE state <> 'refused'
+            UNION ALL
+            SELECT 'session', agent || '/' || session, '',
+                COALESCE(actual_nanos, 0),
+                CASE state WHEN 'held' THEN held_nanos ELSE 0 END,
+                CASE state WHEN 'settled' THEN input_tokens + output_tokens ELSE 0 END,
+                CASE state WHEN 'held'
+                    THEN estimated_input_tokens + estimated_output_tokens ELSE 0 END
+            FROM calls WHERE state <> 'refused'
+        )
+        GROUP BY scope, name, period
+        """
+    )
+
+
 def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switching to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once (no busy
     handler) while another connection is mid-switch: retry for the busy timeout."""
@@ -251,26 +401,96 @@ class SQLiteLedger:
     # -- the Ledger interface ------------------------------------------------------------------
 
     def hold(
-        self, intent: CallIntent, amount_nanos: int, configured_limit: int
+        self,
+        intent: CallIntent,
+        amount_nanos: int,
+        configured_limit: int,
+        limits: Limits = NO_MORE_LIMITS,
     ) -> HoldGranted | HoldRefused:
         if amount_nanos < 0:
             raise ValueError("a hold cannot be negative")
+        tokens = intent.estimated_input_tokens + intent.estimated_output_tokens
         with self._immediate() as conn:
             totals = self._totals(conn, intent.agent, intent.day, configured_limit)
-            if totals.spent_nanos + totals.held_nanos + amount_nanos > totals.limit_nanos:
-                call_id = self._insert_call(
-                    conn, intent, amount_nanos, "refused", "daily_budget_exceeded"
-                )
-                return HoldRefused(call_id=call_id, requested_nanos=amount_nanos, totals=totals)
-            call_id = self._insert_call(conn, intent, amount_nanos, "held", "")
+            day = WindowUse(
+                "daily", intent.agent, totals.spent_nanos, totals.held_nanos, totals.limit_nanos
+            )
+            uses = [day, *self._other_windows(conn, intent, limits)]
+            for use in uses:
+                asked = tokens if use.window == "session_tokens" else amount_nanos
+                if asked > use.remaining:
+                    call_id = self._insert_call(
+                        conn, intent, amount_nanos, "refused", REFUSAL_OF_WINDOW[use.window], limits
+                    )
+                    return HoldRefused(
+                        call_id=call_id,
+                        requested_nanos=amount_nanos,
+                        totals=totals,
+                        blocked_by=use,
+                        requested_tokens=tokens,
+                    )
+            call_id = self._insert_call(conn, intent, amount_nanos, "held", "", limits)
             after = replace(
                 totals, held_nanos=totals.held_nanos + amount_nanos, calls=totals.calls + 1
             )
             return HoldGranted(call_id=call_id, held_nanos=amount_nanos, totals=after)
 
+    def _other_windows(
+        self, conn: sqlite3.Connection, intent: CallIntent, limits: Limits
+    ) -> list[WindowUse]:
+        """The windows besides the day that have a limit, configured or set at run time."""
+        month, session = intent.day[:7], f"{intent.agent}/{intent.session}"
+        places = {
+            "monthly": ("agent_month", intent.agent, month, limits.monthly_nanos),
+            "group_daily": ("group_day", limits.group, intent.day, limits.group_daily_nanos),
+            "group_monthly": ("group_month", limits.group, month, limits.group_monthly_nanos),
+            "session_usd": ("session", session, "", limits.session_nanos),
+            "session_tokens": ("session", session, "", limits.session_tokens),
+        }
+        if not limits.group:
+            del places["group_daily"], places["group_monthly"]
+        wanted = {w: place[3] for w, place in places.items()}
+        for window, limit in conn.execute(
+            """
+            SELECT window, limit_nanos FROM limits
+            WHERE (agent = ? AND window IN ('monthly', 'session_usd', 'session_tokens'))
+                OR (agent = ? AND window IN ('group_daily', 'group_monthly'))
+            """,
+            (intent.agent, limits.group),
+        ):
+            if window in wanted:
+                wanted[window] = limit
+        limited = {w: limit for w, limit in wanted.items() if limit is not None}
+        if not limited:
+            return []
+        keys = {places[w][:3] for w in limited}
+        use: dict[tuple[str, str, str], tuple[int, int, int, int]] = {
+            (scope, name, period): (spent, held, spent_tokens, held_tokens)
+            for scope, name, period, spent, held, spent_tokens, held_tokens in conn.execute(
+                f"""
+                SELECT scope, name, period, spent_nanos, held_nanos, spent_tokens, held_tokens
+                FROM window_totals WHERE (scope, name, period) IN
+                    (VALUES {", ".join("(?, ?, ?)" for _ in keys)})
+                """,
+                [part for key in keys for part in key],
+            )
+        }
+        uses = []
+        for window in WINDOWS[1:]:
+            if window not in limited:
+                continue
+            scope, name, period, _ = places[window]
+            spent, held, spent_tokens, held_tokens = use.get((scope, name, period), (0, 0, 0, 0))
+            shown = intent.session if scope == "session" else name
+            if window == "session_tokens":
+                uses.append(WindowUse(window, shown, spent_tokens, held_tokens, limited[window]))
+            else:
+                uses.append(WindowUse(window, shown, spent, held, limited[window]))
+        return uses
+
     def refuse(self, intent: CallIntent, reason: str) -> int:
         with self._immediate() as conn:
-            return self._insert_call(conn, intent, 0, "refused", reason)
+            return self._insert_call(conn, intent, 0, "refused", reason, NO_MORE_LIMITS)
 
     def settle(self, call_id: int, settlement: Settlement, configured_limit: int) -> DayTotals:
         if settlement.actual_nanos < 0:
@@ -314,14 +534,21 @@ class SQLiteLedger:
         return self._totals(self.db.conn, agent, day, configured_limit)
 
     def set_daily_limit(self, agent: str, limit_nanos: int) -> None:
+        self.set_limit("daily", agent, limit_nanos)
+
+    def set_limit(self, window: str, name: str, limit: int) -> None:
+        if window not in WINDOWS:
+            raise ValueError(f"no window {window!r}; the windows are {', '.join(WINDOWS)}")
+        if limit < 0:
+            raise ValueError("a limit cannot be negative")
         with self._immediate() as conn:
             conn.execute(
                 """
-                INSERT INTO limits (agent, window, limit_nanos, set_at) VALUES (?, 'daily', ?, ?)
+                INSERT INTO limits (agent, window, limit_nanos, set_at) VALUES (?, ?, ?, ?)
                 ON CONFLICT (agent, window) DO UPDATE SET
                     limit_nanos = excluded.limit_nanos, set_at = excluded.set_at
                 """,
-                (agent, limit_nanos, _utc_iso(datetime.now(UTC))),
+                (name, window, limit, _utc_iso(datetime.now(UTC))),
             )
 
     def daily_limit_overrides(self) -> dict[str, int]:
@@ -391,14 +618,20 @@ class SQLiteLedger:
         return cursor.rowcount
 
     def _insert_call(
-        self, conn: sqlite3.Connection, intent: CallIntent, held: int, state: str, reason: str
+        self,
+        conn: sqlite3.Connection,
+        intent: CallIntent,
+        held: int,
+        state: str,
+        reason: str,
+        limits: Limits,
     ) -> int:
         cursor = conn.execute(
             """
             INSERT INTO calls (started_at, day, agent, session, provider, endpoint, requested_model,
                 forwarded_model, stream, held_nanos, state, outcome, reason, owner,
-                estimated_input_tokens, estimated_output_tokens)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                estimated_input_tokens, estimated_output_tokens, grp)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             (
                 _utc_iso(intent.started_at),
@@ -417,6 +650,7 @@ class SQLiteLedger:
                 self.owner,
                 intent.estimated_input_tokens,
                 intent.estimated_output_tokens,
+                limits.group,
             ),
         )
         assert cursor.lastrowid is not None
