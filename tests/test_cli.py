@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ledger_hammer import query
 from spendbrake.cli import main
 from spendbrake.sqlite_ledger import SQLiteLedger
 
@@ -224,3 +225,58 @@ def test_report_compares_estimates_with_actuals_per_model(tmp_path: Path) -> Non
     assert code == 0
     assert "gpt-4o" in table
     assert "25.0%" in table  # actual / held
+
+
+def test_limit_set_sets_every_window_of_an_agent_at_once(config: Path, tmp_path: Path) -> None:
+    code, output = run(
+        "limit", "set", "research-bot", "--monthly", "20", "--session-usd", "0.5",
+        "--session-tokens", "50000", "--config", str(config),
+    )  # fmt: skip
+    assert code == 0, output
+    assert output.splitlines() == [
+        "research-bot: monthly limit set to $20.00 (applies from the next call)",
+        "research-bot: session limit set to $0.50 (applies from the next call)",
+        "research-bot: session token limit set to 50,000 (applies from the next call)",
+    ]
+    rows = query(tmp_path / "ledger.db", "SELECT agent, window, limit_nanos FROM limits")
+    assert sorted(rows) == [
+        ("research-bot", "monthly", 20_000_000_000),
+        ("research-bot", "session_tokens", 50_000),
+        ("research-bot", "session_usd", 500_000_000),
+    ]
+
+
+def test_limit_set_sets_a_groups_shared_limits(config: Path, tmp_path: Path) -> None:
+    code, output = run(
+        "limit", "set", "--group", "research", "--daily", "50", "--config", str(config)
+    )
+    assert (code, output) == (
+        0,
+        "group research: daily limit set to $50.00 (applies from the next call)\n",
+    )
+    rows = query(tmp_path / "ledger.db", "SELECT agent, window, limit_nanos FROM limits")
+    assert rows == [("research", "group_daily", 50_000_000_000)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "name an AGENT or a --group"),
+        (["research-bot", "--group", "g", "--daily", "1"], "name an AGENT or a --group"),
+        (["research-bot"], "give at least one limit"),
+        (["--group", "g", "--session-usd", "1"], "a group has --daily and --monthly limits only"),
+        (["research-bot", "--session-tokens", "-1"], "must be 0 or more tokens"),
+        (["research-bot", "--monthly", "lots"], "--monthly must be a dollar amount"),
+        (["--group", "a b", "--daily", "1"], "Invalid value for --group"),
+    ],
+)
+def test_limit_set_refuses_what_it_cannot_apply_and_writes_nothing(
+    config: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, output = run("limit", "set", *args, "--config", str(config))
+    assert code == 2
+    assert message in output
+    assert (
+        not (tmp_path / "ledger.db").exists()
+        or query(tmp_path / "ledger.db", "SELECT * FROM limits") == []
+    )

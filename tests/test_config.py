@@ -11,6 +11,7 @@ from spendbrake.config import (
     resolve_config_path,
     resolve_ledger_path,
 )
+from spendbrake.ledger import Limits
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -47,9 +48,69 @@ def test_unknown_keys_are_errors_naming_key_and_file(tmp_path: Path) -> None:
 
 
 def test_limits_this_version_cannot_enforce_are_refused_not_ignored(tmp_path: Path) -> None:
-    path = write(tmp_path, "[defaults]\nmonthly_usd = 20\n")
-    with pytest.raises(ConfigError, match=r"defaults\.monthly_usd is not enforced"):
+    path = write(tmp_path, "[defaults]\ncalls_per_minute = 20\n")
+    with pytest.raises(ConfigError, match=r"defaults\.calls_per_minute is not enforced"):
         load_config(path)
+
+
+def test_every_window_is_configured_per_agent_with_defaults_and_shared_groups(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            daily_usd = 5.00
+            session_tokens = 50000
+
+            [agents.research-bot]
+            daily_usd = 0.05
+            monthly_usd = 20.00
+            session_usd = 0.50
+            group = "research"
+
+            [agents.scraper]
+            session_tokens = 1000
+
+            [groups.research]
+            daily_usd = 50.00
+            monthly_usd = 400
+            """,
+        )
+    )
+    assert config.limits("research-bot") == Limits(
+        monthly_nanos=20_000_000_000,
+        session_nanos=500_000_000,
+        session_tokens=50_000,  # from [defaults]
+        group="research",
+        group_daily_nanos=50_000_000_000,
+        group_monthly_nanos=400_000_000_000,
+    )
+    assert config.limits("scraper") == Limits(session_tokens=1_000)
+    assert config.limits("anyone") == Limits(session_tokens=50_000)
+    assert config.daily_limit("research-bot") == 50_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[agents.bot]\ngroup = "ops"\n',
+            r"agents\.bot\.group is 'ops', but there is no \[groups\.ops\]",
+        ),
+        ("[agents.bot]\ngroup = 3\n", r"agents\.bot\.group must name a \[groups\.NAME\] table"),
+        ("[agents.bot]\nsession_tokens = -5\n", "must be a whole number of tokens"),
+        ("[agents.bot]\nsession_tokens = 1.5\n", "must be a whole number of tokens"),
+        ("[agents.bot]\nmonthly_usd = -1\n", "non-negative dollar amount"),
+        ("[groups.ops]\nweekly_usd = 1\n", r"unknown key groups\.ops\.weekly_usd"),
+        ('[groups."a b"]\ndaily_usd = 1\n', "a group name is letters"),
+        ("groups = 1\n", r"\[groups\] must be a table"),
+    ],
+)
+def test_bad_windows_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
 
 
 @pytest.mark.parametrize(

@@ -298,32 +298,74 @@ def limit() -> None:
 
 @limit.command("set")
 @_config_and_ledger_options
-@click.argument("agent")
-@click.option("--daily", required=True, metavar="USD", help="Daily limit in dollars, e.g. 0.10.")
-def limit_set(config_path: Path | None, ledger_path: Path | None, agent: str, daily: str) -> None:
-    """Set an agent's daily limit, overriding the config.
+@click.argument("agent", required=False)
+@click.option("--group", metavar="NAME", help="Set a group's shared limits instead of an agent's.")
+@click.option("--daily", metavar="USD", help="Daily limit in dollars, e.g. 0.10.")
+@click.option("--monthly", metavar="USD", help="Monthly limit in dollars, e.g. 20.")
+@click.option("--session-usd", metavar="USD", help="Limit of each of the agent's sessions.")
+@click.option("--session-tokens", type=int, metavar="N", help="Tokens each session may use.")
+def limit_set(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    agent: str | None,
+    group: str | None,
+    daily: str | None,
+    monthly: str | None,
+    session_usd: str | None,
+    session_tokens: int | None,
+) -> None:
+    """Set an agent's (or a group's) limits, overriding the config.
 
     \b
-    Example:
+    Examples:
         spendbrake limit set research-bot --daily 0.10
+        spendbrake limit set research-bot --monthly 20 --session-tokens 50000
+        spendbrake limit set --group research --daily 50
     """
+    if (agent is None) == (group is None):
+        raise click.UsageError("name an AGENT or a --group (one of them)")
+    name = agent or group or ""
     try:
-        identify((agent, ""), {})
+        identify((name, ""), {})  # group names obey the same rule as agent names
     except InvalidIdentity as e:
-        raise click.BadParameter(str(e), param_hint="AGENT") from None
-    try:
-        nanos = parse_usd(daily, what="--daily")
-    except MoneyError as e:
-        raise click.BadParameter(str(e), param_hint="--daily") from None
+        raise click.BadParameter(str(e), param_hint="--group" if group else "AGENT") from None
+    if group and (session_usd is not None or session_tokens is not None):
+        raise click.UsageError("a group has --daily and --monthly limits only")
+    prefix = "group_" if group else ""
+    wanted: list[tuple[str, str, int]] = []  # (window, what the user reads, limit)
+    for window, option, value in (("daily", "--daily", daily), ("monthly", "--monthly", monthly)):
+        if value is not None:
+            try:
+                nanos = parse_usd(value, what=option)
+            except MoneyError as e:
+                raise click.BadParameter(str(e), param_hint=option) from None
+            wanted.append((prefix + window, f"{window} limit set to {format_usd(nanos)}", nanos))
+    if session_usd is not None:
+        try:
+            nanos = parse_usd(session_usd, what="--session-usd")
+        except MoneyError as e:
+            raise click.BadParameter(str(e), param_hint="--session-usd") from None
+        wanted.append(("session_usd", f"session limit set to {format_usd(nanos)}", nanos))
+    if session_tokens is not None:
+        if session_tokens < 0:
+            raise click.BadParameter("must be 0 or more tokens", param_hint="--session-tokens")
+        wanted.append(
+            ("session_tokens", f"session token limit set to {session_tokens:,}", session_tokens)
+        )
+    if not wanted:
+        raise click.UsageError("give at least one limit: --daily, --monthly, --session-usd, ...")
     config = _load_config(config_path)
     ledger = _open_ledger(ledger_path, config)
     try:
-        ledger.set_daily_limit(agent, nanos)
+        for window, _, new_limit in wanted:
+            ledger.set_limit(window, name, new_limit)
     except LedgerUnavailable as e:
         raise click.ClickException(str(e)) from None
     finally:
         ledger.close()
-    click.echo(f"{agent}: daily limit set to {format_usd(nanos)} (applies from the next call)")
+    who = f"group {name}" if group else name
+    for _, said, _ in wanted:
+        click.echo(f"{who}: {said} (applies from the next call)")
 
 
 @main.command()

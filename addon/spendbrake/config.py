@@ -11,12 +11,13 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendbrake.ledger import Limits
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
 from spendbrake.pricing import OverridePrice
 
@@ -28,9 +29,6 @@ LEDGER_ENV = "SPENDBRAKE_LEDGER"
 # would let an operator believe a limit is in force that is not, so they are refused by name.
 _NOT_YET_ENFORCED = frozenset(
     {
-        "monthly_usd",
-        "session_usd",
-        "session_tokens",
         "calls_per_minute",
         "tokens_per_minute",
         "max_concurrent",
@@ -42,13 +40,15 @@ _NOT_YET_ENFORCED = frozenset(
         "loop_window_s",
         "backoff_steps_s",
         "burn_usd_per_min",
-        "group",
     }
 )
-_AGENT_KEYS = frozenset({"daily_usd"})
+_AGENT_KEYS = frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"})
+_GROUP_KEYS = frozenset({"daily_usd", "monthly_usd"})
 _TOP_KEYS = frozenset(
-    {"timezone", "ledger", "defaults", "agents", "prices", "allow_unmetered_routes"}
+    {"timezone", "ledger", "defaults", "agents", "groups", "prices", "allow_unmetered_routes"}
 )
+# Group names share the agent names' alphabet: they appear in messages and commands too.
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PRICE_KEYS = frozenset(
     {
         "input_usd_per_mtok",
@@ -70,6 +70,18 @@ class AgentLimits:
     """Limits of one agent; ``None`` means "not set here, inherit"."""
 
     daily_nanos: int | None = None
+    monthly_nanos: int | None = None
+    session_nanos: int | None = None
+    session_tokens: int | None = None
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """Limits several agents share (``group = "NAME"`` in their tables)."""
+
+    daily_nanos: int | None = None
+    monthly_nanos: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class Config:
     ledger: Path | None = None
     defaults: AgentLimits = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
     agents: Mapping[str, AgentLimits] = field(default_factory=dict)
+    groups: Mapping[str, GroupLimits] = field(default_factory=dict)
     prices: Mapping[str, OverridePrice] = field(default_factory=dict)  # model (or "*") → price
     # "POST /v1/files", "POST /v1/uploads/*": routes on LLM hosts let through without metering.
     allow_unmetered_routes: tuple[str, ...] = ()
@@ -92,12 +105,34 @@ class Config:
 
     def daily_limit(self, agent: str) -> int:
         """The configured daily limit in nanos (a run-time override in the ledger wins over it)."""
+        daily = self._setting(agent, "daily_nanos")
+        return daily if isinstance(daily, int) else DEFAULT_DAILY_NANOS
+
+    def limits(self, agent: str) -> Limits:
+        """Every other window the agent's calls must fit, as configured (run-time overrides in
+        the ledger win over these)."""
+        group = self._setting(agent, "group")
+        shared = self.groups.get(group) if isinstance(group, str) else None
+        return Limits(
+            monthly_nanos=self._int_setting(agent, "monthly_nanos"),
+            session_nanos=self._int_setting(agent, "session_nanos"),
+            session_tokens=self._int_setting(agent, "session_tokens"),
+            group=group if isinstance(group, str) else "",
+            group_daily_nanos=shared.daily_nanos if shared else None,
+            group_monthly_nanos=shared.monthly_nanos if shared else None,
+        )
+
+    def _setting(self, agent: str, name: str) -> int | str | None:
+        """The agent's own value, else the [defaults] one."""
         own = self.agents.get(agent)
-        if own is not None and own.daily_nanos is not None:
-            return own.daily_nanos
-        if self.defaults.daily_nanos is not None:
-            return self.defaults.daily_nanos
-        return DEFAULT_DAILY_NANOS
+        value: int | str | None = getattr(own, name) if own is not None else None
+        if value is None:
+            value = getattr(self.defaults, name)
+        return value
+
+    def _int_setting(self, agent: str, name: str) -> int | None:
+        value = self._setting(agent, name)
+        return value if isinstance(value, int) else None
 
 
 def load_config(path: Path | None) -> Config:
@@ -133,7 +168,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
 
     defaults = _parse_limits(data.get("defaults", {}), where, "defaults")
     if defaults.daily_nanos is None:
-        defaults = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
+        defaults = replace(defaults, daily_nanos=DEFAULT_DAILY_NANOS)
 
     agents_table = data.get("agents", {})
     if not isinstance(agents_table, Mapping):
@@ -141,6 +176,20 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     agents = {
         name: _parse_limits(table, where, f"agents.{name}") for name, table in agents_table.items()
     }
+    groups_table = data.get("groups", {})
+    if not isinstance(groups_table, Mapping):
+        raise ConfigError(f"{where}: [groups] must be a table of [groups.NAME] tables")
+    groups = {
+        name: _parse_group(name, table, where, f"groups.{name}")
+        for name, table in groups_table.items()
+    }
+    named = [("defaults", defaults), *((f"agents.{a}", own) for a, own in agents.items())]
+    for section, limits in named:
+        if limits.group is not None and limits.group not in groups:
+            raise ConfigError(
+                f"{where}: {section}.group is {limits.group!r}, "
+                f"but there is no [groups.{limits.group}]"
+            )
     ledger_path = Path(ledger).expanduser() if ledger else None
     if ledger_path is not None and not ledger_path.is_absolute() and source is not None:
         ledger_path = source.parent / ledger_path  # relative to the config file, not the cwd
@@ -156,6 +205,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         ledger=ledger_path,
         defaults=defaults,
         agents=agents,
+        groups=groups,
         prices=prices,
         allow_unmetered_routes=_parse_routes(data.get("allow_unmetered_routes", []), where),
         source=source,
@@ -180,15 +230,52 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: [{section}] must be a table")
     _reject_unknown(table, _AGENT_KEYS, where, f"{section}.")
-    daily = table.get("daily_usd")
-    if daily is None:
-        return AgentLimits()
-    if isinstance(daily, bool):
-        raise ConfigError(f"{where}: {section}.daily_usd must be a dollar amount like 5.00")
+    group = table.get("group")
+    if group is not None and (not isinstance(group, str) or not _GROUP_NAME.fullmatch(group)):
+        raise ConfigError(
+            f"{where}: {section}.group must name a [groups.NAME] table (letters, digits, '.', "
+            "'_' or '-')"
+        )
+    return AgentLimits(
+        daily_nanos=_usd(table, "daily_usd", where, section),
+        monthly_nanos=_usd(table, "monthly_usd", where, section),
+        session_nanos=_usd(table, "session_usd", where, section),
+        session_tokens=_tokens(table, "session_tokens", where, section),
+        group=group,
+    )
+
+
+def _parse_group(name: str, table: object, where: str, section: str) -> GroupLimits:
+    if not _GROUP_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: [{section}]: a group name is letters, digits, '.', '_', '-'")
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: [{section}] must be a table")
+    _reject_unknown(table, _GROUP_KEYS, where, f"{section}.")
+    return GroupLimits(
+        daily_nanos=_usd(table, "daily_usd", where, section),
+        monthly_nanos=_usd(table, "monthly_usd", where, section),
+    )
+
+
+def _usd(table: Mapping[str, Any], key: str, where: str, section: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {section}.{key} must be a dollar amount like 5.00")
     try:
-        return AgentLimits(daily_nanos=parse_usd(daily, what=f"{section}.daily_usd"))
+        return parse_usd(value, what=f"{section}.{key}")
     except MoneyError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _tokens(table: Mapping[str, Any], key: str, where: str, section: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: {section}.{key} must be a whole number of tokens like 50000")
+    return value
 
 
 def _parse_price(entry: object, where: str, section: str) -> OverridePrice:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from spendbrake.ledger import DayTotals
+from spendbrake.ledger import DayTotals, HoldRefused, WindowUse
 from spendbrake.money import format_usd
 
 STATUS: dict[str, int] = {
@@ -58,21 +58,88 @@ class Refusal:
 
 
 def _duration(seconds: int) -> str:
+    days, seconds = divmod(seconds, 86_400)
     hours, rest = divmod(seconds, 3600)
-    minutes = -(-rest // 60) if hours == 0 else rest // 60
+    minutes = -(-rest // 60) if hours == 0 and days == 0 else rest // 60
+    if days:
+        return f"{days}d {hours:02d}h"
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes} min"
+
+
+def _seconds_until(moment: datetime, now: datetime) -> int:
+    return max(1, int(-(-(moment - now).total_seconds() // 1)))
+
+
+def _raised(limit: int) -> str:
+    """A suggested new limit: double the old one, at least one cent."""
+    return format_usd(max(limit * 2, 10_000_000)).removeprefix("$")
+
+
+def window_exceeded(
+    refused: HoldRefused,
+    *,
+    agent: str,
+    day_resets_at: datetime,
+    month_resets_at: datetime,
+    now: datetime,
+) -> Refusal:
+    """The refusal of a hold that did not fit one of its windows (the first that blocked)."""
+    use = refused.blocked_by
+    if use is None or use.window == "daily":
+        return daily_budget_exceeded(refused.totals, refused.requested_nanos, day_resets_at, now)
+    if use.window == "session_tokens":
+        return _session_tokens_exceeded(use, agent, refused.requested_tokens)
+    in_flight = f" (another {format_usd(use.held)} is held by calls in flight)" if use.held else ""
+    spent = f"spent {format_usd(use.spent)} of {format_usd(use.limit)}"
+    asked = f"and this call may cost up to {format_usd(refused.requested_nanos)}"
+    if use.window == "session_usd":
+        message = (
+            f"spendbrake: session budget exceeded for agent '{agent}', session '{use.name}': "
+            f"{spent} in this session{in_flight}, {asked}. A session does not reset: start a "
+            f"new one, or raise it: spendbrake limit set {agent} --session-usd {_raised(use.limit)}"
+        )
+        return Refusal("session_budget_exceeded", message)
+    monthly = use.window in ("monthly", "group_monthly")
+    resets_at = month_resets_at if monthly else day_resets_at
+    seconds = _seconds_until(resets_at, now)
+    flag = "--monthly" if monthly else "--daily"
+    if use.window.startswith("group_"):
+        whose = f"group '{use.name}' (agent '{agent}' is one of its agents)"
+        command = f"spendbrake limit set --group {use.name} {flag} {_raised(use.limit)}"
+    else:
+        whose = f"agent '{agent}'"
+        command = f"spendbrake limit set {agent} {flag} {_raised(use.limit)}"
+    message = (
+        f"spendbrake: {'monthly' if monthly else 'daily'} budget exceeded for {whose}: "
+        f"{spent} this {'month' if monthly else 'day'}{in_flight}, {asked}. "
+        f"The limit resets at {resets_at.strftime('%Y-%m-%d %H:%M %Z')} "
+        f"(in {_duration(seconds)}). To raise it: {command}"
+    )
+    code = "monthly_budget_exceeded" if monthly else "daily_budget_exceeded"
+    return Refusal(code, message, retry_after_s=seconds)
+
+
+def _session_tokens_exceeded(use: WindowUse, agent: str, requested_tokens: int) -> Refusal:
+    in_flight = f" (another {use.held:,} held by calls in flight)" if use.held else ""
+    message = (
+        f"spendbrake: session token limit reached for agent '{agent}', session '{use.name}': "
+        f"{use.spent:,} of {use.limit:,} tokens used{in_flight}, and this call may use up to "
+        f"{requested_tokens:,}. The session is stopped (a circuit breaker): start a new one, or "
+        f"raise it: spendbrake limit set {agent} --session-tokens {max(use.limit * 2, 1000)}"
+    )
+    return Refusal("session_tokens_exceeded", message)
 
 
 def daily_budget_exceeded(
     totals: DayTotals, requested_nanos: int, resets_at: datetime, now: datetime
 ) -> Refusal:
-    seconds = max(1, int(-(-(resets_at - now).total_seconds() // 1)))
+    seconds = _seconds_until(resets_at, now)
     in_flight = (
         f" (another {format_usd(totals.held_nanos)} is held by calls in flight)"
         if totals.held_nanos
         else ""
     )
-    suggestion = format_usd(max(totals.limit_nanos * 2, 10_000_000)).removeprefix("$")
+    suggestion = _raised(totals.limit_nanos)
     message = (
         f"spendbrake: daily budget exceeded for agent '{totals.agent}': "
         f"spent {format_usd(totals.spent_nanos)} of {format_usd(totals.limit_nanos)} today"

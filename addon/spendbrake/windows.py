@@ -35,6 +35,13 @@ def day_window(now: datetime, tz: ZoneInfo) -> DayWindow:
     return DayWindow(day=local.date().isoformat(), resets_at=resets_at)
 
 
+def month_resets_at(now: datetime, tz: ZoneInfo) -> datetime:
+    """The local midnight that starts the next calendar month."""
+    local = now.astimezone(tz)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return datetime(year, month, 1, tzinfo=tz)
+
+
 def current_day_window(now: datetime, tz: ZoneInfo) -> DayWindow:
     """``day_window``, worked out once per quarter hour instead of on every call."""
     return _day_window_of_quarter(int(now.timestamp()) // _QUARTER_HOUR_S, tz)

@@ -48,7 +48,7 @@ from spendbrake.providers.base import CallRequest, MeteredUsage, UnreadableReque
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
-from spendbrake.windows import current_day_window, utc_now
+from spendbrake.windows import current_day_window, month_resets_at, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,23 @@ class Enforcement:
         # Everything that could still fail is done before the hold, so no hold is ever left
         # behind by a call that was not sent.
         forwarded_body = api.with_usage_requested(body) if request.wants_usage_injection else None
-        limit = self.config.daily_limit(agent)
+        limit, limits = self.config.daily_limit(agent), self.config.limits(agent)
         try:
             result = await self.worker.run(
-                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit)
+                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit, limits)
             )
         except LedgerUnavailable as e:
             return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
         if isinstance(result, HoldRefused):
-            log.warning("spendbrake: refused a call of %s: daily budget exceeded", agent)
-            return refusals.daily_budget_exceeded(
-                result.totals, result.requested_nanos, window.resets_at, now
+            log.warning(
+                "spendbrake: refused a call of %s: %s budget exceeded", agent, result.window
+            )
+            return refusals.window_exceeded(
+                result,
+                agent=agent,
+                day_resets_at=window.resets_at,
+                month_resets_at=month_resets_at(now, self.config.timezone),
+                now=now,
             )
 
         if forwarded_body is not None:
