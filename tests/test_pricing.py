@@ -39,6 +39,49 @@ def test_max_output_comes_from_the_table_with_dated_ids_falling_back() -> None:
         max_output_tokens("gpt-nonexistent")
 
 
+def test_a_hosts_own_limit_wins_at_that_host_only() -> None:
+    # Groq caps gpt-oss-120b below its context window; other hosts, and the model itself, do not.
+    assert max_output_tokens("openai/gpt-oss-120b", "groq") == 65_536
+    assert max_output_tokens("openai/gpt-oss-120b", "together") == 131_072
+    assert max_output_tokens("gpt-oss-120b", "openai") == 131_072
+    assert max_output_tokens("openai/gpt-oss-120b") == 131_072  # no host named: the model's own
+    assert (
+        max_output_tokens("accounts/fireworks/models/deepseek-v4-flash", "fireworks") == 1_040_000
+    )
+    assert max_output_tokens("deepseek-v4-flash", "deepseek") == 393_216
+
+
+def test_a_dated_id_borrows_only_its_own_models_limit() -> None:
+    assert max_output_tokens("claude-opus-4-20250514", "anthropic") == 200_000
+    assert max_output_tokens("gpt-5-2025-08-07", "openai") == 128_000
+    assert max_output_tokens("o3-2025-04-16", "azure") == 100_000
+    # gpt-5-pro is another model than gpt-5 (272k out, not 128k): its own entry, never gpt-5's.
+    assert max_output_tokens("gpt-5-pro", "openai") == 400_000
+    # No figure for these, and their prefixes are other models: refused, not guessed.
+    for model in ("gpt-5.5-cyber", "gpt-4-32k", "gpt-4.5-preview"):
+        with pytest.raises(UnknownModel):
+            max_output_tokens(model, "openai")
+
+
+def test_every_entry_names_its_source_and_date() -> None:
+    import tomllib
+    from datetime import date
+
+    from spendbrake.pricing import pricing_dir
+
+    data = tomllib.loads((pricing_dir() / "max_output.toml").read_text())
+    entries = [
+        *data["models"].items(),
+        *(item for host in data["hosts"].values() for item in host.items()),
+    ]
+    for model, entry in entries:
+        assert set(entry) == {"tokens", "source", "checked"}, model
+        assert isinstance(entry["tokens"], int), model
+        assert entry["tokens"] > 0, model
+        assert entry["source"], model
+        date.fromisoformat(entry["checked"])
+
+
 def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate() -> None:
     # shared/reference/providers.md §3.7: a 2,048-token 1-hour write, 12 input, 6 output.
     tokens = TokenCounts(

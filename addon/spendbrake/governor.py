@@ -65,7 +65,7 @@ def estimate_call(
     per_choice = (
         request.max_output
         if request.max_output is not None
-        else pricer.max_output_tokens(request.model)
+        else pricer.max_output_tokens(request.model, provider_id)
     )
     output = per_choice * request.choices
     # A prompt that may be written to the cache is held as if all of it were (1.25x, 2x for 1h).

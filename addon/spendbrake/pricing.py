@@ -13,7 +13,7 @@ from pathlib import Path
 
 import genai_prices
 from genai_prices.data_snapshot import get_snapshot
-from genai_prices.types import ModelPrice, PriceContext
+from genai_prices.types import ModelInfo, ModelPrice, PriceContext
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.money import usd_to_nanos
@@ -33,25 +33,60 @@ def pricing_dir() -> Path:
     return checkout if checkout.is_dir() else package / "_pricing"
 
 
+type _Limits = dict[str, int]
+
+
 @cache
-def _max_output_table() -> dict[str, int]:
+def _max_output_table() -> tuple[_Limits, dict[str, _Limits]]:
+    """``[models]`` (a model under its maker's name, at any host) and ``[hosts.<provider>]`` (a
+    model as that host names it, where its limit there differs)."""
     with (pricing_dir() / "max_output.toml").open("rb") as f:
         data = tomllib.load(f)
-    return {model: int(entry["tokens"]) for model, entry in data["models"].items()}
+
+    def limits(entries: dict[str, dict[str, object]]) -> _Limits:
+        return {model: int(str(entry["tokens"])) for model, entry in entries.items()}
+
+    hosts = {provider: limits(models) for provider, models in data.get("hosts", {}).items()}
+    return limits(data["models"]), hosts
 
 
-def max_output_tokens(model: str) -> int:
-    """The model's maximum output; a dated id falls back to the longest listed prefix, and a
-    router's "vendor/model" to the model's own name."""
-    table = _max_output_table()
-    # Routers name models by vendor ("openai/gpt-4o"); the table names them as their makers do.
-    for name in dict.fromkeys((model, model.rpartition("/")[2])):
-        if name in table:
-            return table[name]
-        prefixes = [m for m in table if name.startswith(m + "-")]
-        if prefixes:
-            return table[max(prefixes, key=len)]
+def max_output_tokens(model: str, provider_id: str | None = None) -> int:
+    """The model's maximum output: the host's own figure where the table has one, else the
+    model's. A dated id falls back to the longest listed prefix that genai-prices prices as the
+    same model (never to another model's figure), and a router's "vendor/model" to the model's
+    own name."""
+    general, hosts = _max_output_table()
+    tables = (hosts.get(provider_id, {}), general) if provider_id else (general,)
+    for table in tables:
+        # Routers name models by vendor ("openai/gpt-4o"); the table names them as their makers do.
+        for name in dict.fromkeys((model, model.rpartition("/")[2])):
+            if name in table:
+                return table[name]
+            prefixes = [
+                m
+                for m in table
+                if name.startswith(m + "-") and _priced_as_one(name, m, provider_id)
+            ]
+            if prefixes:
+                return table[max(prefixes, key=len)]
     raise UnknownModel(f"no maximum output is known for model {model!r}")
+
+
+def _priced_as_one(model: str, listed: str, provider_id: str | None) -> bool:
+    """Whether genai-prices takes ``model`` for the same model as ``listed`` ("gpt-4o-2024-08-06"
+    is gpt-4o; "gpt-5-pro" is not gpt-5, and must not borrow its smaller limit)."""
+    found = _priced_model(model, provider_id)
+    return found is not None and found is _priced_model(listed, provider_id)
+
+
+def _priced_model(model: str, provider_id: str | None) -> ModelInfo | None:
+    snapshot = get_snapshot()
+    for provider in dict.fromkeys((provider_id, None)):
+        try:
+            return snapshot.find_provider_model(model, None, provider, None)[1]
+        except LookupError:
+            continue
+    return None
 
 
 def price_context(service_tier: str | None) -> PriceContext | None:
@@ -277,14 +312,14 @@ class Pricer:
                 at=at,
             )
 
-    def max_output_tokens(self, model: str) -> int:
+    def max_output_tokens(self, model: str, provider_id: str | None = None) -> int:
         own = self.overrides.get(model)
         if own is not None and own.max_output_tokens is not None:
             return own.max_output_tokens
         if own is not None and own.price_as:
             model = own.price_as
         try:
-            return max_output_tokens(model)
+            return max_output_tokens(model, provider_id)
         except UnknownModel:
             fallback = self.overrides.get(FALLBACK_MODEL)
             if fallback is not None and fallback.max_output_tokens is not None:
