@@ -120,3 +120,38 @@ def test_gemini_prompts_are_bounded_above_tiktokens_count(estimator: TokenEstima
     )
     estimate = estimate_call(request, estimator, provider_id="google", at=NOW)
     assert estimate.prompt_tokens == 4
+
+
+def test_the_hosts_own_max_output_is_held_there(estimator: TokenEstimator) -> None:
+    request = chat(model="openai/gpt-oss-120b", max_output=None)
+    at_groq = estimate_call(request, estimator, provider_id="groq", at=NOW)
+    at_together = estimate_call(request, estimator, provider_id="together", at=NOW)
+    assert (at_groq.output_tokens, at_together.output_tokens) == (65_536, 131_072)
+
+
+def test_a_model_served_in_openais_dialect_is_counted_by_its_own_family() -> None:
+    from spendbrake.governor import counting_tokenizer
+    from spendbrake.pricing import OverridePrice, Pricer
+
+    assert counting_tokenizer(chat(model="gpt-4o-mini")) == "openai"
+    assert counting_tokenizer(chat(model="openai/gpt-oss-120b")) == "openai"
+    assert counting_tokenizer(chat(model="anthropic/claude-sonnet-4.5")) == "claude"
+    assert counting_tokenizer(chat(model="mistral-large-latest")) == "other"
+    assert counting_tokenizer(chat(model="google/gemini-2.5-pro")) == "other"
+    assert counting_tokenizer(chat(model="claude-haiku-4-5", tokenizer="claude")) == "claude"
+    # An Azure deployment counts as the model it is priced as; one with its own rates is unknown.
+    priced = Pricer({"prod-chat": OverridePrice(price_as="gpt-4o"), "mine": OverridePrice()})
+    assert counting_tokenizer(chat(model="prod-chat"), priced) == "openai"
+    assert counting_tokenizer(chat(model="mine"), priced) == "other"
+
+
+def test_a_claude_prompt_through_a_router_is_held_at_claudes_bound(
+    estimator: TokenEstimator,
+) -> None:
+    # "Hello world": 2 o200k tokens x 1.6 -> 4; 11 characters / 2.3 -> 5; the larger wins.
+    request = chat(model="anthropic/claude-sonnet-4.5", fixed_prompt_tokens=0)
+    estimate = estimate_call(request, estimator, provider_id="openrouter", at=NOW)
+    assert estimate.prompt_tokens == 5
+    # Mistral: x 1.2 -> 3; 11 / 3.5 -> 4.
+    request = chat(model="mistral-small-latest", fixed_prompt_tokens=0)
+    assert estimate_call(request, estimator, provider_id="mistral", at=NOW).prompt_tokens == 4

@@ -8,6 +8,7 @@ billed at. The hold is that amount; the daily check itself is one ledger transac
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,21 +36,47 @@ def hold_tier(requested: str | None) -> str | None:
     return _HOLD_TIER.get(requested, requested)
 
 
-def prompt_upper_bound(request: CallRequest, estimator: TokenEstimator) -> int:
+def prompt_upper_bound(
+    request: CallRequest, estimator: TokenEstimator, tokenizer: str | None = None
+) -> int:
     """Prompt tokens, never fewer than the provider will count.
 
     tiktoken is OpenAI's own tokenizer: exact there. Claude's tokenizer is private and counts
     more (about 1.0-1.45x of o200k on Opus 4.7+, more for repetitive text), so its bound is the
-    larger of o200k x 1.6 and one token per 2.3 characters (reference §2.6).
+    larger of o200k x 1.6 and one token per 2.3 characters (reference §2.6). Every other family
+    (Gemini, Mistral, DeepSeek, Llama, Grok...) is held at o200k x 1.2, or a token per 3.5
+    characters. ``tokenizer`` overrides the request's (see ``counting_tokenizer``).
     """
+    kind = tokenizer or request.tokenizer
     counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
     characters = sum(len(text) for text in request.prompt_texts)
-    if request.tokenizer == "claude":
+    if kind == "claude":
         counted = max(-(-counted * 16 // 10), -(-characters * 10 // 23))
-    elif request.tokenizer == "gemini":
-        # SentencePiece, no offline copy: o200k x 1.2, or a token per 3.5 characters.
+    elif kind != "openai":
+        # SentencePiece and other BPEs, no offline copy: o200k x 1.2, or a token per 3.5 chars.
         counted = max(-(-counted * 12 // 10), -(-characters * 10 // 35))
     return request.fixed_prompt_tokens + counted
+
+
+# OpenAI's own models, by name: the only ones tiktoken counts exactly.
+_OPENAI_MODELS = re.compile(
+    r"^(?:ft:)?(?:gpt-|chatgpt-|o\d|codex-|text-embedding-|davinci|babbage)"
+)
+
+
+def counting_tokenizer(request: CallRequest, pricer: Pricer = _PUBLISHED_PRICES) -> str:
+    """Whose tokenizer counts the prompt. Anthropic's and Google's adapters say so; a request in
+    OpenAI's dialect may reach any family (OpenRouter serves Claude and Gemini that way, Groq
+    Llama, Mistral its own), so there the model's name decides, or the published model an
+    operator prices it as."""
+    if request.tokenizer != "openai":
+        return request.tokenizer
+    own = pricer.overrides.get(request.model)
+    name = (own.price_as if own is not None and own.price_as else request.model).lower()
+    name = name.rpartition("/")[2]
+    if _OPENAI_MODELS.match(name):
+        return "openai"
+    return "claude" if name.startswith("claude") else "other"
 
 
 def estimate_call(
@@ -61,7 +88,7 @@ def estimate_call(
     pricer: Pricer = _PUBLISHED_PRICES,
 ) -> Estimate:
     """The worst-case cost of a call. Raises UnknownModel."""
-    prompt = prompt_upper_bound(request, estimator)
+    prompt = prompt_upper_bound(request, estimator, counting_tokenizer(request, pricer))
     per_choice = (
         request.max_output
         if request.max_output is not None
