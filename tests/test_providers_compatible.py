@@ -85,6 +85,32 @@ def test_a_hosts_own_cost_figure_is_read_exactly(
     assert metered.reported_cost_nanos == nanos
 
 
+@pytest.mark.parametrize(
+    ("usage", "nanos"),
+    [
+        # Paid with OpenRouter credits: the provider's bill is already inside `cost`.
+        (
+            {"cost": 0.0002, "is_byok": False, "cost_details": {"upstream_inference_cost": 0.0002}},
+            200_000,
+        ),
+        # On the caller's own provider key: OpenRouter's fee, and what the provider bills the key.
+        (
+            {"cost": 0.00001, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.0002}},
+            210_000,
+        ),
+        # ... and without the provider's figure, the response does not say what the call cost.
+        ({"cost": 0.00001, "is_byok": True, "cost_details": {}}, None),
+    ],
+    ids=["credits", "own-key", "own-key-without-the-providers-bill"],
+)
+def test_an_openrouter_call_on_the_callers_own_key_costs_the_fee_and_the_providers_bill(
+    usage: dict[str, object], nanos: int | None
+) -> None:
+    metered = usage_from_completion({"usage": {"prompt_tokens": 10, **usage}})
+    assert metered is not None
+    assert metered.reported_cost_nanos == nanos
+
+
 def test_the_hosts_own_figure_is_what_the_call_costs() -> None:
     metered = usage_from_completion(
         {

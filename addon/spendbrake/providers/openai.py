@@ -211,13 +211,29 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
 
 def _reported_cost(usage: dict[str, Any]) -> int | None:
     """What the host says the call cost: OpenRouter's ``cost`` (USD), xAI's
-    ``cost_in_usd_ticks`` (1e10 ticks to the dollar). Rounded up, as every cost is."""
+    ``cost_in_usd_ticks`` (1e10 ticks to the dollar). Rounded up, as every cost is.
+
+    On an OpenRouter call made with the caller's own provider key (``is_byok``), ``cost`` is only
+    OpenRouter's fee: the provider bills ``cost_details.upstream_inference_cost`` to that key, so
+    the call costs both; without that figure its cost is not known here. (Other calls report an
+    upstream cost too, already inside ``cost``.)
+    """
     ticks = usage.get("cost_in_usd_ticks")
     if isinstance(ticks, int) and not isinstance(ticks, bool) and ticks >= 0:
         return -(-ticks // 10)
-    cost = usage.get("cost")
-    if isinstance(cost, int | float) and not isinstance(cost, bool) and cost >= 0:
-        return usd_to_nanos(Decimal(str(cost)))
+    cost = _dollars(usage.get("cost"))
+    if cost is None or usage.get("is_byok") is not True:
+        return None if cost is None else usd_to_nanos(cost)
+    details = usage.get("cost_details")
+    upstream = (
+        _dollars(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
+    )
+    return None if upstream is None else usd_to_nanos(cost + upstream)
+
+
+def _dollars(value: Any) -> Decimal | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return Decimal(str(value))
     return None
 
 
