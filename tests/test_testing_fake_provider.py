@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx2
@@ -26,7 +27,7 @@ from google import genai
 from google.genai import types
 
 from spendbrake.testing.fake_provider import FakeProvider
-from spendbrake.testing.tls import TestPKI, make_test_pki
+from spendbrake.testing.tls import AZURE_TEST_HOST, TestPKI, make_test_pki
 
 
 def _strict_context(pki: TestPKI) -> ssl.SSLContext:
@@ -112,13 +113,30 @@ def test_pki_files(pki: TestPKI) -> None:
         "api.openai.com",
         "api.anthropic.com",
         "generativelanguage.googleapis.com",
+        "api.mistral.ai",
+        "api.groq.com",
+        "api.deepseek.com",
+        "api.x.ai",
+        "openrouter.ai",
+        "api.together.xyz",
+        "api.fireworks.ai",
+        "api.perplexity.ai",
+        "spendbrake-test.openai.azure.com",
         "localhost",
     ]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize(
-    "hostname", ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+    "hostname",
+    [
+        "api.openai.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+        "api.mistral.ai",
+        "openrouter.ai",
+        "spendbrake-test.openai.azure.com",
+    ],
 )
 def test_certificate_verifies_for_provider_hostnames(
     pki: TestPKI, provider: FakeProvider, hostname: str
@@ -1059,3 +1077,260 @@ def test_gemini_errors_use_google_shape(raw: httpx2.Client) -> None:
     }
     # OpenAI's colon-less /v1/models stays OpenAI's.
     assert raw.get("/v1/models").json()["error"]["type"] == "invalid_request_error"
+
+
+# -- OpenAI-compatible hosts and Azure OpenAI ---------------------------------------------------
+
+# Each host's base URL path, as its users give it to the openai SDK.
+COMPATIBLE_BASES = {
+    "api.mistral.ai": "/v1",
+    "api.groq.com": "/openai/v1",
+    "api.deepseek.com": "",
+    "api.x.ai": "/v1",
+    "openrouter.ai": "/api/v1",
+    "api.together.xyz": "/v1",
+    "api.fireworks.ai": "/inference/v1",
+    "api.perplexity.ai": "",
+}
+# 40 characters: 7 + 40 // 4 = 17 prompt tokens.
+HOST_MESSAGES = [{"role": "user", "content": "Why is the sky blue? Answer in one line."}]
+
+
+def _host_client(pki: TestPKI, provider: FakeProvider, host: str) -> openai.OpenAI:
+    """The SDK pointed at ``host`` by its Host header (the fake tells hosts apart by it)."""
+    return openai.OpenAI(
+        base_url=f"https://127.0.0.1:{provider.port}{COMPATIBLE_BASES[host]}",
+        api_key="sk-test",
+        default_headers={"Host": host},
+        http_client=openai.DefaultHttpxClient(verify=_strict_context(pki)),
+        max_retries=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def azure(pki: TestPKI, provider: FakeProvider) -> Iterator[openai.AzureOpenAI]:
+    sdk = openai.AzureOpenAI(
+        azure_endpoint=f"https://127.0.0.1:{provider.port}",
+        api_version="2024-10-21",
+        api_key="azure-test",
+        default_headers={"Host": AZURE_TEST_HOST},
+        http_client=openai.DefaultHttpxClient(verify=_strict_context(pki)),
+        max_retries=0,
+    )
+    yield sdk
+    sdk.close()
+
+
+def _stream(client: openai.OpenAI, model: str, **arguments: Any) -> list[dict[str, Any]]:
+    chunks = client.chat.completions.create(
+        model=model, messages=HOST_MESSAGES, stream=True, **arguments
+    )
+    return [chunk.to_dict() for chunk in chunks]
+
+
+@pytest.mark.parametrize("host", list(COMPATIBLE_BASES))
+def test_each_compatible_host_answers_on_its_own_chat_path_only(
+    pki: TestPKI, provider: FakeProvider, host: str
+) -> None:
+    with _host_client(pki, provider, host) as client:
+        completion = client.chat.completions.create(model="some-model", messages=HOST_MESSAGES)
+        assert completion.model == "some-model"
+        assert completion.choices[0].message.content == "Hello! How can I help you today?"
+        assert completion.usage is not None
+        assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (17, 9)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model="some-model", input="hi")
+    (chat, responses) = provider.requests
+    assert chat.headers["host"] == host
+    assert chat.path == COMPATIBLE_BASES[host] + "/chat/completions"
+    assert responses.path == COMPATIBLE_BASES[host] + "/responses"
+
+
+@pytest.mark.parametrize("host", ["api.mistral.ai", "api.together.xyz", "api.perplexity.ai"])
+def test_some_hosts_put_usage_on_the_finish_chunk_unasked(
+    pki: TestPKI, provider: FakeProvider, host: str
+) -> None:
+    with _host_client(pki, provider, host) as client:
+        chunks = _stream(client, "some-model")
+    *content, finish = chunks
+    assert all("usage" not in c or c["usage"] is None for c in content)
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert finish["usage"] == {
+        "prompt_tokens": 17,
+        "completion_tokens": 9,
+        "total_tokens": 26,
+        **({"search_context_size": "low"} if host == "api.perplexity.ai" else {}),
+    }
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "Hello! How can I help?"
+
+
+@pytest.mark.parametrize(
+    "host", ["api.groq.com", "api.deepseek.com", "api.x.ai", "api.fireworks.ai"]
+)
+def test_other_hosts_end_with_a_usage_chunk_only_when_asked(
+    pki: TestPKI, provider: FakeProvider, host: str
+) -> None:
+    with _host_client(pki, provider, host) as client:
+        unasked = _stream(client, "some-model")
+        asked = _stream(client, "some-model", stream_options={"include_usage": True})
+    assert all(c["choices"] and "usage" not in c for c in unasked)
+    usage_chunks = [c for c in asked if c["choices"] == [] and c.get("usage")]
+    (usage_chunk,) = usage_chunks
+    usage = usage_chunk["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (17, 9)
+    assert all("usage" in c for c in asked)  # "usage": null on the others, as OpenAI does
+
+
+def test_groq_reports_timings_and_usage_in_x_groq_on_the_finish_chunk(
+    pki: TestPKI, provider: FakeProvider
+) -> None:
+    with _host_client(pki, provider, "api.groq.com") as client:
+        completion = client.chat.completions.create(model="llama-3.3-70b", messages=HOST_MESSAGES)
+        chunks = _stream(client, "llama-3.3-70b")
+    dumped = json.loads(completion.to_json())
+    assert dumped["usage"]["queue_time"] > 0
+    assert dumped["x_groq"]["id"].startswith("req_")
+    assert dumped["service_tier"] == "on_demand"
+    assert chunks[0]["x_groq"] == {"id": chunks[-1]["x_groq"]["id"]}
+    assert chunks[-1]["x_groq"]["usage"]["total_tokens"] == 26
+
+
+def test_deepseek_reports_cache_hits_and_misses(pki: TestPKI, provider: FakeProvider) -> None:
+    with _host_client(pki, provider, "api.deepseek.com") as client:
+        completion = client.chat.completions.create(
+            model="deepseek-reasoner",
+            messages=HOST_MESSAGES,
+            extra_headers={"x-fake-usage-cache-read": "10", "x-fake-usage-reasoning": "30"},
+        )
+    usage = json.loads(completion.to_json())["usage"]
+    assert usage["prompt_cache_hit_tokens"] == 10
+    assert usage["prompt_cache_miss_tokens"] == 7
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 10}
+    # DeepSeek counts the reasoning in completion_tokens.
+    assert (usage["completion_tokens"], usage["total_tokens"]) == (39, 56)
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 30}
+    assert json.loads(completion.to_json())["choices"][0]["message"]["reasoning_content"]
+
+
+def test_xai_leaves_reasoning_out_of_completion_tokens_and_states_the_cost(
+    pki: TestPKI, provider: FakeProvider
+) -> None:
+    headers = {"x-fake-usage-reasoning": "200", "x-fake-usage-cost": "0.00042"}
+    with _host_client(pki, provider, "api.x.ai") as client:
+        completion = client.chat.completions.create(
+            model="grok-3-mini", messages=HOST_MESSAGES, extra_headers=headers
+        )
+        chunks = _stream(
+            client, "grok-3-mini", stream_options={"include_usage": True}, extra_headers=headers
+        )
+    usage = json.loads(completion.to_json())["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+        17,
+        9,
+        226,
+    )
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 200
+    assert usage["cost_in_usd_ticks"] == 4_200_000
+    # The usage chunk, then one more empty chunk before [DONE].
+    usage_chunk, last = chunks[-2:]
+    assert (usage_chunk["choices"], usage_chunk["usage"]["total_tokens"]) == ([], 226)
+    assert (last["choices"], last["usage"]) == ([], None)
+
+
+def test_openrouter_states_its_cost_and_on_the_callers_own_key_its_fee(
+    pki: TestPKI, provider: FakeProvider
+) -> None:
+    with _host_client(pki, provider, "openrouter.ai") as client:
+        plain = client.chat.completions.create(model="openai/gpt-4o-mini", messages=HOST_MESSAGES)
+        credits = client.chat.completions.create(
+            model="openai/gpt-4o-mini",
+            messages=HOST_MESSAGES,
+            extra_headers={"x-fake-usage-cost": "0.0002"},
+        )
+        own_key = client.chat.completions.create(
+            model="openai/gpt-4o-mini",
+            messages=HOST_MESSAGES,
+            extra_headers={"x-fake-usage-cost": "0.00001", "x-fake-usage-upstream-cost": "0.0002"},
+        )
+    assert "cost" not in json.loads(plain.to_json())["usage"]
+    assert plain.id.startswith("gen-")
+    paid = json.loads(credits.to_json())["usage"]
+    assert (paid["cost"], paid["is_byok"], paid["cost_details"]) == (
+        0.0002,
+        False,
+        {"upstream_inference_cost": 0.0002},
+    )
+    byok = json.loads(own_key.to_json())["usage"]
+    assert (byok["cost"], byok["is_byok"], byok["cost_details"]) == (
+        0.00001,
+        True,
+        {"upstream_inference_cost": 0.0002},
+    )
+
+
+def test_openrouter_stream_transcript(raw: httpx2.Client) -> None:
+    response = raw.post(
+        "/api/v1/chat/completions",
+        json={"model": "openai/gpt-4o-mini", "messages": HOST_MESSAGES, "stream": True},
+        headers={"Host": "openrouter.ai"},
+    )
+    events = response.text.split("\n\n")
+    assert events[0] == ": OPENROUTER PROCESSING"
+    assert events[-2:] == ["data: [DONE]", ""]
+    last = json.loads(events[-3].removeprefix("data: "))
+    # Usage always ends an OpenRouter stream, asked for or not.
+    assert (last["choices"], last["usage"]["total_tokens"]) == ([], 26)
+    assert last["provider"] == "OpenAI"
+
+
+def test_a_bad_cost_header_is_a_loud_400(pki: TestPKI, provider: FakeProvider) -> None:
+    with (
+        _host_client(pki, provider, "openrouter.ai") as client,
+        pytest.raises(
+            openai.BadRequestError, match="x-fake-usage-cost: 'lots' is not a dollar amount"
+        ),
+    ):
+        client.chat.completions.create(
+            model="m", messages=HOST_MESSAGES, extra_headers={"x-fake-usage-cost": "lots"}
+        )
+
+
+def test_azure_answers_a_deployment_with_the_model_behind_it(
+    azure: openai.AzureOpenAI, provider: FakeProvider
+) -> None:
+    completion = azure.chat.completions.create(model="chat-prod", messages=HOST_MESSAGES)
+    assert completion.model == "gpt-4o-2024-11-20"
+    dumped = json.loads(completion.to_json())
+    assert dumped["prompt_filter_results"][0]["content_filter_results"]["hate"] == {
+        "filtered": False,
+        "severity": "safe",
+    }
+    assert "content_filter_results" in dumped["choices"][0]
+    assert (dumped["usage"]["prompt_tokens"], dumped["usage"]["completion_tokens"]) == (17, 9)
+    (recorded,) = provider.requests
+    assert recorded.path == "/openai/deployments/chat-prod/chat/completions?api-version=2024-10-21"
+
+
+def test_an_azure_stream_opens_with_the_prompts_filter_results(
+    azure: openai.AzureOpenAI,
+) -> None:
+    chunks = _stream(azure, "chat-prod", stream_options={"include_usage": True})
+    first, *content, usage_chunk = chunks
+    # Not a usage chunk, for all its empty choices: no model, no usage, the filter results.
+    assert (first["choices"], first["model"], "usage" in first) == ([], "", False)
+    assert first["prompt_filter_results"]
+    assert {c["model"] for c in content} == {"gpt-4o-2024-11-20"}
+    assert all(c["usage"] is None for c in content)
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["total_tokens"] == 26
+
+
+def test_azure_routes_need_a_deployment_and_an_api_version(raw: httpx2.Client) -> None:
+    host = {"Host": AZURE_TEST_HOST}
+    body = {"messages": HOST_MESSAGES}
+    no_version = raw.post("/openai/deployments/chat-prod/chat/completions", json=body, headers=host)
+    assert no_version.status_code == 404
+    assert no_version.json() == {"error": {"code": "404", "message": "Resource not found"}}
+    elsewhere = raw.post("/v1/chat/completions?api-version=2024-10-21", json=body, headers=host)
+    assert elsewhere.status_code == 404

@@ -1,4 +1,5 @@
-"""A local HTTPS fake of the OpenAI, Anthropic and Gemini APIs that replays real response shapes.
+"""A local HTTPS fake of the OpenAI, Anthropic and Gemini APIs, of the OpenAI-compatible hosts
+and of Azure OpenAI, that replays real response shapes.
 
 Server side is stdlib only so it behaves the same wherever the tests run. Run standalone with
 `python -m spendbrake.testing.fake_provider --port 8443 --dir /tmp/x`.
@@ -16,8 +17,29 @@ Routes:
                                      without it a streamed JSON array `[{..}\r\n,\r\n{..}]`
   POST /v1beta/models/{model}:countTokens
                                      Gemini token counting (free): {"totalTokens": N}
+Requests whose Host header names an OpenAI-compatible host (reference §3.6) are answered in
+that host's dialect of Chat Completions on its own path, and only there:
+  api.mistral.ai     /v1/chat/completions            usage on the finish chunk, always
+  api.groq.com       /openai/v1/chat/completions     usage timings, x_groq.usage on the finish
+                                                     chunk, a usage chunk when asked
+  api.deepseek.com   /chat/completions (also /v1/)   prompt_cache_hit/miss_tokens, a usage chunk
+                                                     when asked
+  api.x.ai           /v1/chat/completions            reasoning outside completion_tokens, a usage
+                                                     chunk when asked and an empty chunk after it
+  openrouter.ai      /api/v1/chat/completions        `: OPENROUTER PROCESSING` first, a usage
+                                                     chunk always
+  api.together.xyz   /v1/chat/completions            usage on the finish chunk, always
+  api.fireworks.ai   /inference/v1/chat/completions  a usage chunk when asked
+  api.perplexity.ai  /chat/completions (also /v1/)   citations, usage on the finish chunk, always
+  *.openai.azure.com /openai/deployments/{deployment}/chat/completions?api-version=...
+                                                     model AZURE_MODEL whatever the deployment,
+                                                     content filter results, a first chunk with
+                                                     no choices, a usage chunk when asked
+"When asked" is `stream_options.include_usage`; those hosts then put `"usage": null` on the other
+chunks, as OpenAI does. Their usage follows the OpenAI rule below.
 Anything else answers 404 (Anthropic's error shape under /v1/messages, Google's under /v1beta/
-and for Gemini routes, OpenAI's elsewhere). Gemini's API key (x-goog-api-key or ?key=) is ignored.
+and for Gemini routes, Azure's on Azure, OpenAI's elsewhere). Gemini's API key (x-goog-api-key
+or ?key=) is ignored.
 
 Usage is deterministic. OpenAI: prompt_tokens = 7 + chars(message text) // 4, completion_tokens =
 min(max_completion_tokens or max_tokens, 9). Anthropic: input_tokens = 7 + chars(system + message
@@ -39,11 +61,22 @@ Test controls (request headers, so SDK clients can send them via `extra_headers`
   x-fake-usage-completion: N    override completion_tokens / output_tokens / candidatesTokenCount
   x-fake-usage-cache-read: N    Anthropic: cache_read_input_tokens; Responses:
                                 input_tokens_details.cached_tokens (a part of input_tokens);
+                                compatible hosts and Azure: cached_tokens (DeepSeek also
+                                prompt_cache_hit_tokens), a part of prompt_tokens;
                                 Gemini: cachedContentTokenCount (a part of promptTokenCount)
   x-fake-usage-thoughts: N      Gemini: thoughtsTokenCount (on top of candidatesTokenCount, and
                                 counted in totalTokenCount); absent unless given
   x-fake-usage-reasoning: N     Responses: output_tokens_details.reasoning_tokens (a part of
-                                output_tokens)
+                                output_tokens); compatible hosts and Azure: N more tokens
+                                thought, in completion_tokens (xAI: only in total_tokens), and
+                                reported as reasoning_tokens where the host does
+  x-fake-usage-cost: USD        OpenRouter: usage.cost (and cost_details.upstream_inference_cost,
+                                the same); xAI: usage.cost_in_usd_ticks (1e10 to the dollar);
+                                absent unless given
+  x-fake-usage-upstream-cost: USD
+                                OpenRouter: the call ran on the caller's own provider key
+                                (is_byok true): usage.cost is OpenRouter's fee and
+                                cost_details.upstream_inference_cost this
   x-fake-usage-cache-write: N   Anthropic: cache_creation_input_tokens (all of it 5-minute cache)
   x-fake-anthropic-delta-usage: full
                                 Anthropic stream: message_delta.usage also carries the cumulative
@@ -79,6 +112,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -129,6 +163,29 @@ MODEL_SNAPSHOTS: dict[str, str] = {
     "gpt-4o": "gpt-4o-2024-08-06",
 }
 
+# OpenAI-compatible hosts (reference §3.6), told apart by the Host header: the dialect each
+# speaks and the Chat Completions paths it serves (anything else on them answers 404).
+COMPATIBLE_HOSTS: dict[str, tuple[str, frozenset[str]]] = {
+    "api.mistral.ai": ("mistral", frozenset({"/v1/chat/completions"})),
+    "api.groq.com": ("groq", frozenset({"/openai/v1/chat/completions"})),
+    "api.deepseek.com": ("deepseek", frozenset({"/chat/completions", "/v1/chat/completions"})),
+    "api.x.ai": ("x-ai", frozenset({"/v1/chat/completions"})),
+    "openrouter.ai": ("openrouter", frozenset({"/api/v1/chat/completions"})),
+    "api.together.xyz": ("together", frozenset({"/v1/chat/completions"})),
+    "api.fireworks.ai": ("fireworks", frozenset({"/inference/v1/chat/completions"})),
+    "api.perplexity.ai": ("perplexity", frozenset({"/chat/completions", "/v1/chat/completions"})),
+}
+# Azure OpenAI: any resource under this suffix (the test certificate covers AZURE_TEST_HOST).
+AZURE = "azure"
+AZURE_HOST_SUFFIX = ".openai.azure.com"
+AZURE_CHAT_ROUTE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
+# The model behind every deployment of the fake resource, as Azure names it in responses.
+AZURE_MODEL = "gpt-4o-2024-11-20"
+# Hosts that put usage on the chunk with finish_reason, asked or not.
+USAGE_ON_FINISH_CHUNK = frozenset({"mistral", "together", "perplexity"})
+# Hosts that end a stream with a usage-only chunk (empty choices) only when asked, as OpenAI.
+USAGE_CHUNK_WHEN_ASKED = frozenset({"groq", "deepseek", "x-ai", "fireworks", AZURE})
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -172,7 +229,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeProvider:
-    """HTTPS fake of api.openai.com, api.anthropic.com and generativelanguage.googleapis.com.
+    """HTTPS fake of api.openai.com, api.anthropic.com, generativelanguage.googleapis.com, the
+    OpenAI-compatible hosts and Azure OpenAI.
 
     Serves from a daemon thread.
     """
@@ -341,6 +399,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(status, failure, extra_headers={"x-should-retry": "false"})
             return
 
+        dialect = _dialect_of(self.headers.get("Host"))
+        if dialect is not None:
+            self._compatible_route(dialect, body, path)
+            return
         if self.command == "POST" and path == "/v1/chat/completions":
             self._chat_completions(body)
             return
@@ -503,6 +565,63 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(chunk([], len(events), usage))
         events.append(b"data: [DONE]\n\n")
         self._send_sse(events)
+
+    # -- OpenAI-compatible hosts and Azure OpenAI ------------------------------------------
+
+    def _compatible_route(self, dialect: str, body: bytes, path: str) -> None:
+        """A request to a host that speaks Chat Completions in its own dialect (by Host)."""
+        if dialect == AZURE:
+            route = AZURE_CHAT_ROUTE.match(path)
+            if self.command != "POST" or route is None or not self._query("api-version"):
+                # What Azure answers for a wrong route or a missing api-version.
+                self._send_json(404, {"error": {"code": "404", "message": "Resource not found"}})
+                return
+        elif self.command != "POST" or path not in COMPATIBLE_HOSTS[self._host()][1]:
+            self._send_json(
+                404, _error(f"Invalid URL ({self.command} {path})", "invalid_request_error")
+            )
+            return
+        payload = self._openai_payload(body)
+        if payload is None:
+            return
+        costs: dict[str, Decimal | None] = {}
+        for name in ("x-fake-usage-cost", "x-fake-usage-upstream-cost"):
+            value = self.headers.get(name)
+            try:
+                costs[name] = None if value is None else Decimal(value.strip())
+            except InvalidOperation:
+                # A typo in a test's control header should fail loudly, not pass silently.
+                message = f"{name}: {value!r} is not a dollar amount"
+                self._send_json(400, _error(message, "invalid_request_error"))
+                return
+        counts = self._usage(payload)
+        reasoning = _int_header_or(self.headers.get("x-fake-usage-reasoning"), 0)
+        usage = _compatible_usage(
+            dialect,
+            prompt=counts["prompt_tokens"],
+            completion=counts["completion_tokens"],
+            cached=_int_header_or(self.headers.get("x-fake-usage-cache-read"), 0),
+            reasoning=reasoning,
+            cost=costs["x-fake-usage-cost"],
+            upstream_cost=costs["x-fake-usage-upstream-cost"],
+        )
+        # Azure answers with the model behind the deployment; the others echo the request's.
+        model = AZURE_MODEL if dialect == AZURE else str(payload.get("model", ""))
+        if payload.get("stream") is not True:
+            self._send_json(200, _compatible_completion(dialect, model, usage, reasoning))
+            return
+        options = payload.get("stream_options")
+        asked = isinstance(options, dict) and bool(options.get("include_usage"))
+        self._send_sse(
+            _compatible_stream(dialect, model, usage, include_usage=asked, reasoning=reasoning)
+        )
+
+    def _host(self) -> str:
+        return _host_name(self.headers.get("Host"))
+
+    def _query(self, name: str) -> str | None:
+        values = parse_qs(urlsplit(self.path).query).get(name)
+        return values[-1] if values else None
 
     # -- responses -------------------------------------------------------------------------
 
@@ -1096,6 +1215,276 @@ def _response_object(payload: dict[str, Any], model: str) -> dict[str, Any]:
         "usage": None,
         "metadata": metadata if isinstance(metadata, dict) else {},
     }
+
+
+def _host_name(host: str | None) -> str:
+    """The Host header without its port, lower-cased."""
+    name = (host or "").strip().lower()
+    return name.rsplit(":", 1)[0] if not name.endswith("]") else name
+
+
+def _dialect_of(host: str | None) -> str | None:
+    """The dialect of an OpenAI-compatible host or Azure; None for OpenAI's and the others."""
+    name = _host_name(host)
+    if name.endswith(AZURE_HOST_SUFFIX):
+        return AZURE
+    known = COMPATIBLE_HOSTS.get(name)
+    return known[0] if known else None
+
+
+_ID_PREFIXES = {"mistral": "cmpl-", "groq": "chatcmpl-", "openrouter": "gen-", AZURE: "chatcmpl-"}
+_AZURE_FILTERS: dict[str, Any] = {
+    name: {"filtered": False, "severity": "safe"}
+    for name in ("hate", "self_harm", "sexual", "violence")
+}
+_AZURE_PROMPT_FILTERS = [
+    {
+        "prompt_index": 0,
+        "content_filter_results": {
+            **_AZURE_FILTERS,
+            "jailbreak": {"filtered": False, "detected": False},
+        },
+    }
+]
+_PERPLEXITY_SOURCES: dict[str, Any] = {
+    "citations": ["https://en.wikipedia.org/wiki/Rayleigh_scattering"],
+    "search_results": [
+        {
+            "title": "Rayleigh scattering",
+            "url": "https://en.wikipedia.org/wiki/Rayleigh_scattering",
+            "date": None,
+        }
+    ],
+}
+_REASONING_TEXT = "The user greets me; I greet back."
+
+
+def _compatible_usage(
+    dialect: str,
+    *,
+    prompt: int,
+    completion: int,
+    cached: int,
+    reasoning: int,
+    cost: Decimal | None,
+    upstream_cost: Decimal | None = None,
+) -> dict[str, Any]:
+    """The ``usage`` object each host sends (reference §3.6), key order as the host's.
+
+    ``reasoning`` tokens come on top of the answer's ``completion``: every host counts them in
+    completion_tokens but xAI, which counts them only in total_tokens. ``cost`` (USD) is
+    reported by OpenRouter (``cost``) and xAI (``cost_in_usd_ticks``, 1e10 to the dollar). An
+    ``upstream_cost`` makes the OpenRouter call one on the caller's own provider key: ``cost``
+    is then OpenRouter's fee, and the provider bills the upstream cost to that key.
+    """
+    total = prompt + completion + reasoning
+    if dialect != "x-ai":
+        completion += reasoning
+    usage: dict[str, Any]
+    if dialect == "mistral":
+        usage = {"prompt_tokens": prompt, "total_tokens": total, "completion_tokens": completion}
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    elif dialect == "groq":
+        usage = {
+            "queue_time": 0.041,
+            "prompt_tokens": prompt,
+            "prompt_time": 0.003,
+            "completion_tokens": completion,
+            "completion_time": 0.016,
+            "total_tokens": total,
+            "total_time": 0.019,
+        }
+    elif dialect == "deepseek":
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": total,
+            "prompt_tokens_details": {"cached_tokens": cached},
+            "prompt_cache_hit_tokens": cached,
+            "prompt_cache_miss_tokens": prompt - cached,
+        }
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    elif dialect == "x-ai":
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,  # xAI leaves reasoning out of it
+            "total_tokens": total,
+            "prompt_tokens_details": {
+                "text_tokens": prompt,
+                "audio_tokens": 0,
+                "image_tokens": 0,
+                "cached_tokens": cached,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+            "num_sources_used": 0,
+        }
+        if cost is not None:
+            usage["cost_in_usd_ticks"] = int(cost * 10_000_000_000)
+    elif dialect == "openrouter":
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": total,
+        }
+        if cost is not None:
+            usage.update(cost=float(cost), is_byok=upstream_cost is not None)
+        usage["prompt_tokens_details"] = {"cached_tokens": cached, "audio_tokens": 0}
+        if cost is not None:
+            # Paid with OpenRouter credits, the provider's bill is the whole of `cost`.
+            upstream = cost if upstream_cost is None else upstream_cost
+            usage["cost_details"] = {"upstream_inference_cost": float(upstream)}
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning, "image_tokens": 0}
+    elif dialect == "fireworks":
+        usage = {"prompt_tokens": prompt, "total_tokens": total, "completion_tokens": completion}
+        if cached:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    elif dialect == "perplexity":
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": total,
+            "search_context_size": "low",
+        }
+    elif dialect == "together":
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+    else:  # Azure: OpenAI's own usage
+        usage = {
+            "completion_tokens": completion,
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": 0,
+                "audio_tokens": 0,
+                "reasoning_tokens": reasoning,
+                "rejected_prediction_tokens": 0,
+            },
+            "prompt_tokens": prompt,
+            "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": cached},
+            "total_tokens": total,
+        }
+    return usage
+
+
+def _compatible_completion(
+    dialect: str, model: str, usage: dict[str, Any], reasoning: int
+) -> dict[str, Any]:
+    """A non-streamed ``chat.completion`` the way ``dialect``'s host sends one."""
+    message: dict[str, Any] = {"role": "assistant", "content": NON_STREAM_TEXT}
+    choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+    obj: dict[str, Any] = {
+        "id": _ID_PREFIXES.get(dialect, "") + uuid.uuid4().hex,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+    }
+    if dialect == "mistral":
+        message["tool_calls"] = None
+    elif dialect == "groq":
+        choice["logprobs"] = None
+        obj.update(
+            system_fingerprint="fp_9a8b91ba77",
+            x_groq={"id": f"req_{uuid.uuid4().hex[:26]}"},
+            service_tier="on_demand",
+        )
+    elif dialect == "deepseek":
+        choice["logprobs"] = None
+        if reasoning:
+            message["reasoning_content"] = _REASONING_TEXT
+        obj["system_fingerprint"] = "fp_ffc7281d48_prod0820_fp8_kvcache"
+    elif dialect == "x-ai":
+        message.update(refusal=None)
+        if reasoning:
+            message["reasoning_content"] = _REASONING_TEXT
+        obj["system_fingerprint"] = "fp_0d42a4eb3d"
+    elif dialect == "openrouter":
+        choice.update(logprobs=None, native_finish_reason="stop")
+        message.update(refusal=None, reasoning=None)
+        obj.update(provider="OpenAI", system_fingerprint="fp_560af6e559")
+    elif dialect == "together":
+        choice.update(seed=3417293208536211000, logprobs=None)
+        message["tool_calls"] = []
+        obj["prompt"] = []
+    elif dialect == "perplexity":
+        obj.update(_PERPLEXITY_SOURCES)
+    elif dialect == AZURE:
+        choice.update(content_filter_results=_AZURE_FILTERS, logprobs=None)
+        message.update(annotations=[], refusal=None)
+        obj.update(prompt_filter_results=_AZURE_PROMPT_FILTERS, system_fingerprint="fp_ee1d74bde0")
+    return obj
+
+
+def _compatible_stream(
+    dialect: str, model: str, usage: dict[str, Any], *, include_usage: bool, reasoning: int
+) -> list[bytes]:
+    """The SSE events of a streamed completion the way ``dialect``'s host sends them: where
+    its usage comes (the finish chunk, a usage-only chunk, or both), and its own extras."""
+    ident = _ID_PREFIXES.get(dialect, "") + uuid.uuid4().hex
+    created = int(time.time())
+    # Hosts that mimic OpenAI's include_usage also add "usage": null to every other chunk.
+    null_usage = include_usage and dialect in USAGE_CHUNK_WHEN_ASKED
+    request_id = f"req_{uuid.uuid4().hex[:26]}"
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        obj: dict[str, Any] = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+        }
+        if dialect == "openrouter":
+            obj["provider"] = "OpenAI"
+        obj["choices"] = choices
+        if dialect == "perplexity":
+            obj.update(_PERPLEXITY_SOURCES)
+        if null_usage:
+            obj["usage"] = None
+        obj.update(extra)
+        return b"data: " + _dumps(obj) + b"\n\n"
+
+    def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        one: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        if dialect == "openrouter":
+            one.update(native_finish_reason=finish_reason, logprobs=None)
+        elif dialect == "together":
+            one.update(text=delta.get("content", ""), logprobs=None, seed=None)
+        elif dialect == AZURE and "content" in delta:
+            one["content_filter_results"] = _AZURE_FILTERS
+        return one
+
+    events: list[bytes] = []
+    if dialect == "openrouter":
+        events.append(b": OPENROUTER PROCESSING\n\n")
+    if dialect == AZURE:
+        # Azure's first chunk: no choices, no model, the prompt's filter results.
+        first = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
+        first["prompt_filter_results"] = _AZURE_PROMPT_FILTERS
+        events.append(b"data: " + _dumps(first) + b"\n\n")
+    first_extra = {"x_groq": {"id": request_id}} if dialect == "groq" else {}
+    events.append(chunk([choice({"role": "assistant", "content": ""})], **first_extra))
+    if reasoning and dialect in ("deepseek", "x-ai"):
+        events.append(chunk([choice({"reasoning_content": _REASONING_TEXT})]))
+    events += [chunk([choice({"content": delta})]) for delta in STREAM_DELTAS]
+    finish_extra: dict[str, Any] = {}
+    if dialect in USAGE_ON_FINISH_CHUNK:
+        finish_extra["usage"] = usage
+    if dialect == "groq":
+        finish_extra["x_groq"] = {"id": request_id, "usage": usage}
+    finish = {"content": ""} if dialect in USAGE_ON_FINISH_CHUNK else {}
+    events.append(chunk([choice(finish, "stop")], **finish_extra))
+    if dialect == "openrouter" or (include_usage and dialect in USAGE_CHUNK_WHEN_ASKED):
+        events.append(chunk([], usage=usage))
+        if dialect == "x-ai":
+            # xAI may follow its usage with one more, empty chunk (LiteLLM #17136).
+            events.append(chunk([], usage=None))
+    events.append(b"data: [DONE]\n\n")
+    return events
 
 
 def _is_int(value: object) -> bool:

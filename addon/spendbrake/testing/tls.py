@@ -27,14 +27,29 @@ class TestPKI:
     server_key: Path
 
 
+# Every host the fake provider stands in for (an Azure OpenAI resource is named per customer;
+# the tests use this one), and localhost.
+AZURE_TEST_HOST = "spendbrake-test.openai.azure.com"
+PROVIDER_HOSTNAMES: tuple[str, ...] = (
+    "api.openai.com",
+    "api.anthropic.com",
+    "generativelanguage.googleapis.com",
+    "api.mistral.ai",
+    "api.groq.com",
+    "api.deepseek.com",
+    "api.x.ai",
+    "openrouter.ai",
+    "api.together.xyz",
+    "api.fireworks.ai",
+    "api.perplexity.ai",
+    AZURE_TEST_HOST,
+    "localhost",
+)
+
+
 def make_test_pki(
     directory: Path,
-    hostnames: Sequence[str] = (
-        "api.openai.com",
-        "api.anthropic.com",
-        "generativelanguage.googleapis.com",
-        "localhost",
-    ),
+    hostnames: Sequence[str] = PROVIDER_HOSTNAMES,
     ips: Sequence[str] = ("127.0.0.1",),
 ) -> TestPKI:
     """Write a fresh CA and a leaf certificate for `hostnames` + `ips` into `directory`."""
