@@ -30,6 +30,7 @@ from typing import Any
 import genai_prices
 import pytest
 from genai_prices.data_snapshot import get_snapshot
+from genai_prices.types import TieredPrices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -464,3 +465,105 @@ def test_the_hold_covers_the_worst_bill_for_any_prompt(
 
 def test_every_registry_provider_has_cases() -> None:
     assert {case.provider_id for case in CASES} == set(REGISTRY)
+
+
+# Long-context tiers: genai-prices prices every token at the dearer rate once the prompt passes a
+# threshold (200k for Gemini Pro and Claude Sonnet 4.5, 272k for GPT-5.4+, 100k for Haiku 5.5).
+
+
+def tier_start(case: Case) -> int | None:
+    """Where the case's input price turns dearer at its host, if it does."""
+    try:
+        info = SNAPSHOT.find_provider_model(case.model, None, case.provider_id, None)[1]
+    except LookupError:
+        return None
+    price = info.get_prices(NOW).input_mtok
+    return price.tiers[0].start if isinstance(price, TieredPrices) else None
+
+
+TIERED = [case for case in CASES if case.api != "responses" and tier_start(case) is not None]
+
+
+def test_the_tiered_models_are_found() -> None:
+    found = {(case.provider_id, case.model) for case in TIERED}
+    assert {("google", "gemini-2.5-pro"), ("anthropic", "claude-sonnet-4-5")} <= found
+    assert {("openai", "gpt-5.4"), ("x-ai", "grok-4.3"), ("anthropic", "claude-haiku-5-5")} <= found
+    assert ("openrouter", "google/gemini-2.5-pro") in found
+
+
+def at_prompt(case: Case, prompt: int, max_output: int) -> CallRequest:
+    return CallRequest(
+        model=case.model,
+        stream=False,
+        max_output=max_output,
+        choices=1,
+        service_tier=None,
+        prompt_texts=(),
+        fixed_prompt_tokens=prompt,
+    )
+
+
+@pytest.mark.parametrize("case", TIERED, ids=str)
+def test_a_tiered_model_is_held_at_the_tier_its_prompt_bound_falls_in(
+    case: Case, estimator: TokenEstimator
+) -> None:
+    start = tier_start(case)
+    assert start is not None
+    out = min(case.documented_max, 8_192)
+
+    def hold(prompt: int) -> int:
+        request = at_prompt(case, prompt, out)
+        return governor.estimate_call(
+            request, estimator, provider_id=case.provider_id, at=NOW
+        ).cost_nanos
+
+    def bill(prompt: int) -> int:
+        api, _, _ = build_request(case, "x", out, None)
+        usage = api.usage_from_json(worst_response(case, prompt, out, None))
+        assert usage is not None
+        return governor.actual_cost(usage, case.model, provider_id=case.provider_id, at=NOW)
+
+    under, over = hold(start), hold(start + 1)
+    assert under == listed_price_nanos(TokenCounts(start, output_tokens=out), *case_at(case))
+    assert over == listed_price_nanos(TokenCounts(start + 1, output_tokens=out), *case_at(case))
+    assert over > under * 3 // 2  # every token at the dearer rate, not only those past the line
+    # A hold just under the line covers every bill the host can send for it: its count of the
+    # prompt never passes the bound, so the bill stays under the line too.
+    for prompt in (start - 1_000, start - 1, start):
+        assert bill(prompt) <= under
+    assert bill(start + 1) <= over
+
+
+def case_at(case: Case) -> tuple[str, str]:
+    return case.model, case.provider_id
+
+
+@pytest.mark.parametrize(
+    ("case", "text"),
+    [
+        # o200k counts 180,000 tokens, under the line; Gemini may count 1.2x, above it.
+        (Case("google", "gemini-2.5-pro", "generate", 65_536), "Lorem ipsum dolor sit amet. "),
+        (Case("openrouter", "google/gemini-2.5-pro", "chat", 65_536), "Lorem ipsum dolor sit. "),
+        # Claude may count 1.45x: 140,000 o200k tokens are ~203,000 of Claude's.
+        (Case("anthropic", "claude-sonnet-4-5", "messages", 64_000), "The quick brown fox. "),
+        (Case("openrouter", "anthropic/claude-sonnet-4.5", "chat", 64_000), "Jumps over it. "),
+    ],
+    ids=str,
+)
+def test_a_prompt_under_the_line_by_tiktoken_but_not_by_the_host_is_held_above_it(
+    case: Case, text: str, estimator: TokenEstimator
+) -> None:
+    target = 180_000 if "gemini" in case.model else 140_000
+    repeated = text * (target // estimator.count(text * 100, "gpt-4o") * 100)
+    api, body, path = build_request(case, repeated, case.documented_max, None)
+    request = api.parse(body, path)
+    counted = sum(estimator.count(t, request.model) for t in request.prompt_texts)
+    assert counted + request.fixed_prompt_tokens < 200_000
+    hold = governor.estimate_call(request, estimator, provider_id=case.provider_id, at=NOW)
+    assert hold.prompt_tokens > 200_000  # held at the dearer tier
+    prompt = host_prompt_tokens(request, estimator, case.model)
+    assert prompt > 200_000  # and billed there
+    usage = api.usage_from_json(worst_response(case, prompt, case.documented_max, None))
+    assert usage is not None
+    actual = governor.actual_cost(usage, request.model, provider_id=case.provider_id, at=NOW)
+    assert hold.cost_nanos >= actual
