@@ -280,3 +280,17 @@ def test_limit_set_refuses_what_it_cannot_apply_and_writes_nothing(
         not (tmp_path / "ledger.db").exists()
         or query(tmp_path / "ledger.db", "SELECT * FROM limits") == []
     )
+
+
+def test_price_counts_a_per_request_fee_once() -> None:
+    code, output = run(
+        "price", "sonar", "--provider", "perplexity", "--input", "1007", "--output", "9"
+    )
+    assert code == 0, output
+    lines = [line.split(":", 1) for line in output.splitlines()[1:]]
+    figures = {label.strip(): value.strip() for label, value in lines}
+    # $1 per million input and output tokens, and $12 per thousand requests
+    assert figures["1,007 input tokens"] == "$0.001007"
+    assert figures["9 output tokens"] == "$0.000009"
+    assert figures["per request"] == "$0.012"
+    assert figures["together"] == "$0.013016"

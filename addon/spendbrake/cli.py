@@ -405,12 +405,15 @@ def price(
     pricer = Pricer(_load_config(config_path).prices)
     try:
         source = pricer.source(model, provider)
-        cost = (
-            pricer.cost_nanos(TokenCounts(input_tokens=input_tokens), model, provider_id=provider),
-            pricer.cost_nanos(
-                TokenCounts(output_tokens=output_tokens), model, provider_id=provider
-            ),
-        )
+
+        def cost(tokens: TokenCounts) -> int:
+            return pricer.cost_nanos(tokens, model, provider_id=provider)
+
+        # A per-request fee (Perplexity's) is in every figure once: shown on its own line.
+        fee = cost(TokenCounts())
+        inputs = cost(TokenCounts(input_tokens=input_tokens)) - fee
+        outputs = cost(TokenCounts(output_tokens=output_tokens)) - fee
+        together = cost(TokenCounts(input_tokens=input_tokens, output_tokens=output_tokens))
     except UnknownModel as e:
         raise click.ClickException(
             f'{e}; give it a price in the configuration\'s [prices."{model}"]'
@@ -420,9 +423,10 @@ def price(
     except UnknownModel:
         max_output = "unknown (requests must set their max output)"
     rows = [
-        (f"{input_tokens:,} input tokens", format_usd(cost[0])),
-        (f"{output_tokens:,} output tokens", format_usd(cost[1])),
-        ("together", format_usd(cost[0] + cost[1])),
+        (f"{input_tokens:,} input tokens", format_usd(inputs)),
+        (f"{output_tokens:,} output tokens", format_usd(outputs)),
+        *([("per request", format_usd(fee))] if fee else []),
+        ("together", format_usd(together)),
         ("maximum output", max_output),
     ]
     width = max(len(label) for label, _ in rows) + 1
