@@ -60,3 +60,26 @@ def test_usage_is_priced_as_the_deployment_not_the_snapshot_behind_it() -> None:
     assert usage is not None
     assert usage.model is None  # the requested deployment decides the price
     assert usage.tokens.input_tokens == 5
+
+
+def test_a_stream_is_priced_as_the_deployment_too_and_passes_unchanged() -> None:
+    api = classify_route(AZURE, "POST", DEPLOYMENT).api
+    assert api is not None
+    meter = api.stream_meter(strip_injected_usage=False)
+    chunk = {"model": "gpt-4o-2024-11-20", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+    usage = {
+        "model": "gpt-4o-2024-11-20",
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+    stream = (
+        b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in (chunk, usage))
+        + b"data: [DONE]\n\n"
+    )
+    passed = meter(stream)
+    meter(b"")
+    assert (passed if isinstance(passed, bytes) else b"".join(passed)) == stream
+    assert meter.usage is not None
+    assert meter.usage.model is None  # as for a plain response: the deployment decides
+    assert (meter.usage.tokens.input_tokens, meter.usage_is_final) == (5, True)
+    assert meter.relayed_text_bytes >= 2

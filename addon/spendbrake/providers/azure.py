@@ -46,7 +46,33 @@ class Deployment:
         return replace(usage, model=None) if usage is not None else None
 
     def stream_meter(self, *, strip_injected_usage: bool) -> StreamMeter:
-        return self.inner.stream_meter(strip_injected_usage=strip_injected_usage)
+        return DeploymentStreamMeter(
+            self.inner.stream_meter(strip_injected_usage=strip_injected_usage)
+        )
+
+
+class DeploymentStreamMeter:
+    """The inner API's meter, whose usage is priced as the deployment, like a plain response's:
+    a call costs the same streamed or not."""
+
+    def __init__(self, inner: StreamMeter) -> None:
+        self.inner = inner
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        return self.inner(chunk)
+
+    @property
+    def usage(self) -> MeteredUsage | None:
+        usage = self.inner.usage
+        return replace(usage, model=None) if usage is not None else None
+
+    @property
+    def usage_is_final(self) -> bool:
+        return self.inner.usage_is_final
+
+    @property
+    def relayed_text_bytes(self) -> int:
+        return self.inner.relayed_text_bytes
 
 
 def _with_model(body: bytes) -> bytes:

@@ -47,9 +47,14 @@ class StreamMeter(Protocol):
     short before its usage arrived.
     """
 
-    usage: MeteredUsage | None
-    usage_is_final: bool
-    relayed_text_bytes: int
+    @property
+    def usage(self) -> MeteredUsage | None: ...
+
+    @property
+    def usage_is_final(self) -> bool: ...
+
+    @property
+    def relayed_text_bytes(self) -> int: ...
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]: ...
 
