@@ -294,3 +294,9 @@ def test_price_counts_a_per_request_fee_once() -> None:
     assert figures["9 output tokens"] == "$0.000009"
     assert figures["per request"] == "$0.012"
     assert figures["together"] == "$0.013016"
+
+
+def test_price_shows_the_hosts_own_maximum_output() -> None:
+    code, groq = run("price", "openai/gpt-oss-120b", "--provider", "groq")
+    assert code == 0, groq
+    assert "maximum output:          65,536 tokens" in groq  # Groq caps it below other hosts

@@ -419,7 +419,7 @@ def price(
             f'{e}; give it a price in the configuration\'s [prices."{model}"]'
         ) from None
     try:
-        max_output = f"{pricer.max_output_tokens(model):,} tokens"
+        max_output = f"{pricer.max_output_tokens(model, provider):,} tokens"
     except UnknownModel:
         max_output = "unknown (requests must set their max output)"
     rows = [
