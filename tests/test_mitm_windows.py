@@ -129,3 +129,16 @@ async def test_a_run_time_limit_lifts_a_window_without_a_restart(
     state = flow_state(flow)
     assert state is not None
     assert state.call is not None
+
+
+async def test_block_all_refuses_every_metered_call_and_records_it(tmp_path: Path) -> None:
+    with configured_proxy(tmp_path, CONFIG) as proxy:
+        proxy.tctx.options.spendbrake_block_all = True
+        flow = await proxy.send(chat_flow())
+        rows = proxy.rows()
+    assert flow.response is not None
+    assert flow.response.status_code == 402
+    assert flow.response.headers["x-spendbrake-reason"] == "llm_calls_blocked"
+    assert flow.response.headers["x-should-retry"] == "false"
+    assert "this run allows no LLM calls (agent 'bot')" in error_of(flow)["message"]
+    assert [(r["state"], r["reason"]) for r in rows] == [("refused", "llm_calls_blocked")]

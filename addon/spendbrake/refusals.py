@@ -26,6 +26,7 @@ STATUS: dict[str, int] = {
     "unreadable_request": 400,
     "unknown_model": 400,
     "unmetered_route": 403,
+    "llm_calls_blocked": 402,
     "ledger_unavailable": 503,
     "internal_error": 500,
 }

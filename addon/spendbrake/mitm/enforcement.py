@@ -82,6 +82,13 @@ class Enforcement:
             "spendbrake ledger (SQLite file). Default: $SPENDBRAKE_LEDGER, else the config's "
             "'ledger', else ~/.local/share/spendbrake/ledger.db.",
         )
+        add(
+            "spendbrake_block_all",
+            bool,
+            False,
+            "Refuse every metered LLM call (402 llm_calls_blocked), e.g. for a test suite that "
+            "must never reach a real provider ('spendbrake run --block-all').",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not {"spendbrake_config", "spendbrake_ledger"} & updated and self.worker:
@@ -190,6 +197,13 @@ class Enforcement:
                 estimated_output_tokens=estimate.output_tokens if estimate else 0,
             )
 
+        if ctx.options.spendbrake_block_all:
+            blocked = Refusal(
+                "llm_calls_blocked",
+                f"spendbrake: this run allows no LLM calls (agent '{agent}'); the proxy was "
+                "started with --block-all, so no call reaches the provider",
+            )
+            return await self._refuse_recorded(intent(), blocked)
         try:
             body = flow.request.content or b""
             request = api.parse(body, flow.request.path)
