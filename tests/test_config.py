@@ -222,3 +222,12 @@ def test_a_price_can_name_the_published_model_it_is_priced_as(tmp_path: Path) ->
     assert config.prices["my-deployment"].price_as == "gpt-4o"
     with pytest.raises(ConfigError, match="price_as must be a model name"):
         load_config(write(tmp_path, '[prices."d"]\nprice_as = 4\n'))
+
+
+def test_server_tools_the_operator_allows_are_known_tools(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, 'allow_server_tools = ["web_search", "mcp"]\n'))
+    assert config.allow_server_tools == {"web_search", "mcp"}
+    with pytest.raises(ConfigError, match="allow_server_tools names 'web_serch'; the server tools"):
+        load_config(write(tmp_path, 'allow_server_tools = ["web_serch"]\n'))
+    with pytest.raises(ConfigError, match="must be a list"):
+        load_config(write(tmp_path, 'allow_server_tools = "web_search"\n'))

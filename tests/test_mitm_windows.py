@@ -142,3 +142,30 @@ async def test_block_all_refuses_every_metered_call_and_records_it(tmp_path: Pat
     assert flow.response.headers["x-should-retry"] == "false"
     assert "this run allows no LLM calls (agent 'bot')" in error_of(flow)["message"]
     assert [(r["state"], r["reason"]) for r in rows] == [("refused", "llm_calls_blocked")]
+
+
+WEB_SEARCH = [{"type": "web_search_preview"}]
+
+
+async def test_a_server_side_tool_is_refused_unless_the_operator_allows_it(
+    tmp_path: Path,
+) -> None:
+    path = "/v1/responses"
+    body = {"model": "gpt-4.1-mini", "input": "hi", "max_output_tokens": 10, "tools": WEB_SEARCH}
+    with configured_proxy(tmp_path, CONFIG) as proxy:
+        refused = await proxy.send(chat_flow(body, path=path, credentials=("researcher", "")))
+        rows = proxy.rows()
+    assert refused.response is not None
+    assert refused.response.status_code == 403
+    assert refused.response.headers["x-should-retry"] == "false"
+    error = error_of(refused)
+    assert error["code"] == "unmetered_tool"
+    assert "server-side tools of openai (web_search)" in error["message"]
+    assert 'allow_server_tools = ["web_search"]' in error["message"]
+    assert [(r["state"], r["reason"]) for r in rows] == [("refused", "unmetered_tool")]
+
+    allowing = CONFIG.replace('timezone = "Europe/Berlin"', 'allow_server_tools = ["web_search"]')
+    (tmp_path / "allowed").mkdir()
+    with configured_proxy(tmp_path / "allowed", allowing) as proxy:
+        allowed = await proxy.send(chat_flow(body, path=path, credentials=("researcher", "")))
+    assert allowed.response is None  # held and forwarded

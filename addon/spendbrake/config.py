@@ -45,7 +45,29 @@ _NOT_YET_ENFORCED = frozenset(
 _AGENT_KEYS = frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"})
 _GROUP_KEYS = frozenset({"daily_usd", "monthly_usd"})
 _TOP_KEYS = frozenset(
-    {"timezone", "ledger", "defaults", "agents", "groups", "prices", "allow_unmetered_routes"}
+    {
+        "timezone",
+        "ledger",
+        "defaults",
+        "agents",
+        "groups",
+        "prices",
+        "allow_unmetered_routes",
+        "allow_server_tools",
+    }
+)
+SERVER_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_fetch",
+        "code_execution",
+        "file_search",
+        "image_generation",
+        "mcp",
+        "url_context",
+        "google_maps",
+        "tool_search",
+    }
 )
 # Group names share the agent names' alphabet: they appear in messages and commands too.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -94,6 +116,8 @@ class Config:
     prices: Mapping[str, OverridePrice] = field(default_factory=dict)  # model (or "*") → price
     # "POST /v1/files", "POST /v1/uploads/*": routes on LLM hosts let through without metering.
     allow_unmetered_routes: tuple[str, ...] = ()
+    # Server-side tools let through although their per-use fees and results are not held.
+    allow_server_tools: frozenset[str] = frozenset()
     source: Path | None = None
 
     def allows_unmetered(self, method: str, path: str) -> bool:
@@ -208,6 +232,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         groups=groups,
         prices=prices,
         allow_unmetered_routes=_parse_routes(data.get("allow_unmetered_routes", []), where),
+        allow_server_tools=_parse_server_tools(data.get("allow_server_tools", []), where),
         source=source,
     )
 
@@ -224,6 +249,18 @@ def _parse_routes(value: object, where: str) -> tuple[str, ...]:
             '"POST /v1/uploads/*"]'
         )
     return tuple(value)
+
+
+def _parse_server_tools(value: object, where: str) -> frozenset[str]:
+    known = ", ".join(sorted(SERVER_TOOLS))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'{where}: allow_server_tools must be a list like ["web_search"]')
+    for name in value:
+        if name not in SERVER_TOOLS:
+            raise ConfigError(
+                f"{where}: allow_server_tools names {name!r}; the server tools are {known}"
+            )
+    return frozenset(value)
 
 
 def _parse_limits(table: object, where: str, section: str) -> AgentLimits:

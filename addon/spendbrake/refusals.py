@@ -27,6 +27,7 @@ STATUS: dict[str, int] = {
     "unknown_model": 400,
     "unmetered_route": 403,
     "llm_calls_blocked": 402,
+    "unmetered_tool": 403,
     "ledger_unavailable": 503,
     "internal_error": 500,
 }
@@ -150,3 +151,15 @@ def daily_budget_exceeded(
         f"To raise it: spendbrake limit set {totals.agent} --daily {suggestion}"
     )
     return Refusal("daily_budget_exceeded", message, retry_after_s=seconds)
+
+
+def unmetered_tool(tools: list[str], provider_id: str) -> Refusal:
+    listed = ", ".join(f'"{tool}"' for tool in tools)
+    message = (
+        f"spendbrake: this call enables server-side tools of {provider_id} ({', '.join(tools)}). "
+        "They are billed per use and add their results to the prompt, and nothing in the "
+        "request bounds either, so spendbrake cannot hold this call's worst case and does not "
+        "let it through. To allow them, accepting that their fees are not held in advance, "
+        f"list them in the configuration: allow_server_tools = [{listed}]"
+    )
+    return Refusal("unmetered_tool", message)

@@ -211,6 +211,12 @@ class Enforcement:
             return await self._refuse_recorded(
                 intent(), Refusal("unreadable_request", f"spendbrake: {e}")
             )
+        if unbounded := [
+            t for t in request.server_tools if t not in self.config.allow_server_tools
+        ]:
+            return await self._refuse_recorded(
+                intent(request), refusals.unmetered_tool(unbounded, provider.id)
+            )
         try:
             estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:

@@ -25,6 +25,7 @@ from spendbrake.providers.base import (
     load_json_object,
     required_model,
 )
+from spendbrake.providers.server_tools import anthropic_server_tools
 
 PROVIDER_ID = "anthropic"
 HOSTS = frozenset({"api.anthropic.com"})
@@ -82,6 +83,7 @@ def parse_messages_request(body: bytes) -> CallRequest:
         fixed_prompt_tokens=fixed,
         tokenizer="claude",
         cache_write=_cache_write_ttl(data),
+        server_tools=anthropic_server_tools(data),
     )
 
 

@@ -29,6 +29,7 @@ class CallRequest:
     tokenizer: str = "openai"  # "openai": tiktoken is exact; "claude"/"gemini": with a margin
     wants_usage_injection: bool = False  # the proxy must ask for usage the client did not
     cache_write: str | None = None  # "5m" / "1h": the prompt may be written to the cache
+    server_tools: tuple[str, ...] = ()  # tools the provider runs and bills per use (unbounded)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from spendbrake.providers.base import (
     int_at_least,
     load_json_object,
 )
+from spendbrake.providers.server_tools import gemini_server_tools
 
 PROVIDER_ID = "google"
 HOSTS = frozenset({"generativelanguage.googleapis.com"})
@@ -100,6 +101,7 @@ def parse_generate_request(body: bytes, path: str) -> CallRequest:
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
         tokenizer="gemini",
+        server_tools=gemini_server_tools(data),
     )
 
 

@@ -27,6 +27,7 @@ from spendbrake.providers.base import (
     load_json_object,
     required_model,
 )
+from spendbrake.providers.server_tools import openai_chat_server_tools
 from spendbrake.sse import EventSplitter
 
 PROVIDER_ID = "openai"
@@ -93,6 +94,7 @@ def parse_chat_request(body: bytes) -> CallRequest:
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
         wants_usage_injection=stream and not client_asked_for_usage,
+        server_tools=openai_chat_server_tools(data),
     )
 
 

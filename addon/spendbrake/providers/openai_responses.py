@@ -25,6 +25,7 @@ from spendbrake.providers.base import (
     load_json_object,
     required_model,
 )
+from spendbrake.providers.server_tools import openai_responses_server_tools
 
 RESPONSES = "/v1/responses"
 
@@ -92,6 +93,7 @@ def parse_responses_request(body: bytes, sizes: ResponseSizes) -> CallRequest:
         service_tier=tier if isinstance(tier, str) else None,
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
+        server_tools=openai_responses_server_tools(data),
     )
 
 
