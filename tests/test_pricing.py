@@ -209,3 +209,10 @@ def test_a_deployment_priced_as_a_published_model_costs_what_that_model_costs() 
     assert pricer.cost_nanos(tokens, "my-gpt4o", provider_id="azure") == published
     assert pricer.max_output_tokens("my-gpt4o") == 16_384
     assert pricer.source("my-gpt4o", "azure").endswith("priced as gpt-4o")
+
+
+def test_a_batch_result_is_priced_at_the_batch_rate() -> None:
+    tokens = TokenCounts(input_tokens=100_000, output_tokens=100_000)
+    standard = cost_nanos(tokens, "claude-sonnet-4-5", provider_id="anthropic")
+    batch = cost_nanos(tokens, "claude-sonnet-4-5", provider_id="anthropic", service_tier="batch")
+    assert (standard, batch) == (1_800_000_000, 900_000_000)  # $3 and $15 per M, then half

@@ -266,3 +266,16 @@ def test_the_error_shape_is_anthropics() -> None:
         "type": "error",
         "error": {"type": "billing_error", "message": "no"},
     }
+
+
+@pytest.mark.parametrize(("reported", "priced_as"), [("batch", "batch"), ("priority", None)])
+def test_only_the_batch_tier_is_carried_to_pricing(reported: str, priced_as: str | None) -> None:
+    usage = {"input_tokens": 5, "output_tokens": 2, "service_tier": reported}
+    plain = usage_from_message({"model": "claude-sonnet-4-5", "usage": usage})
+    assert plain is not None
+    assert plain.service_tier == priced_as
+    meter = MessagesStreamMeter()
+    start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": usage}}
+    meter(b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n")
+    assert meter.usage is not None
+    assert meter.usage.service_tier == priced_as

@@ -90,6 +90,8 @@ def _priced_model(model: str, provider_id: str | None) -> ModelInfo | None:
 
 
 def price_context(service_tier: str | None) -> PriceContext | None:
+    if service_tier == "batch":  # a batch result says so (Anthropic): about half price
+        return {"processing": "batch"}
     tier = _TIER_CONTEXT.get(service_tier or "")
     return {"service_tier": tier} if tier else None
 

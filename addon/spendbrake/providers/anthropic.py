@@ -163,7 +163,15 @@ def usage_from_message(obj: Any) -> MeteredUsage | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
         return None
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
-    return MeteredUsage(tokens=usage_tokens(obj["usage"]), model=model, service_tier=None)
+    return MeteredUsage(
+        tokens=usage_tokens(obj["usage"]), model=model, service_tier=billed_tier(obj["usage"])
+    )
+
+
+def billed_tier(usage: dict[str, Any]) -> str | None:
+    """Batch is the one tier Anthropic reports that has its own public price; its priority tier
+    is a capacity commitment without one, so it is priced as standard."""
+    return "batch" if usage.get("service_tier") == "batch" else None
 
 
 _MENTIONS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
@@ -193,7 +201,9 @@ class MessagesStreamMeter(UsageTap):
             self.usage_is_final = True  # message_start's output count is only a first figure
         else:
             return
-        self.usage = MeteredUsage(usage_tokens(self._fields), self._model, None)
+        self.usage = MeteredUsage(
+            usage_tokens(self._fields), self._model, billed_tier(self._fields)
+        )
 
 
 class Messages(ReportsUsageUnasked):
