@@ -207,6 +207,28 @@ def test_legacy_completions_default_to_16_tokens_and_bill_every_candidate() -> N
         parse_completions_request(b'{"model": "m", "prompt": {"a": 1}}')
 
 
+def test_legacy_completions_hold_every_answer_to_every_prompt_of_a_batch() -> None:
+    # A list of prompts is a batch: OpenAI answers each of them n times (best_of: generates
+    # best_of candidates for each), and bills every answer.
+    from spendbrake.providers.openai import parse_completions_request
+
+    texts = parse_completions_request(
+        b'{"model": "gpt-3.5-turbo-instruct", "prompt": ["a", "b", "c"], "max_tokens": 9}'
+    )
+    assert (texts.max_output, texts.choices) == (9, 3)
+    best = parse_completions_request(
+        b'{"model": "gpt-3.5-turbo-instruct", "prompt": ["a", "b"], "n": 2, "best_of": 3}'
+    )
+    assert best.choices == 2 * 3
+    ids = parse_completions_request(
+        b'{"model": "gpt-3.5-turbo-instruct", "prompt": [[1, 2], [3], [4]], "n": 2}'
+    )
+    assert (ids.choices, ids.fixed_prompt_tokens) == (3 * 2, 4)
+    # A flat list of token ids is one prompt.
+    one = parse_completions_request(b'{"model": "gpt-3.5-turbo-instruct", "prompt": [1, 2, 3]}')
+    assert one.choices == 1
+
+
 def test_embeddings_hold_their_input_only() -> None:
     from spendbrake.providers.openai_embeddings import (
         parse_embeddings_request,

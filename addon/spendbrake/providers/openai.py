@@ -100,20 +100,24 @@ def parse_chat_request(body: bytes) -> CallRequest:
 
 def parse_completions_request(body: bytes) -> CallRequest:
     """The legacy Completions API: ``prompt`` text (or token ids), ``max_tokens`` defaulting to
-    16, and ``best_of`` candidates generated (and billed) server-side of which ``n`` return."""
+    16, and ``best_of`` candidates generated (and billed) server-side of which ``n`` return.
+    A list of prompts (texts or token id lists) is a batch: each prompt gets all of them."""
     data = load_json_object(body)
     model = required_model(data)
     prompt = data.get("prompt")
     texts: list[str] = []
     fixed = 0
+    prompts = 1
     if isinstance(prompt, str):
         texts.append(prompt)
     elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         texts.extend(prompt)
+        prompts = max(len(prompt), 1)
     elif isinstance(prompt, list) and all(isinstance(p, int) for p in prompt):
         fixed = len(prompt)
     elif isinstance(prompt, list) and all(isinstance(p, list) for p in prompt):
         fixed = sum(len(p) for p in prompt)
+        prompts = max(len(prompt), 1)
     else:
         raise UnreadableRequest("prompt must be text, a list of texts, or token ids")
     if isinstance(data.get("suffix"), str):
@@ -131,7 +135,7 @@ def parse_completions_request(body: bytes) -> CallRequest:
         max_output=_LEGACY_DEFAULT_MAX_TOKENS
         if max_tokens is None
         else int_at_least(max_tokens, "max_tokens", minimum=0),
-        choices=max(n, generated),
+        choices=prompts * max(n, generated),
         service_tier=None,
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
