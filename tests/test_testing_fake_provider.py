@@ -754,6 +754,124 @@ def test_responses_stream_transcript(raw: httpx2.Client) -> None:
     assert raw.post("/v1/responses", content=b"not json").status_code == 400
 
 
+# -- OpenAI legacy Completions ----------------------------------------------------------------
+
+INSTRUCT = "gpt-3.5-turbo-instruct"
+INSTRUCT_SNAPSHOT = "gpt-3.5-turbo-instruct:20230824-v2"
+COMPLETION_TEXT = "\n\nScoops of happiness."
+
+
+def _completion_usage(usage: openai.types.CompletionUsage | None) -> tuple[int, int, int]:
+    assert usage is not None
+    return (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+
+def test_completions_non_stream_usage_follows_rule(
+    client: openai.OpenAI, provider: FakeProvider
+) -> None:
+    completion = client.completions.create(model=INSTRUCT, prompt="Say this is a test")  # 18
+    assert completion.id.startswith("cmpl-")
+    assert (completion.object, completion.model) == ("text_completion", INSTRUCT_SNAPSHOT)
+    # max_tokens defaults to 16 at OpenAI; the fake answers 9 tokens, so it stopped by itself.
+    (choice,) = completion.choices
+    assert (choice.index, choice.text, choice.finish_reason) == (0, COMPLETION_TEXT, "stop")
+    assert choice.logprobs is None
+    assert _completion_usage(completion.usage) == (7 + 18 // 4, 9, 11 + 9)
+    # Legacy usage has the three counts and nothing else.
+    assert json.loads(completion.to_json())["usage"] == {
+        "prompt_tokens": 11,
+        "completion_tokens": 9,
+        "total_tokens": 20,
+    }
+    (recorded,) = provider.requests
+    assert (recorded.method, recorded.path) == ("POST", "/v1/completions")
+
+
+def test_completions_bill_every_answer_to_every_prompt(client: openai.OpenAI) -> None:
+    # Two prompts (4 + 8 chars), two answers each, five tokens an answer.
+    batch = client.completions.create(
+        model=INSTRUCT, prompt=["abcd", "12345678"], n=2, max_tokens=5
+    )
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert {c.finish_reason for c in batch.choices} == {"length"}
+    assert _completion_usage(batch.usage) == (7 + 12 // 4, 4 * 5, 10 + 20)
+
+    # Token ids count one each; the suffix counts as prompt; best_of is not billed.
+    ids = client.completions.create(
+        model="davinci-002", prompt=[[1, 2, 3], [4, 5]], suffix="12345678", best_of=3
+    )
+    assert ids.model == "davinci-002"
+    assert len(ids.choices) == 2
+    assert _completion_usage(ids.usage) == (7 + 8 // 4 + 5, 2 * 9, 14 + 18)
+    flat = client.completions.create(model=INSTRUCT, prompt=[1, 2, 3], max_tokens=0)
+    assert _completion_usage(flat.usage) == (7 + 3, 0, 10)
+
+    overridden = client.completions.create(
+        model=INSTRUCT,
+        prompt="x",
+        extra_headers={"x-fake-usage-prompt": "1000", "x-fake-usage-completion": "250"},
+    )
+    assert _completion_usage(overridden.usage) == (1000, 250, 1250)
+
+
+def test_completions_stream_with_include_usage_ends_with_usage_chunk(
+    client: openai.OpenAI,
+) -> None:
+    chunks = list(
+        client.completions.create(
+            model=INSTRUCT,
+            prompt="12345678",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    *content_chunks, usage_chunk = chunks
+    assert usage_chunk.choices == []
+    assert _completion_usage(usage_chunk.usage) == (9, 4, 13)
+    # The other chunks say "usage": null, as OpenAI's do once usage was asked for.
+    assert all(c.to_dict()["usage"] is None for c in content_chunks)
+    assert all(c.object == "text_completion" for c in chunks)
+    assert {c.model for c in chunks} == {INSTRUCT_SNAPSHOT}
+    assert len({c.id for c in chunks}) == 1
+    assert "".join(c.choices[0].text for c in content_chunks) == COMPLETION_TEXT
+    assert [c.choices[0].finish_reason for c in content_chunks][-2:] == [None, "length"]
+
+
+def test_completions_stream_without_include_usage_has_no_usage(client: openai.OpenAI) -> None:
+    chunks = list(client.completions.create(model=INSTRUCT, prompt="hi", n=2, stream=True))
+    assert len(chunks) == 2 * 6  # five text deltas and a finish, for each of the two answers
+    assert all(len(c.choices) == 1 for c in chunks)
+    # Absent, not null: that is what OpenAI sends without include_usage.
+    assert all("usage" not in c.to_dict() for c in chunks)
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert "".join(choice.text for choice in mine) == COMPLETION_TEXT
+        assert [choice.finish_reason for choice in mine] == [None] * 5 + ["stop"]
+
+
+def test_completions_transcript(raw: httpx2.Client) -> None:
+    body = {"model": INSTRUCT, "prompt": "hi", "stream": True}
+    with raw.stream("POST", "/v1/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+    assert lines[-2:] == ["data: [DONE]", ""]
+    first = json.loads(lines[0].removeprefix("data: "))
+    # OpenAI's streamed text_completion puts the model after the choices.
+    assert list(first) == ["id", "object", "created", "choices", "model"]
+    assert first["choices"] == [
+        {"text": "\n\n", "index": 0, "logprobs": None, "finish_reason": None}
+    ]
+    plain = raw.post("/v1/completions", json={"model": INSTRUCT, "prompt": "hi"}).json()
+    assert list(plain) == ["id", "object", "created", "model", "choices", "usage"]
+
+    for bad in ({"model": INSTRUCT}, {"model": INSTRUCT, "prompt": [1, "a"]}):
+        refused = raw.post("/v1/completions", json=bad)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "prompt"
+    assert raw.post("/v1/completions", content=b"not json").status_code == 400
+
+
 # -- OpenAI Embeddings ------------------------------------------------------------------------
 
 EMBEDDING = [0.0023064255, -0.009327292, 0.015797377]

@@ -6,6 +6,7 @@ Server side is stdlib only so it behaves the same wherever the tests run. Run st
 
 Routes:
   POST /v1/chat/completions          OpenAI Chat Completions (stream and non-stream)
+  POST /v1/completions               OpenAI legacy Completions (stream and non-stream)
   POST /v1/responses                 OpenAI Responses (stream and non-stream)
   POST /v1/embeddings                OpenAI Embeddings (float or base64 vectors)
   POST /v1/messages                  Anthropic Messages (stream and non-stream)
@@ -42,10 +43,14 @@ and for Gemini routes, Azure's on Azure, OpenAI's elsewhere). Gemini's API key (
 or ?key=) is ignored.
 
 Usage is deterministic. OpenAI: prompt_tokens = 7 + chars(message text) // 4, completion_tokens =
-min(max_completion_tokens or max_tokens, 9). Anthropic: input_tokens = 7 + chars(system + message
-text) // 4, output_tokens = min(max_tokens, 9), cache fields 0. Responses: input_tokens = 7 +
-chars(instructions + input text) // 4, output_tokens = min(max_output_tokens or 9, 9), cached and
-reasoning tokens 0. Embeddings: prompt_tokens = sum over inputs of 1 + chars // 4. Gemini:
+min(max_completion_tokens or max_tokens, 9). Legacy Completions: prompt_tokens = 7 + chars(prompt
+texts + suffix) // 4 + the number of token ids, completion_tokens = min(max_tokens (default 16), 9)
+per choice, a choice being one of the n answers to each prompt of a list (best_of is not billed);
+a stream ends with a usage chunk only when asked, as Chat Completions'. Anthropic: input_tokens =
+7 + chars(system + message text) // 4, output_tokens = min(max_tokens, 9), cache fields 0.
+Responses: input_tokens = 7 + chars(instructions + input text) // 4, output_tokens =
+min(max_output_tokens or 9, 9), cached and reasoning tokens 0. Embeddings: prompt_tokens = sum
+over inputs of 1 + chars // 4. Gemini:
 promptTokenCount = 7 + chars(systemInstruction + contents text parts) // 4, candidatesTokenCount =
 min(generationConfig.maxOutputTokens or 9, 9) per candidate (times generationConfig.candidateCount),
 totalTokenCount = prompt + candidates + thoughts; streams carry a partial usage snapshot (prompt and
@@ -116,7 +121,7 @@ from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qs, urlsplit
 
 from spendbrake.testing.tls import TestPKI, make_test_pki
@@ -143,6 +148,10 @@ RESPONSES_TEXT = "".join(RESPONSES_DELTAS)
 # Values of x-fake-responses-end: the terminal status (and event suffix) each one gives.
 RESPONSES_ENDS = ("completed", "incomplete", "failed")
 
+# Legacy Completions: the text of every answer, and how a stream splits it.
+COMPLETIONS_DELTAS: tuple[str, ...] = ("\n\n", "Scoops", " of", " happiness", ".")
+COMPLETIONS_TEXT = "".join(COMPLETIONS_DELTAS)
+
 # Embeddings: every input gets this vector (float32-exact enough for the SDK's base64 decoding).
 EMBEDDING_VECTOR: tuple[float, ...] = (0.0023064255, -0.009327292, 0.015797377)
 
@@ -161,6 +170,7 @@ GEMINI_METHODS = ("generateContent", "streamGenerateContent", "countTokens")
 MODEL_SNAPSHOTS: dict[str, str] = {
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-3.5-turbo-instruct": "gpt-3.5-turbo-instruct:20230824-v2",
 }
 
 # OpenAI-compatible hosts (reference §3.6), told apart by the Host header: the dialect each
@@ -406,6 +416,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and path == "/v1/chat/completions":
             self._chat_completions(body)
             return
+        if self.command == "POST" and path == "/v1/completions":
+            self._completions(body)
+            return
         if self.command == "POST" and path == "/v1/responses":
             self._responses(body)
             return
@@ -565,6 +578,95 @@ class _Handler(BaseHTTPRequestHandler):
             events.append(chunk([], len(events), usage))
         events.append(b"data: [DONE]\n\n")
         self._send_sse(events)
+
+    # -- legacy completions ----------------------------------------------------------------
+
+    def _completions(self, body: bytes) -> None:
+        payload = self._openai_payload(body)
+        if payload is None:
+            return
+        prompts = _completion_prompts(payload.get("prompt"))
+        if prompts is None:
+            error = _error(
+                "'prompt' must be a string, a list of strings, a list of token ids or a list "
+                "of token id lists (fake provider)",
+                "invalid_request_error",
+            )
+            error["error"]["param"] = "prompt"
+            self._send_json(400, error)
+            return
+        n = payload.get("n")
+        # The answers come prompt by prompt, n to each: choice i*n+j is prompt i's j-th.
+        choices = len(prompts) * (n if _is_int(n) and n > 0 else 1)
+        max_tokens = payload.get("max_tokens")
+        limit = max_tokens if _is_int(max_tokens) and max_tokens >= 0 else 16  # the API's default
+        per_choice = min(limit, MAX_COMPLETION_TOKENS)
+        usage = self._completions_usage(payload, prompts, per_choice * choices)
+        finish_reason = "length" if per_choice == limit else "stop"
+        model = str(payload.get("model", ""))
+        model = MODEL_SNAPSHOTS.get(model, model)
+        ident = f"cmpl-{uuid.uuid4().hex[:29]}"
+        created = int(time.time())
+
+        def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
+            return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+
+        if payload.get("stream") is not True:
+            # Key order as OpenAI sends it.
+            completion_object = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice(i, COMPLETIONS_TEXT, finish_reason) for i in range(choices)],
+                "usage": usage,
+            }
+            self._send_json(200, completion_object)
+            return
+
+        options = payload.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+
+        def chunk(chunk_choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            # A streamed chunk: the model after the choices, as OpenAI sends it.
+            obj: dict[str, Any] = {
+                "id": ident,
+                "object": "text_completion",
+                "created": created,
+                "choices": chunk_choices,
+                "model": model,
+            }
+            if include_usage:
+                obj["usage"] = None  # every chunk but the last, once the client asked
+            obj.update(extra)
+            return b"data: " + _dumps(obj) + b"\n\n"
+
+        events = [
+            chunk([choice(i, delta, None)]) for delta in COMPLETIONS_DELTAS for i in range(choices)
+        ]
+        events += [chunk([choice(i, "", finish_reason)]) for i in range(choices)]
+        if include_usage:
+            events.append(chunk([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+        self._send_sse(events)
+
+    def _completions_usage(
+        self, payload: dict[str, Any], prompts: list[str | list[int]], completion: int
+    ) -> dict[str, int]:
+        suffix = payload.get("suffix")
+        chars = sum(len(p) for p in prompts if isinstance(p, str))
+        chars += len(suffix) if isinstance(suffix, str) else 0
+        ids = sum(len(p) for p in prompts if isinstance(p, list))
+        prompt = _int_header_or(
+            self.headers.get("x-fake-usage-prompt"), BASE_PROMPT_TOKENS + chars // 4 + ids
+        )
+        completion = _int_header_or(self.headers.get("x-fake-usage-completion"), completion)
+        # OpenAI's legacy usage: the three counts, no details.
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
 
     # -- OpenAI-compatible hosts and Azure OpenAI ------------------------------------------
 
@@ -1162,6 +1264,22 @@ def _content_chars(messages: object) -> int:
     return total
 
 
+def _completion_prompts(prompt: object) -> list[str | list[int]] | None:
+    """A legacy Completions `prompt` as its list of prompts (texts or token id lists), or None
+    when it is none of the shapes the API takes."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if all(_is_int(p) for p in prompt):
+        return [list(prompt)]
+    if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+        return list(prompt)
+    return None
+
+
 def _input_chars(input_: object) -> int:
     """Characters of text in a Responses `input`: a string or a list of items.
 
@@ -1487,7 +1605,7 @@ def _compatible_stream(
     return events
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
