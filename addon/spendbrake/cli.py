@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -294,6 +295,32 @@ def report(config_path: Path | None, ledger_path: Path | None, days: int, as_jso
 @main.group()
 def limit() -> None:
     """Change limits at run time (the running proxy applies them on the next call)."""
+
+
+@main.command()
+@_config_and_ledger_options
+@click.argument("agent")
+def resume(config_path: Path | None, ledger_path: Path | None, agent: str) -> None:
+    """Lift an agent's suspension (a loop, repeated failures, a burn rate); its loop and burn
+    history start over. The running proxy lets its next call through.
+
+    \b
+    Example:
+        spendbrake resume research-bot
+    """
+    actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    ledger = _open_ledger(ledger_path, _load_config(config_path))
+    try:
+        reason = ledger.suspended_agents().get(agent)
+        lifted = ledger.resume(agent, actor=actor)
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        ledger.close()
+    if lifted:
+        click.echo(f"{agent}: resumed (it was suspended for {reason}); recorded as done by {actor}")
+    else:
+        click.echo(f"{agent}: was not suspended; its loop and failure history start over")
 
 
 @limit.command("set")

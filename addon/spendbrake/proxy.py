@@ -7,9 +7,11 @@ either the addons load and accept their configuration, or the proxy does not sta
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from mitmproxy import options
 from mitmproxy.tools import cmdline
@@ -38,9 +40,15 @@ def mitmdump_arguments(
     ledger: Path,
     sets: Sequence[str] = (),
     scripts: Sequence[str] = (),
+    upstream_proxy: str | None = None,
 ) -> list[str]:
     """mitmdump's command line. A user's ``--set`` replaces spendbrake's own value of that
-    option: mitmproxy refuses two values for one option, so both cannot be passed."""
+    option: mitmproxy refuses two values for one option, so both cannot be passed.
+
+    ``upstream_proxy`` (``http://[user:pass@]host:port``) sends every connection on through
+    that proxy (mitmproxy's upstream mode). Its credentials are left out of the command line,
+    which any local user can read: see ``upstream_auth``.
+    """
     own = {
         "confdir": str(confdir),
         "spendbrake_ledger": str(ledger),
@@ -52,6 +60,8 @@ def mitmdump_arguments(
     }
     if config is not None:
         own["spendbrake_config"] = str(config)
+    if upstream_proxy:
+        own["mode"] = upstream_mode(upstream_proxy)
     users = {setting.partition("=")[0].strip() for setting in sets}
     arguments = ["--listen-host", listen_host, "--listen-port", str(listen_port)]
     for name, value in own.items():
@@ -64,6 +74,39 @@ def mitmdump_arguments(
     return arguments
 
 
+def _split_proxy_url(url: str) -> tuple[str, str, int, str | None]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise ValueError(
+            f"the upstream proxy must be http://HOST:PORT or https://HOST:PORT, not {url!r}"
+        )
+    credentials = None
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    default_port = 443 if parts.scheme == "https" else 80  # as Python's clients assume
+    return parts.scheme, parts.hostname, port or default_port, credentials
+
+
+def upstream_mode(url: str) -> str:
+    """mitmproxy's ``mode`` for an upstream proxy URL, without its credentials (a mode spec
+    cannot carry them: mitmproxy reads ``@`` as the start of a listen address)."""
+    scheme, host, port, _ = _split_proxy_url(url)
+    return f"upstream:{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def upstream_auth(url: str) -> str | None:
+    """The ``user:password`` of an upstream proxy URL, for mitmproxy's ``upstream_auth``."""
+    return _split_proxy_url(url)[3]
+
+
 def run_proxy(arguments: Sequence[str]) -> None:
     """Run until SIGINT/SIGTERM; exits the process with status 1 on a bad option."""
     mitm_main.run(SpendbrakeMaster, cmdline.mitmdump, list(arguments))
+
+
+if __name__ == "__main__":  # `spendbrake run` starts its proxy so, with arguments built above
+    run_proxy(sys.argv[1:])
