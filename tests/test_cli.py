@@ -3,13 +3,16 @@
 import json
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ledger_hammer import query
+from spendbrake.brakes import Brake
 from spendbrake.cli import main
+from spendbrake.sqlite_brakes import suspend
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 
@@ -300,3 +303,30 @@ def test_price_shows_the_hosts_own_maximum_output() -> None:
     code, groq = run("price", "openai/gpt-oss-120b", "--provider", "groq")
     assert code == 0, groq
     assert "maximum output:          65,536 tokens" in groq  # Groq caps it below other hosts
+
+
+def test_resume_lifts_a_suspension_and_records_who_did_it(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    with ledger.db.conn:
+        suspend(
+            ledger.db.conn, "research-bot", Brake("loop_detected", "8 times"), datetime.now(UTC)
+        )
+    ledger.close()
+    _, before = run("status", "--json", "--config", str(config))
+    assert json.loads(before)["agents"][0]["state"] == "suspended"
+
+    monkeypatch.setenv("USER", "alice")
+    code, output = run("resume", "research-bot", "--config", str(config))
+    assert (code, output) == (
+        0,
+        "research-bot: resumed (it was suspended for loop_detected); recorded as done by alice\n",
+    )
+    _, after = run("status", "--json", "--config", str(config))
+    assert json.loads(after)["agents"][0]["state"] == "ok"
+    events = query(tmp_path / "ledger.db", "SELECT kind, actor FROM events ORDER BY id")
+    assert events == [("suspended", "spendbrake"), ("resumed", "alice")]
+    assert run("resume", "research-bot", "--config", str(config))[1].endswith(
+        "was not suspended; its loop and failure history start over\n"
+    )

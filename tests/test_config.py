@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from spendbrake.brakes import Brakes
 from spendbrake.config import (
     DEFAULT_DAILY_NANOS,
+    Config,
     ConfigError,
     load_config,
     resolve_config_path,
@@ -48,8 +50,8 @@ def test_unknown_keys_are_errors_naming_key_and_file(tmp_path: Path) -> None:
 
 
 def test_limits_this_version_cannot_enforce_are_refused_not_ignored(tmp_path: Path) -> None:
-    path = write(tmp_path, "[defaults]\ncalls_per_minute = 20\n")
-    with pytest.raises(ConfigError, match=r"defaults\.calls_per_minute is not enforced"):
+    path = write(tmp_path, "[defaults]\ncap_output = true\n")
+    with pytest.raises(ConfigError, match=r"defaults\.cap_output is not enforced"):
         load_config(path)
 
 
@@ -231,3 +233,52 @@ def test_server_tools_the_operator_allows_are_known_tools(tmp_path: Path) -> Non
         load_config(write(tmp_path, 'allow_server_tools = ["web_serch"]\n'))
     with pytest.raises(ConfigError, match="must be a list"):
         load_config(write(tmp_path, 'allow_server_tools = "web_search"\n'))
+
+
+def test_loop_and_backoff_brakes_are_on_by_default_and_the_others_off(tmp_path: Path) -> None:
+    assert Config().brakes("anyone") == Brakes(
+        loop_repeats=8, loop_window_s=60, backoff_steps_s=(1, 5)
+    )
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            calls_per_minute = 60
+            backoff_steps_s = [2]
+
+            [agents.research-bot]
+            loop_repeats = 0          # off
+            backoff_steps_s = []      # off
+            tokens_per_minute = 200000
+            max_concurrent = 8
+            burn_usd_per_min = 1.00
+            loop_window_s = 30
+            """,
+        )
+    )
+    assert config.brakes("research-bot") == Brakes(
+        loop_repeats=None,
+        loop_window_s=30,
+        backoff_steps_s=(),
+        calls_per_minute=60,
+        tokens_per_minute=200_000,
+        max_concurrent=8,
+        burn_nanos_per_min=1_000_000_000,
+    )
+    assert config.brakes("other").backoff_steps_s == (2,)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[defaults]\nloop_repeats = 1\n", "would refuse every request"),
+        ("[defaults]\ncalls_per_minute = -1\n", r"must be a whole number >= 0 \(0 turns it off\)"),
+        ("[defaults]\nloop_window_s = 0\n", "must be a whole number >= 1"),
+        ("[defaults]\nbackoff_steps_s = [1, 600]\n", "a list of waits in seconds"),
+        ("[defaults]\nmax_concurrent = true\n", "must be a whole number"),
+    ],
+)
+def test_bad_brakes_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))

@@ -169,3 +169,43 @@ async def test_a_server_side_tool_is_refused_unless_the_operator_allows_it(
     with configured_proxy(tmp_path / "allowed", allowing) as proxy:
         allowed = await proxy.send(chat_flow(body, path=path, credentials=("researcher", "")))
     assert allowed.response is None  # held and forwarded
+
+
+BRAKES_CONFIG = """
+[agents.looper]
+loop_repeats = 3
+
+[agents.hasty]
+calls_per_minute = 1
+"""
+
+
+async def test_a_loop_is_answered_423_and_the_agent_stays_suspended(tmp_path: Path) -> None:
+    with configured_proxy(tmp_path, BRAKES_CONFIG) as proxy:
+        for _ in range(2):
+            await forwarded_and_settled(proxy, chat_flow(credentials=("looper", "")))
+        looped = await proxy.send(chat_flow(credentials=("looper", "")))
+        other = await proxy.send(chat_flow(chat_body(max_tokens=5), credentials=("looper", "")))
+    assert looped.response is not None
+    assert looped.response.status_code == 423
+    assert looped.response.headers["x-should-retry"] == "false"
+    assert looped.response.headers["x-spendbrake-reason"] == "loop_detected"
+    assert "spendbrake resume looper" in error_of(looped)["message"]
+    assert other.response is not None
+    assert other.response.status_code == 423
+    assert error_of(other)["code"] == "agent_suspended"
+    assert "human intervention required" in error_of(other)["message"]
+
+
+async def test_over_the_calls_per_minute_the_agent_is_told_when_to_retry(tmp_path: Path) -> None:
+    with configured_proxy(tmp_path, BRAKES_CONFIG) as proxy:
+        await forwarded_and_settled(proxy, chat_flow(credentials=("hasty", "")))
+        limited = await proxy.send(chat_flow(chat_body(max_tokens=5), credentials=("hasty", "")))
+    assert limited.response is not None
+    assert limited.response.status_code == 429
+    headers = limited.response.headers
+    assert "x-should-retry" not in headers  # the SDKs wait and retry by themselves
+    assert 55 <= int(headers["retry-after"]) <= 60
+    assert int(headers["retry-after-ms"]) == int(headers["retry-after"]) * 1000
+    assert error_of(limited)["code"] == "rate_limited"
+    assert "1 call in the last minute, the limit is 1" in error_of(limited)["message"]

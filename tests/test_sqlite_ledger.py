@@ -116,6 +116,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m003_estimates_beside_actuals"),
         ("spendbrake", "m004_day_totals_kept_by_triggers"),
         ("spendbrake", "m005_monthly_group_and_session_windows"),
+        ("spendbrake", "m006_brakes"),
     ]
 
     for _ in range(2):
@@ -226,6 +227,7 @@ CALL_COLUMNS = {
     "estimated_input_tokens",
     "estimated_output_tokens",
     "grp",
+    "fingerprint",
 }
 
 
@@ -234,7 +236,16 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         return {str(name) for _, name, *_ in query(path, f"PRAGMA table_info({table})")}
 
     tables = {str(t) for (t,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"calls", "day_totals", "window_totals", "limits", "_sqlite_migrations"}
+    assert tables == {
+        "calls",
+        "day_totals",
+        "window_totals",
+        "limits",
+        "agent_state",
+        "suspensions",
+        "events",
+        "_sqlite_migrations",
+    }
     assert columns("calls") == CALL_COLUMNS
     assert columns("day_totals") == {
         "agent",

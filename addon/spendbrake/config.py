@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendbrake.brakes import Brakes
 from spendbrake.ledger import Limits
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
 from spendbrake.pricing import OverridePrice
@@ -27,22 +28,21 @@ LEDGER_ENV = "SPENDBRAKE_LEDGER"
 
 # Keys DESIGN.md reserves for brakes this version does not enforce yet. Accepting them silently
 # would let an operator believe a limit is in force that is not, so they are refused by name.
-_NOT_YET_ENFORCED = frozenset(
+_NOT_YET_ENFORCED = frozenset({"monthly_tokens", "downgrade_below", "downgrade", "cap_output"})
+_BRAKE_KEYS = frozenset(
     {
         "calls_per_minute",
         "tokens_per_minute",
         "max_concurrent",
-        "monthly_tokens",
-        "downgrade_below",
-        "downgrade",
-        "cap_output",
         "loop_repeats",
         "loop_window_s",
         "backoff_steps_s",
         "burn_usd_per_min",
     }
 )
-_AGENT_KEYS = frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"})
+_AGENT_KEYS = (
+    frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"}) | _BRAKE_KEYS
+)
 _GROUP_KEYS = frozenset({"daily_usd", "monthly_usd"})
 _TOP_KEYS = frozenset(
     {
@@ -96,6 +96,14 @@ class AgentLimits:
     session_nanos: int | None = None
     session_tokens: int | None = None
     group: str | None = None
+    # Brakes: None inherits; 0 (or [] for backoff steps) turns a brake off.
+    loop_repeats: int | None = None
+    loop_window_s: int | None = None
+    backoff_steps_s: tuple[int, ...] | None = None
+    calls_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    burn_nanos_per_min: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,30 @@ class Config:
             group=group if isinstance(group, str) else "",
             group_daily_nanos=shared.daily_nanos if shared else None,
             group_monthly_nanos=shared.monthly_nanos if shared else None,
+        )
+
+    def brakes(self, agent: str) -> Brakes:
+        """The agent's brakes: its own settings, else [defaults], else the built-in ones (loop
+        and backoff on, the others off)."""
+        built_in = Brakes()
+
+        def setting(name: str, fallback: int | None) -> int | None:
+            value = self._int_setting(agent, name)
+            return fallback if value is None else (value or None)  # 0 turns it off
+
+        own = self.agents.get(agent)
+        steps = own.backoff_steps_s if own and own.backoff_steps_s is not None else None
+        if steps is None:
+            steps = self.defaults.backoff_steps_s
+        window = self._int_setting(agent, "loop_window_s")
+        return Brakes(
+            loop_repeats=setting("loop_repeats", built_in.loop_repeats),
+            loop_window_s=window if window is not None else built_in.loop_window_s,
+            backoff_steps_s=built_in.backoff_steps_s if steps is None else steps,
+            calls_per_minute=setting("calls_per_minute", None),
+            tokens_per_minute=setting("tokens_per_minute", None),
+            max_concurrent=setting("max_concurrent", None),
+            burn_nanos_per_min=setting("burn_nanos_per_min", None),
         )
 
     def _setting(self, agent: str, name: str) -> int | str | None:
@@ -279,7 +311,46 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
         session_nanos=_usd(table, "session_usd", where, section),
         session_tokens=_tokens(table, "session_tokens", where, section),
         group=group,
+        loop_repeats=_count(table, "loop_repeats", where, section, allow_zero=True),
+        loop_window_s=_count(table, "loop_window_s", where, section),
+        backoff_steps_s=_steps(table, "backoff_steps_s", where, section),
+        calls_per_minute=_count(table, "calls_per_minute", where, section, allow_zero=True),
+        tokens_per_minute=_count(table, "tokens_per_minute", where, section, allow_zero=True),
+        max_concurrent=_count(table, "max_concurrent", where, section, allow_zero=True),
+        burn_nanos_per_min=_usd(table, "burn_usd_per_min", where, section),
     )
+
+
+def _count(
+    table: Mapping[str, Any], key: str, where: str, section: str, *, allow_zero: bool = False
+) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    lowest = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        off = " (0 turns it off)" if allow_zero else ""
+        raise ConfigError(f"{where}: {section}.{key} must be a whole number >= {lowest}{off}")
+    if key == "loop_repeats" and value == 1:
+        raise ConfigError(
+            f"{where}: {section}.loop_repeats = 1 would refuse every request; use 2 or more "
+            "(0 turns loop detection off)"
+        )
+    return value
+
+
+def _steps(table: Mapping[str, Any], key: str, where: str, section: str) -> tuple[int, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 60 for v in value
+    ):
+        raise ConfigError(
+            f"{where}: {section}.{key} must be a list of waits in seconds (0-60), like [1, 5]; "
+            "[] turns the backoff brake off"
+        )
+    return tuple(value)
 
 
 def _parse_group(name: str, table: object, where: str, section: str) -> GroupLimits:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from spendbrake.brakes import NO_BRAKES, Brake, Brakes
+
 
 class LedgerUnavailable(RuntimeError):
     """The ledger could not be read or written; the call must not go out (fail closed)."""
@@ -35,6 +37,7 @@ class CallIntent:
     started_at: datetime
     estimated_input_tokens: int = 0  # the worst case behind the hold, kept beside the actual
     estimated_output_tokens: int = 0
+    fingerprint: str = ""  # of the request's model and prompt: the same request, the same value
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,23 @@ class HoldRefused:
 
 
 @dataclass(frozen=True)
+class HoldBraked:
+    """A brake stopped the call before any money window was checked."""
+
+    call_id: int  # recorded as a refused row
+    brake: Brake
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    agent: str
+    kind: str  # suspended, resumed
+    detail: str
+    actor: str
+
+
+@dataclass(frozen=True)
 class Settlement:
     actual_nanos: int
     tokens: TokenCounts
@@ -150,10 +170,12 @@ class Ledger(Protocol):
         amount_nanos: int,
         configured_limit: int,
         limits: Limits = NO_MORE_LIMITS,
-    ) -> HoldGranted | HoldRefused:
-        """Atomically check spent + held + amount against the day's limit and every other
-        window in ``limits`` (the intent's estimated tokens against the session's tokens), and
-        hold it in all of them."""
+        brakes: Brakes = NO_BRAKES,
+    ) -> HoldGranted | HoldRefused | HoldBraked:
+        """Atomically check the agent's brakes, then spent + held + amount against the day's
+        limit and every other window in ``limits`` (the intent's estimated tokens against the
+        session's tokens), and hold it in all of them. A brake that suspends the agent does so
+        in the same transaction."""
         ...
 
     def refuse(self, intent: CallIntent, reason: str) -> int:
@@ -176,6 +198,17 @@ class Ledger(Protocol):
         ...
 
     def daily_limit_overrides(self) -> dict[str, int]: ...
+
+    def resume(self, agent: str, actor: str) -> bool:
+        """Lift the agent's suspension (its loop and burn history start over); False if it was
+        not suspended."""
+        ...
+
+    def suspended_agents(self) -> dict[str, str]:
+        """Suspended agent → the reason code."""
+        ...
+
+    def events(self, agent: str | None = None, limit: int = 100) -> list[Event]: ...
 
     def agents_with_activity(self, day: str) -> list[str]: ...
 

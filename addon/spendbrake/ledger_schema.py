@@ -276,3 +276,64 @@ def m005_monthly_group_and_session_windows(db: sqlite_utils.Database) -> None:
         GROUP BY scope, name, period
         """
     )
+
+
+@migrations()
+def m006_brakes(db: sqlite_utils.Database) -> None:
+    """What the brakes read: each call's request fingerprint (loops), each agent's run of
+    upstream failures (backoff), suspensions until a person resumes, and an event log."""
+    db.execute("ALTER TABLE calls ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX calls_agent_fingerprint ON calls (agent, fingerprint, started_at)")
+    db.execute("CREATE INDEX calls_agent_started ON calls (agent, started_at)")
+    db.execute(
+        """
+        CREATE TABLE agent_state (
+            agent TEXT PRIMARY KEY,
+            consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            last_failure_at TEXT,
+            resumed_at TEXT NOT NULL DEFAULT ''  -- loops and burn count calls after this only
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE suspensions (
+            agent TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,  -- the refusal code of the brake that suspended the agent
+            detail TEXT NOT NULL,
+            since TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,  -- suspended, resumed, limit_set...
+            detail TEXT NOT NULL,
+            actor TEXT NOT NULL  -- "spendbrake" for a brake, else the person who acted
+        )
+        """
+    )
+    # An upstream failure extends the agent's run of failures; a success ends it.
+    db.execute(
+        """
+        CREATE TRIGGER calls_settle_counts_failures AFTER UPDATE OF state ON calls
+        WHEN OLD.state = 'held' AND NEW.state = 'settled'
+            AND (NEW.outcome = 'ok' OR NEW.outcome IN ('upstream_error', 'upstream_unreachable'))
+        BEGIN
+            INSERT INTO agent_state (agent, consecutive_failures, last_failure_at)
+            VALUES (
+                NEW.agent,
+                NEW.outcome <> 'ok',
+                CASE WHEN NEW.outcome <> 'ok' THEN NEW.settled_at END
+            )
+            ON CONFLICT (agent) DO UPDATE SET
+                consecutive_failures = CASE WHEN NEW.outcome = 'ok' THEN 0
+                    ELSE consecutive_failures + 1 END,
+                last_failure_at = COALESCE(excluded.last_failure_at, last_failure_at);
+        END
+        """
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from spendbrake.brakes import Brake
 from spendbrake.ledger import DayTotals, HoldRefused, WindowUse
 from spendbrake.money import format_usd
 
@@ -163,3 +164,27 @@ def unmetered_tool(tools: list[str], provider_id: str) -> Refusal:
         f"list them in the configuration: allow_server_tools = [{listed}]"
     )
     return Refusal("unmetered_tool", message)
+
+
+def braked(brake: Brake, agent: str) -> Refusal:
+    """The refusal of a call a brake stopped: what the brake saw, and what lifts it."""
+    if brake.code == "loop_detected":
+        message = (
+            f"spendbrake: loop detected for agent '{agent}': {brake.detail}. The agent is "
+            f"suspended until a person resumes it: spendbrake resume {agent}"
+        )
+    elif brake.code == "agent_suspended":
+        message = (
+            f"spendbrake: agent '{agent}' is suspended ({brake.detail}); human intervention "
+            f"required. To lift it: spendbrake resume {agent}"
+        )
+    elif brake.code == "backoff":
+        message = f"spendbrake: backing off agent '{agent}': {brake.detail}"
+    elif brake.retry_after_s is None:
+        message = f"spendbrake: rate limit for agent '{agent}': {brake.detail}; it cannot pass"
+    else:
+        message = (
+            f"spendbrake: rate limit for agent '{agent}': {brake.detail}; retry in "
+            f"{brake.retry_after_s} s"
+        )
+    return Refusal(brake.code, message, retry_after_s=brake.retry_after_s)

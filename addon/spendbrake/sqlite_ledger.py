@@ -19,12 +19,17 @@ from pathlib import Path
 
 import sqlite_utils
 
+from spendbrake import sqlite_brakes
+from spendbrake.brakes import NO_BRAKES, Brakes
+from spendbrake.brakes import check as check_brakes
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     WINDOWS,
     CallIntent,
     DayTotals,
     EstimateAccuracy,
+    Event,
+    HoldBraked,
     HoldGranted,
     HoldRefused,
     LedgerBusy,
@@ -139,11 +144,21 @@ class SQLiteLedger:
         amount_nanos: int,
         configured_limit: int,
         limits: Limits = NO_MORE_LIMITS,
-    ) -> HoldGranted | HoldRefused:
+        brakes: Brakes = NO_BRAKES,
+    ) -> HoldGranted | HoldRefused | HoldBraked:
         if amount_nanos < 0:
             raise ValueError("a hold cannot be negative")
         tokens = intent.estimated_input_tokens + intent.estimated_output_tokens
         with self._immediate() as conn:
+            seen = sqlite_brakes.activity(conn, intent, brakes)
+            now = intent.started_at
+            if brake := check_brakes(seen, brakes, tokens=tokens, nanos=amount_nanos, now=now):
+                if brake.suspends:
+                    sqlite_brakes.suspend(conn, intent.agent, brake, now)
+                call_id = self._insert_call(
+                    conn, intent, amount_nanos, "refused", brake.code, limits
+                )
+                return HoldBraked(call_id=call_id, brake=brake)
             totals = self._totals(conn, intent.agent, intent.day, configured_limit)
             day = WindowUse(
                 "daily", intent.agent, totals.spent_nanos, totals.held_nanos, totals.limit_nanos
@@ -284,6 +299,16 @@ class SQLiteLedger:
                 (name, window, limit, _utc_iso(datetime.now(UTC))),
             )
 
+    def resume(self, agent: str, actor: str) -> bool:
+        with self._immediate() as conn:
+            return sqlite_brakes.resume(conn, agent, actor, datetime.now(UTC))
+
+    def suspended_agents(self) -> dict[str, str]:
+        return sqlite_brakes.suspended_agents(self.db.conn)
+
+    def events(self, agent: str | None = None, limit: int = 100) -> list[Event]:
+        return sqlite_brakes.events(self.db.conn, agent, limit)
+
     def daily_limit_overrides(self) -> dict[str, int]:
         rows = self.db.conn.execute("SELECT agent, limit_nanos FROM limits WHERE window = 'daily'")
         return {agent: limit for agent, limit in rows}
@@ -363,8 +388,8 @@ class SQLiteLedger:
             """
             INSERT INTO calls (started_at, day, agent, session, provider, endpoint, requested_model,
                 forwarded_model, stream, held_nanos, state, outcome, reason, owner,
-                estimated_input_tokens, estimated_output_tokens, grp)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                estimated_input_tokens, estimated_output_tokens, grp, fingerprint)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             (
                 _utc_iso(intent.started_at),
@@ -384,6 +409,7 @@ class SQLiteLedger:
                 intent.estimated_input_tokens,
                 intent.estimated_output_tokens,
                 limits.group,
+                intent.fingerprint,
             ),
         )
         assert cursor.lastrowid is not None

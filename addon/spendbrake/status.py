@@ -15,10 +15,13 @@ from spendbrake.windows import day_window
 @dataclass(frozen=True)
 class AgentStatus:
     totals: DayTotals
+    suspended_for: str | None = None  # the code of the brake that suspended the agent
 
     @property
     def state(self) -> str:
         t = self.totals
+        if self.suspended_for:
+            return "suspended"
         if t.budget_blocked or t.remaining_nanos <= 0:
             return "exhausted"
         return "ok"
@@ -39,8 +42,12 @@ class AgentStatus:
 
 def agent_statuses(ledger: Ledger, config: Config, now: datetime) -> list[AgentStatus]:
     day = day_window(now, config.timezone).day
-    names = sorted(set(config.agents) | set(ledger.agents_with_activity(day)))
-    return [AgentStatus(ledger.day_totals(name, day, config.daily_limit(name))) for name in names]
+    suspended = ledger.suspended_agents()
+    names = sorted(set(config.agents) | set(ledger.agents_with_activity(day)) | set(suspended))
+    return [
+        AgentStatus(ledger.day_totals(name, day, config.daily_limit(name)), suspended.get(name))
+        for name in names
+    ]
 
 
 def status_document(ledger: Ledger, config: Config, now: datetime) -> dict[str, Any]:

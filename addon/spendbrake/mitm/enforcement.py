@@ -27,6 +27,7 @@ from spendbrake.config import (
 from spendbrake.ledger import (
     CallIntent,
     DayTotals,
+    HoldBraked,
     HoldRefused,
     LedgerUnavailable,
     Settlement,
@@ -44,7 +45,12 @@ from spendbrake.providers import (
     classify_route,
     provider_for_host,
 )
-from spendbrake.providers.base import CallRequest, MeteredUsage, UnreadableRequest
+from spendbrake.providers.base import (
+    CallRequest,
+    MeteredUsage,
+    UnreadableRequest,
+    request_fingerprint,
+)
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
@@ -195,6 +201,7 @@ class Enforcement:
                 started_at=now,
                 estimated_input_tokens=estimate.prompt_tokens if estimate else 0,
                 estimated_output_tokens=estimate.output_tokens if estimate else 0,
+                fingerprint=request_fingerprint(request) if request else "",
             )
 
         if ctx.options.spendbrake_block_all:
@@ -232,12 +239,17 @@ class Enforcement:
         # behind by a call that was not sent.
         forwarded_body = api.with_usage_requested(body) if request.wants_usage_injection else None
         limit, limits = self.config.daily_limit(agent), self.config.limits(agent)
+        brakes = self.config.brakes(agent)
         try:
             result = await self.worker.run(
-                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit, limits)
+                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit, limits, brakes)
             )
         except LedgerUnavailable as e:
             return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
+        if isinstance(result, HoldBraked):
+            log.warning("spendbrake: %s stopped a call of %s: %s", result.brake.code, agent,
+                        result.brake.detail)  # fmt: skip
+            return refusals.braked(result.brake, agent)
         if isinstance(result, HoldRefused):
             log.warning(
                 "spendbrake: refused a call of %s: %s budget exceeded", agent, result.window

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ class CallRequest:
     wants_usage_injection: bool = False  # the proxy must ask for usage the client did not
     cache_write: str | None = None  # "5m" / "1h": the prompt may be written to the cache
     server_tools: tuple[str, ...] = ()  # tools the provider runs and bills per use (unbounded)
+
+
+def request_fingerprint(request: CallRequest) -> str:
+    """The same model asked the same thing gives the same value, whatever else varies
+    (streaming, sampling settings, max output): what loop detection compares."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(request.model.encode())
+    for text in request.prompt_texts:
+        digest.update(b"\x00")
+        digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""What the brakes read from and write to the SQLite ledger, inside the hold's transaction.
+
+Reads only what the agent's enabled brakes need, so a call pays for the brakes it is under:
+the suspension and failure run (one row each), the count of its request's fingerprint (an
+index range), and the rate window when a rate, concurrency or burn brake is set.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes, Suspension
+from spendbrake.ledger import CallIntent, Event
+
+BRAKE_ACTOR = "spendbrake"
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def activity(conn: sqlite3.Connection, intent: CallIntent, brakes: Brakes) -> Activity:
+    agent, now = intent.agent, intent.started_at
+    row = conn.execute(
+        """
+        SELECT s.reason, s.detail, s.since, a.consecutive_failures, a.last_failure_at,
+            a.resumed_at
+        FROM (SELECT ? AS agent) AS x
+        LEFT JOIN suspensions AS s ON s.agent = x.agent
+        LEFT JOIN agent_state AS a ON a.agent = x.agent
+        """,
+        (agent,),
+    ).fetchone()
+    reason, detail, since, failures, last_failure_at, resumed_at = row
+    resumed_at = resumed_at or ""
+    suspension = Suspension(reason, detail, datetime.fromisoformat(since)) if reason else None
+    same = 0
+    if brakes.loop_repeats is not None and intent.fingerprint:
+        loop_since = max(iso(now - timedelta(seconds=brakes.loop_window_s)), resumed_at)
+        (same,) = conn.execute(
+            "SELECT COUNT(*) FROM calls WHERE agent = ? AND fingerprint = ? AND started_at >= ?",
+            (agent, intent.fingerprint, loop_since),
+        ).fetchone()
+    rates = Activity(
+        suspension=suspension,
+        same_request_recently=same,
+        consecutive_failures=failures or 0,
+        last_failure_at=_parse(last_failure_at),
+    )
+    if (
+        brakes.calls_per_minute is None
+        and brakes.tokens_per_minute is None
+        and (brakes.max_concurrent is None and brakes.burn_nanos_per_min is None)
+    ):
+        return rates
+    return _with_rates(conn, rates, intent, resumed_at)
+
+
+def _with_rates(
+    conn: sqlite3.Connection, base: Activity, intent: CallIntent, resumed_at: str
+) -> Activity:
+    now = intent.started_at
+    calls, oldest, tokens = conn.execute(
+        """
+        SELECT COUNT(*), MIN(started_at), COALESCE(SUM(CASE state
+            WHEN 'held' THEN estimated_input_tokens + estimated_output_tokens
+            ELSE input_tokens + output_tokens END), 0)
+        FROM calls WHERE agent = ? AND started_at >= ? AND state <> 'refused'
+        """,
+        (intent.agent, iso(now - RATE_WINDOW)),
+    ).fetchone()
+    (spent,) = conn.execute(
+        """
+        SELECT COALESCE(SUM(CASE state WHEN 'held' THEN held_nanos ELSE actual_nanos END), 0)
+        FROM calls WHERE agent = ? AND started_at >= ? AND state <> 'refused'
+        """,
+        (intent.agent, max(iso(now - BURN_WINDOW), resumed_at)),
+    ).fetchone()
+    (in_flight,) = conn.execute(
+        "SELECT COUNT(*) FROM calls WHERE state = 'held' AND agent = ?", (intent.agent,)
+    ).fetchone()
+    return Activity(
+        suspension=base.suspension,
+        same_request_recently=base.same_request_recently,
+        consecutive_failures=base.consecutive_failures,
+        last_failure_at=base.last_failure_at,
+        calls_last_minute=calls,
+        oldest_call_last_minute=_parse(oldest),
+        tokens_last_minute=tokens,
+        in_flight=in_flight,
+        spent_last_minute=spent,
+    )
+
+
+def suspend(conn: sqlite3.Connection, agent: str, brake: Brake, at: datetime) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO suspensions (agent, reason, detail, since) VALUES (?, ?, ?, ?)",
+        (agent, brake.code, brake.detail, iso(at)),
+    )
+    record(conn, agent, "suspended", f"{brake.code}: {brake.detail}", BRAKE_ACTOR, at)
+
+
+def resume(conn: sqlite3.Connection, agent: str, actor: str, at: datetime) -> bool:
+    lifted = conn.execute("DELETE FROM suspensions WHERE agent = ? RETURNING reason", (agent,))
+    reasons = [reason for (reason,) in lifted]
+    # Whatever led to the suspension starts over: the loop and burn windows, the failure run.
+    conn.execute(
+        """
+        INSERT INTO agent_state (agent, resumed_at) VALUES (?, ?)
+        ON CONFLICT (agent) DO UPDATE SET resumed_at = excluded.resumed_at,
+            consecutive_failures = 0
+        """,
+        (agent, iso(at)),
+    )
+    if reasons:
+        record(conn, agent, "resumed", f"lifted a suspension for {reasons[0]}", actor, at)
+    return bool(reasons)
+
+
+def record(
+    conn: sqlite3.Connection, agent: str, kind: str, detail: str, actor: str, at: datetime
+) -> None:
+    conn.execute(
+        "INSERT INTO events (at, agent, kind, detail, actor) VALUES (?, ?, ?, ?, ?)",
+        (iso(at), agent, kind, detail, actor),
+    )
+
+
+def suspended_agents(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT agent, reason FROM suspensions ORDER BY agent"))
+
+
+def events(conn: sqlite3.Connection, agent: str | None, limit: int) -> list[Event]:
+    rows = conn.execute(
+        """
+        SELECT at, agent, kind, detail, actor FROM events
+        WHERE ? IS NULL OR agent = ? ORDER BY id DESC LIMIT ?
+        """,
+        (agent, agent, limit),
+    )
+    return [
+        Event(datetime.fromisoformat(at), who, kind, detail, actor)
+        for at, who, kind, detail, actor in rows
+    ]

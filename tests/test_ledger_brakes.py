@@ -1,0 +1,177 @@
+"""The brakes as the SQLite ledger applies them: inside the hold's transaction, from the calls
+every process recorded, with suspensions and events written in the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ledger_hammer import intent, query
+from spendbrake.brakes import Brakes
+from spendbrake.ledger import (
+    CallIntent,
+    HoldBraked,
+    HoldGranted,
+    HoldRefused,
+    Limits,
+    Settlement,
+    TokenCounts,
+)
+from spendbrake.sqlite_ledger import SQLiteLedger
+
+BIG = 10**12
+T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
+LOOP = Brakes(loop_repeats=3, loop_window_s=60, backoff_steps_s=())
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def ledger(path: Path) -> Iterator[SQLiteLedger]:
+    opened = SQLiteLedger(path)
+    yield opened
+    opened.close()
+
+
+def call(at: datetime = T0, fingerprint: str = "same", tokens: int = 10) -> CallIntent:
+    return replace(intent(), started_at=at, fingerprint=fingerprint, estimated_input_tokens=tokens)
+
+
+def hold(
+    ledger: SQLiteLedger, brakes: Brakes, at: datetime = T0, fingerprint: str = "same"
+) -> HoldGranted | HoldRefused | HoldBraked:
+    return ledger.hold(call(at, fingerprint), 1, BIG, Limits(), brakes)
+
+
+def braked(result: HoldGranted | HoldRefused | HoldBraked) -> str:
+    assert isinstance(result, HoldBraked), f"expected a brake, got {result}"
+    return result.brake.code
+
+
+def test_a_loop_suspends_the_agent_until_a_person_resumes_it(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=30)
+    for second in (0, 10):
+        assert isinstance(hold(ledger, LOOP, start + timedelta(seconds=second)), HoldGranted)
+    assert braked(hold(ledger, LOOP, start + timedelta(seconds=20))) == "loop_detected"
+    # Suspended: even a different request is refused now, and says why.
+    different = hold(ledger, LOOP, start + timedelta(seconds=21), fingerprint="other")
+    assert braked(different) == "agent_suspended"
+    assert isinstance(different, HoldBraked)
+    assert "the same request 3 times within 60 s" in different.brake.detail
+    assert ledger.suspended_agents() == {"research-bot": "loop_detected"}
+    [event] = ledger.events("research-bot")
+    assert (event.kind, event.actor) == ("suspended", "spendbrake")
+    reasons = query(path, "SELECT state, reason FROM calls ORDER BY id")
+    assert reasons[2:] == [("refused", "loop_detected"), ("refused", "agent_suspended")]
+
+    assert ledger.resume("research-bot", actor="alice") is True
+    assert ledger.suspended_agents() == {}
+    assert [(e.kind, e.actor) for e in ledger.events("research-bot")] == [
+        ("resumed", "alice"),
+        ("suspended", "spendbrake"),
+    ]
+    # The loop's history starts over: the same request passes again right after, although
+    # its earlier copies are still inside the window.
+    assert isinstance(hold(ledger, LOOP, datetime.now(UTC)), HoldGranted)
+    assert ledger.resume("research-bot", actor="alice") is False  # nothing to lift
+
+
+def test_identical_requests_spread_wider_than_the_window_are_no_loop(
+    ledger: SQLiteLedger,
+) -> None:
+    for minute in range(5):
+        assert isinstance(hold(ledger, LOOP, T0 + timedelta(minutes=minute)), HoldGranted)
+
+
+def failed(ledger: SQLiteLedger, at: datetime) -> None:
+    granted = ledger.hold(call(at, fingerprint=at.isoformat()), 1, BIG)
+    assert isinstance(granted, HoldGranted)
+    ledger.settle(granted.call_id, Settlement(0, TokenCounts(), "upstream_error"), BIG)
+
+
+def test_upstream_failures_back_off_then_suspend_and_a_success_resets(
+    ledger: SQLiteLedger,
+) -> None:
+    backoff = Brakes(loop_repeats=None, backoff_steps_s=(1, 5))
+    failed(ledger, T0)
+    # Settled just now: the wait counts from the failure, by the wall clock.
+    result = hold(ledger, backoff, datetime.now(UTC), fingerprint="a")
+    assert braked(result) == "backoff"
+    assert isinstance(result, HoldBraked)
+    assert result.brake.retry_after_s == 1
+    ok = hold(ledger, backoff, datetime.now(UTC) + timedelta(seconds=2), fingerprint="b")
+    assert isinstance(ok, HoldGranted)
+    ledger.settle(ok.call_id, Settlement(1, TokenCounts(), "ok"), BIG)  # the run ends
+    for _ in range(3):
+        failed(ledger, T0)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert braked(hold(ledger, backoff, later, fingerprint="c")) == "agent_suspended"
+    assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
+
+
+def test_spendbrakes_own_refusals_never_count_as_failures(ledger: SQLiteLedger) -> None:
+    backoff = Brakes(loop_repeats=None, backoff_steps_s=(1,))
+    for _ in range(5):
+        assert isinstance(ledger.hold(call(), BIG + 1, BIG), HoldRefused)  # over budget
+    assert isinstance(hold(ledger, backoff, fingerprint="fresh"), HoldGranted)
+
+
+def test_calls_per_minute_hold_across_processes(path: Path) -> None:
+    SQLiteLedger(path).close()
+    limit = Brakes(loop_repeats=None, calls_per_minute=7)
+    now = datetime.now(UTC)
+
+    def one(i: int) -> bool:
+        own = SQLiteLedger(path)  # a connection per caller, as proxies on one file have
+        try:
+            result = own.hold(call(now, fingerprint=str(i)), 1, BIG, Limits(), limit)
+            return isinstance(result, HoldGranted)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(one, range(20)))
+    assert outcomes.count(True) == 7
+    reasons = query(path, "SELECT reason, COUNT(*) FROM calls GROUP BY reason ORDER BY reason")
+    assert reasons == [("", 7), ("rate_limited", 13)]
+
+
+def test_the_rate_window_slides(ledger: SQLiteLedger) -> None:
+    limit = Brakes(loop_repeats=None, calls_per_minute=2)
+    assert isinstance(hold(ledger, limit, T0, "a"), HoldGranted)
+    assert isinstance(hold(ledger, limit, T0 + timedelta(seconds=30), "b"), HoldGranted)
+    refused = hold(ledger, limit, T0 + timedelta(seconds=45), "c")
+    assert braked(refused) == "rate_limited"
+    assert isinstance(refused, HoldBraked)
+    assert refused.brake.retry_after_s == 15  # when the call of T0 leaves the window
+    assert isinstance(hold(ledger, limit, T0 + timedelta(seconds=61), "d"), HoldGranted)
+
+
+def test_calls_in_flight_are_capped(ledger: SQLiteLedger) -> None:
+    cap = Brakes(loop_repeats=None, max_concurrent=2)
+    first = hold(ledger, cap, T0, "a")
+    assert isinstance(first, HoldGranted)
+    assert isinstance(hold(ledger, cap, T0, "b"), HoldGranted)
+    assert braked(hold(ledger, cap, T0, "c")) == "rate_limited"
+    ledger.settle(first.call_id, Settlement(1, TokenCounts(), "ok"), BIG)
+    assert isinstance(hold(ledger, cap, T0, "d"), HoldGranted)
+
+
+def test_a_burn_rate_above_the_brake_suspends(ledger: SQLiteLedger) -> None:
+    burn = Brakes(loop_repeats=None, burn_nanos_per_min=2_500)
+    for i in range(2):
+        result = ledger.hold(call(T0, str(i)), 1_000, BIG, Limits(), burn)
+        assert isinstance(result, HoldGranted)
+    result = ledger.hold(call(T0, "x"), 1_000, BIG, Limits(), burn)
+    assert braked(result) == "agent_suspended"
+    assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
