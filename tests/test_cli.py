@@ -330,3 +330,27 @@ def test_resume_lifts_a_suspension_and_records_who_did_it(
     assert run("resume", "research-bot", "--config", str(config))[1].endswith(
         "was not suspended; its loop and failure history start over\n"
     )
+
+
+def test_run_refuses_a_budget_that_is_not_money_before_starting_anything() -> None:
+    code, output = run("run", "--budget", "lots", "--", "true")
+    assert code == 2
+    assert "Error: Invalid value for --budget: --budget must be a dollar amount" in output
+
+
+def test_run_refuses_an_unusable_agent_name() -> None:
+    code, output = run("run", "--agent", "two words", "--", "true")
+    assert code == 2
+    assert "Error: Invalid value for --agent: agent name 'two words' is not usable" in output
+
+
+def test_run_needs_a_command() -> None:
+    code, output = run("run", "--budget", "1")
+    assert code == 2
+    assert "Missing argument 'COMMAND...'" in output
+
+
+def test_run_checks_where_the_summary_goes_before_the_command_runs(tmp_path: Path) -> None:
+    code, output = run("run", "--summary-json", str(tmp_path / "no" / "s.json"), "--", "true")
+    assert code == 1
+    assert output == f"spendbrake run: --summary-json: there is no directory {tmp_path / 'no'}\n"

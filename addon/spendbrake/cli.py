@@ -86,25 +86,42 @@ def main() -> None:
     """spendbrake: holds AI agents to dollar budgets before their calls reach the provider."""
 
 
+def _proxy_options[F: Callable[..., Any]](command: F) -> F:
+    command = click.option(
+        "--script",
+        "scripts",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Extra mitmproxy addon script, loaded after spendbrake's. Repeatable.",
+    )(command)
+    return click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Any mitmproxy option, e.g. --set upstream_cert=false. Repeatable.",
+    )(command)
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    # A pipe or a file (a CI log): never wrap a line or truncate a dollar figure.
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
+def _usd_option(value: str | None, option: str) -> int | None:
+    try:
+        return None if value is None else parse_usd(value, what=option)
+    except MoneyError as e:
+        raise click.BadParameter(str(e), param_hint=option) from None
+
+
 @main.command()
 @_config_and_ledger_options
 @click.option(
     "--listen", default=DEFAULT_LISTEN, show_default=True, help="Address the proxy listens on."
 )
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Any mitmproxy option, e.g. --set upstream_cert=false. Repeatable.",
-)
-@click.option(
-    "--script",
-    "scripts",
-    multiple=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Extra mitmproxy addon script, loaded after spendbrake's. Repeatable.",
-)
+@_proxy_options
 def up(
     config_path: Path | None,
     ledger_path: Path | None,
@@ -475,3 +492,76 @@ def migrate(config_path: Path | None, ledger_path: Path | None) -> None:
     ledger = _open_ledger(ledger_path, config)
     ledger.close()
     click.echo(f"ledger {ledger.path} is up to date")
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option("--agent", default="run", show_default=True, help="Agent the calls count for.")
+@click.option("--budget", metavar="USD", help="The run's dollar limit (its session's), e.g. 0.50.")
+@click.option("--session-tokens", type=click.IntRange(min=0), metavar="N", help="Its token limit.")
+@click.option("--calls-per-minute", type=click.IntRange(min=1), metavar="N", help="Its call rate.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration under the run's limits. Default: $SPENDBRAKE_CONFIG, else defaults.",
+)
+@click.option(
+    "--ledger",
+    "ledger_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ledger to keep. Default: a temporary one, so every run starts clean.",
+)
+@click.option("--block-all", is_flag=True, help="Refuse every LLM call (402 llm_calls_blocked).")
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run's summary there as JSON (see DESIGN.md).",
+)
+@_proxy_options
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    agent: str,
+    budget: str | None,
+    session_tokens: int | None,
+    calls_per_minute: int | None,
+    config_path: Path | None,
+    ledger_path: Path | None,
+    block_all: bool,
+    summary_json: Path | None,
+    sets: tuple[str, ...],
+    scripts: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND with its LLM calls held to a budget, through a proxy of its own.
+
+    Exits with COMMAND's exit code, or with 87 when a budget or brake refused an LLM call, even
+    if COMMAND swallowed the error. An HTTPS_PROXY already set becomes the proxy's way out.
+
+    \b
+    Example:
+        spendbrake run --budget 0.50 --summary-json spend.json -- pytest
+    """
+    from spendbrake.run import RunOptions
+    from spendbrake.sandbox import RunError, execute
+
+    try:
+        identify((agent, ""), {})
+    except InvalidIdentity as e:
+        raise click.BadParameter(str(e), param_hint="--agent") from None
+    options = RunOptions(
+        agent=agent,
+        budget_nanos=_usd_option(budget, "--budget"),
+        session_tokens=session_tokens,
+        calls_per_minute=calls_per_minute,
+        config_path=resolve_config_path(config_path),
+        ledger_path=ledger_path,
+        block_all=block_all,
+        sets=sets,
+        scripts=scripts,
+    )
+    try:
+        code = execute(command, options, summary_json=summary_json, console=_console(stderr=True))
+    except RunError as e:
+        click.echo(f"spendbrake run: {e}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code)

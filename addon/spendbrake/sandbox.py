@@ -1,0 +1,377 @@
+"""The processes of ``spendbrake run``: an ephemeral proxy, the command, signals, temporary files.
+
+The proxy runs in a session of its own, so a Ctrl-C at the terminal reaches the command and not
+the proxy, which must outlive the command to meter its last calls; on Linux it also stops when
+``spendbrake run`` dies, however it dies. Everything temporary (configuration, CA, ledger, the
+proxy's log) lives in one directory, removed at the end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from rich.console import Console
+
+from spendbrake import certs
+from spendbrake.config import Config, ConfigError, load_config, parse_config
+from spendbrake.ledger import LedgerUnavailable
+from spendbrake.proxy import mitmdump_arguments, upstream_auth, upstream_mode
+from spendbrake.run import (
+    CallRow,
+    RunOptions,
+    RunSummary,
+    child_environment,
+    exit_code,
+    new_session_id,
+    proxy_url,
+    render_summary,
+    run_config,
+    summarize,
+    toml_document,
+    upstream_proxy_of,
+)
+from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.windows import utc_now
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 3.0  # a response is settled just after its last byte reached the command
+_LISTENING = re.compile(rb"listening at 127\.0\.0\.1:(\d+)\.")
+_PR_SET_PDEATHSIG = 1
+_RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+Popen = subprocess.Popen[bytes]
+
+
+class RunError(Exception):
+    """The run could not go ahead; the message says why. ``exit_code`` as a shell would."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int  # the command's, as Popen reports it (-N: ended by signal N)
+    summary: RunSummary
+    proxy_failure: str | None = None  # the proxy's output, when it died before the command ended
+
+
+# -- the configuration ------------------------------------------------------------------------
+
+
+def prepare_config(options: RunOptions) -> tuple[str, Config]:
+    """The run's configuration file text, checked as the proxy will check it."""
+    path = options.config_path
+    user: dict[str, Any] = {}
+    if path is not None:
+        try:
+            load_config(path)  # the user's own mistakes, named in the user's own file
+            with path.open("rb") as f:
+                user = tomllib.load(f)
+        except (ConfigError, OSError) as e:
+            raise RunError(str(e)) from None
+    document = run_config(user, options.agent, options.agent_settings())
+    try:
+        config = parse_config(document)
+    except ConfigError as e:
+        flags = ", ".join(f"{k} = {v}" for k, v in options.agent_settings().items())
+        raise RunError(
+            f"the proxy cannot take the run's configuration ({path or 'no --config'}, with "
+            f"[agents.{options.agent}] {flags}): {e}"
+        ) from None
+    return toml_document(document), config
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+
+def _terminal_sent_it_too() -> bool:
+    """A Ctrl-C at a terminal reaches the whole foreground process group: the command too."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class SignalRelay:
+    """Hands SIGINT, SIGTERM and SIGHUP to the command (the third one kills it); before the
+    command runs, a signal stops the start-up."""
+
+    def __init__(self) -> None:
+        self.child: Popen | None = None
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalRelay:
+        for signum in _RELAYED:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        if len(self.received) >= 3:
+            child.kill()
+        elif not (signum == signal.SIGINT and len(self.received) == 1 and _terminal_sent_it_too()):
+            child.send_signal(signum)
+
+
+# -- the proxy --------------------------------------------------------------------------------
+
+
+def _stopped_with_us() -> Callable[[], None] | None:
+    """Linux: the process gets SIGTERM when we die, even by SIGKILL, so none is left behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # we were gone before the line above took effect
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+class EphemeralProxy:
+    """spendbrake's proxy on a free loopback port, for the length of one run."""
+
+    def __init__(self, arguments: Sequence[str], *, log: Path, env: Mapping[str, str]) -> None:
+        self.arguments, self.log, self.env = list(arguments), log, dict(env)
+        self.process: Popen | None = None
+
+    def start(self, relay: SignalRelay) -> int:
+        """Start it and return its port once it listens."""
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "spendbrake.proxy", *self.arguments],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_stopped_with_us(),
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if match := _LISTENING.search(self.log.read_bytes()):
+                return int(match.group(1))
+            if self.process.poll() is not None:
+                raise RunError(f"the proxy did not start:\n{self.output()}")
+            if relay.received:
+                raise RunError("interrupted before the command started", 128 + relay.received[0])
+            time.sleep(0.05)
+        raise RunError(f"the proxy did not listen within {READY_TIMEOUT_S:.0f} s:\n{self.output()}")
+
+    def died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def output(self) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-30:])
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # mitmproxy settles what it still holds, then exits
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# -- the ledger -------------------------------------------------------------------------------
+
+
+def read_calls(ledger: Path, agent: str, session: str) -> list[CallRow]:
+    """The session's rows, oldest first, read without writing (the proxy may be running)."""
+    if not ledger.exists():
+        return []
+    conn = sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute(
+            """
+            SELECT started_at, forwarded_model, state, reason, input_tokens, output_tokens,
+                held_nanos, actual_nanos
+            FROM calls WHERE agent = ? AND session = ? ORDER BY id
+            """,
+            (agent, session),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [CallRow(datetime.fromisoformat(row[0]), *row[1:]) for row in rows]
+
+
+def _wait_until_settled(ledger: Path, agent: str, session: str) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while any(r.state == "held" for r in read_calls(ledger, agent, session)):
+        if time.monotonic() > deadline:
+            return  # the proxy settles the rest at their holds when it stops
+        time.sleep(0.05)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _proxy_for(
+    workdir: Path,
+    options: RunOptions,
+    config_text: str,
+    upstream: str | None,
+    environment: Mapping[str, str],
+) -> tuple[EphemeralProxy, Path, Path]:
+    """Write the run's files and make its proxy (not started yet); with the CA bundle its
+    command must trust and the ledger it writes."""
+    config_file = workdir / "spendbrake.toml"
+    config_file.write_text(config_text)
+    confdir = workdir / "certs"
+    bundle = certs.write_bundle(confdir)
+    if upstream and (credentials := upstream_auth(upstream)):
+        # mitmproxy reads its confdir's config.yaml: the password stays off the command line,
+        # which every local user can read.
+        secret = confdir / "config.yaml"
+        secret.touch(mode=0o600)
+        secret.write_text(f"upstream_auth: {json.dumps(credentials)}\n")
+    ledger = options.ledger_path or workdir / "ledger.db"
+    try:
+        SQLiteLedger(ledger).close()  # fail here, readably, not inside the proxy
+    except LedgerUnavailable as e:
+        raise RunError(str(e)) from None
+    sets = list(options.sets)
+    if options.block_all and not any(s.startswith("spendbrake_block_all=") for s in sets):
+        sets.append("spendbrake_block_all=true")
+    arguments = mitmdump_arguments(
+        listen_host="127.0.0.1",
+        listen_port=0,
+        confdir=confdir,
+        config=config_file,
+        ledger=ledger,
+        sets=sets,
+        scripts=options.scripts,
+        upstream_proxy=upstream,
+    )
+    return EphemeralProxy(arguments, log=workdir / "proxy.log", env=environment), bundle, ledger
+
+
+def _start(command: Sequence[str], env: Mapping[str, str], stdout: IO[bytes] | None) -> Popen:
+    try:
+        # Without its proxy the command's calls could only fail: it goes when we go.
+        return subprocess.Popen(
+            list(command), env=env, stdout=stdout, preexec_fn=_stopped_with_us()
+        )
+    except FileNotFoundError:
+        raise RunError(f"command not found: {command[0]}", 127) from None
+    except PermissionError:
+        raise RunError(f"command not executable: {command[0]}", 126) from None
+
+
+def run_sandboxed(
+    command: Sequence[str],
+    options: RunOptions,
+    *,
+    environment: Mapping[str, str],
+    stdout: IO[bytes] | None = None,
+    watch: Callable[[RunSummary], None] | None = None,
+) -> RunResult:
+    """Run ``command`` through an ephemeral proxy; ``watch`` sees the summary as it grows."""
+    config_text, config = prepare_config(options)
+    budget = config.limits(options.agent).session_nanos
+    upstream = upstream_proxy_of(environment)
+    if upstream:
+        try:
+            upstream_mode(upstream)
+        except ValueError as e:
+            raise RunError(f"HTTPS_PROXY: {e}") from None
+    with SignalRelay() as relay:
+        workdir = Path(tempfile.mkdtemp(prefix="spendbrake-run-"))
+        proxy: EphemeralProxy | None = None
+        child: Popen | None = None
+        try:
+            proxy, bundle, ledger = _proxy_for(workdir, options, config_text, upstream, environment)
+            port = proxy.start(relay)
+            agent, session = options.agent, new_session_id(utc_now())
+            env = child_environment(environment, proxy_url(agent, session, port), bundle)
+            started_at, clock = utc_now(), time.monotonic()
+
+            def so_far() -> RunSummary:
+                return summarize(
+                    read_calls(ledger, agent, session),
+                    agent=agent,
+                    session=session,
+                    started_at=started_at,
+                    seconds=time.monotonic() - clock,
+                    budget_nanos=budget,
+                )
+
+            relay.child = child = _start(command, env, stdout)
+            while True:
+                try:
+                    returncode = child.wait(timeout=0.2 if watch else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    assert watch is not None
+                    watch(so_far())
+            seconds = time.monotonic() - clock
+            failure = proxy.output() if proxy.died() else None
+            _wait_until_settled(ledger, agent, session)
+            proxy.stop()
+            # The run lasted as long as its command, not the moments spent closing the proxy.
+            return RunResult(returncode, replace(so_far(), seconds=seconds), failure)
+        finally:
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
+            if proxy is not None:
+                proxy.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def execute(
+    command: Sequence[str], options: RunOptions, *, summary_json: Path | None, console: Console
+) -> int:
+    """``spendbrake run``: run, write the summary JSON, print the summary; the exit code."""
+    if summary_json is not None and not summary_json.parent.is_dir():
+        raise RunError(f"--summary-json: there is no directory {summary_json.parent}")
+    result = run_sandboxed(command, options, environment=os.environ)
+    code = exit_code(result.returncode, result.summary)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(result.summary.as_json(), indent=2) + "\n")
+    if result.proxy_failure is not None:
+        console.print(f"spendbrake run: the proxy stopped during the run:\n{result.proxy_failure}")
+    console.print(render_summary(result.summary, code, result.returncode), soft_wrap=True)
+    return code
