@@ -201,8 +201,8 @@ def test_the_summary_counts_calls_spend_and_tokens_by_model_and_refusals_by_reas
     assert summary.seconds_to_wall == 1.25  # the first budget refusal, not the unknown model
 
 
-def test_a_throttle_or_a_broken_request_is_not_a_wall() -> None:
-    rows = [row(0.1, "refused", "rate_limited"), row(0.2, "refused", "unreadable_request")]
+def test_a_request_spendbrake_cannot_meter_is_not_a_wall() -> None:
+    rows = [row(0.1, "refused", "unknown_model"), row(0.2, "refused", "unreadable_request")]
     summary = summarize(rows, agent="a", session="s", started_at=T0, seconds=1.0)
     assert summary.stopped_by is None
     assert summary.seconds_to_wall is None
@@ -215,6 +215,8 @@ def test_every_budget_and_brake_refusal_stops_the_run() -> None:
         "monthly_budget_exceeded",
         "session_budget_exceeded",
         "session_tokens_exceeded",
+        "rate_limited",  # even when the SDK waited it out: the run went over its rate
+        "backoff",
         "agent_suspended",
         "loop_detected",
         "llm_calls_blocked",

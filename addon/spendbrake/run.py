@@ -30,14 +30,18 @@ from spendbrake.money import format_usd, format_usd_exact, nanos_to_decimal
 BUDGET_EXIT_CODE = 87
 DEFAULT_AGENT = "run"
 
-# Refusals that end a call for good: a budget or a brake said no. A 429 (rate_limited, backoff)
-# only delays a call, which the SDKs wait out and retry by themselves, so it does not fail a run.
+# Refusals by a budget or a brake: any of them fails the run with 87 (DESIGN.md), a 429 that an
+# SDK waited out included: in CI, a run that hit its rate or made the provider fail twice in a
+# row is worth a look. A refusal of a request spendbrake cannot meter (unknown_model...) is not
+# a budget's doing: the command sees that error itself.
 STOPPING_CODES = frozenset(
     {
         "daily_budget_exceeded",
         "monthly_budget_exceeded",
         "session_budget_exceeded",
         "session_tokens_exceeded",
+        "rate_limited",
+        "backoff",
         "agent_suspended",
         "loop_detected",
         "llm_calls_blocked",
