@@ -76,7 +76,9 @@ def _compatible(
         id=provider_id,
         hosts=frozenset({host}),
         metered={
-            path: openai.ChatCompletions(path, ask_for_stream_usage=ask_for_stream_usage)
+            path: openai.ChatCompletions(
+                path, ask_for_stream_usage=ask_for_stream_usage, max_output_field="max_tokens"
+            )
             for path in paths
         },
         error_body=openai.error_body,

@@ -16,6 +16,7 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     ReportsUsageUnasked,
+    Rewrite,
     UnreadableRequest,
     UsageTap,
     as_json_text,
@@ -24,6 +25,7 @@ from spendbrake.providers.base import (
     int_at_least,
     load_json_object,
     required_model,
+    rewrite_json,
 )
 from spendbrake.providers.server_tools import anthropic_server_tools
 
@@ -219,6 +221,10 @@ class Messages(ReportsUsageUnasked):
 
     def stream_meter(self, *, strip_injected_usage: bool) -> MessagesStreamMeter:
         return MessagesStreamMeter()
+
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        fields = ("max_tokens",)  # thinking.budget_tokens stays below it: the API checks that
+        return rewrite_json(body, change, output_fields=fields, default_field=fields[0]), path
 
 
 _ERROR_TYPES = {

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
-from spendbrake.providers.base import Api, CallRequest, MeteredUsage, StreamMeter
+from spendbrake.providers.base import Api, CallRequest, MeteredUsage, Rewrite, StreamMeter
 
 PROVIDER_ID = "azure"
 HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
@@ -44,6 +44,16 @@ class Deployment:
         usage = self.inner.usage_from_json(obj)
         # The body's model is the snapshot behind the deployment: the deployment's price wins.
         return replace(usage, model=None) if usage is not None else None
+
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        """A deployment route names the deployment in the URL: another model is another
+        deployment there; the newer v1 routes carry it in the body."""
+        route, sep, query = path.partition("?")
+        match = DEPLOYMENT_ROUTE.match(unquote(route))
+        if match is None or change.model is None:
+            return self.inner.rewritten(body, path, change)
+        body, _ = self.inner.rewritten(body, path, replace(change, model=None))
+        return body, f"/openai/deployments/{change.model}{match['rest']}{sep}{query}"
 
     def stream_meter(self, *, strip_injected_usage: bool) -> StreamMeter:
         return DeploymentStreamMeter(

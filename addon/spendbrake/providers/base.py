@@ -85,6 +85,10 @@ class Api(Protocol):
 
     def stream_meter(self, *, strip_injected_usage: bool) -> StreamMeter: ...
 
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        """The request with another model or a lower max output, in this API's own fields."""
+        ...
+
 
 def load_json_object(body: bytes) -> dict[str, Any]:
     try:
@@ -106,6 +110,29 @@ def content_blocks(content: Any, texts: list[str]) -> list[dict[str, Any]]:
     if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
         raise UnreadableRequest("a message content is neither text nor a list of JSON objects")
     return content
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What the governor changes in a request before it goes out (None: leave it)."""
+
+    model: str | None = None
+    max_output: int | None = None
+
+
+def rewrite_json(
+    body: bytes, change: Rewrite, *, output_fields: tuple[str, ...], default_field: str
+) -> bytes:
+    """A JSON body with its ``model`` and its max-output field(s) set: every field of
+    ``output_fields`` the client used, else ``default_field``."""
+    data = json.loads(body)
+    if change.model is not None:
+        data["model"] = change.model
+    if change.max_output is not None:
+        used = [field for field in output_fields if data.get(field) is not None]
+        for field in used or [default_field]:
+            data[field] = change.max_output
+    return json.dumps(data, ensure_ascii=False).encode()
 
 
 class ReportsUsageUnasked:

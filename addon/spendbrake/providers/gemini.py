@@ -19,6 +19,7 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     ReportsUsageUnasked,
+    Rewrite,
     UnreadableRequest,
     UsageTap,
     as_json_text,
@@ -252,6 +253,26 @@ class Generate(ReportsUsageUnasked):
 
     def stream_meter(self, *, strip_injected_usage: bool) -> GenerateStreamMeter:
         return GenerateStreamMeter()
+
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        """The model is in the URL; the max output in ``generationConfig.maxOutputTokens``."""
+        if change.max_output is not None:
+            data = json.loads(body)
+            config = data.get("generationConfig")
+            data["generationConfig"] = {
+                **(config if isinstance(config, dict) else {}),
+                "maxOutputTokens": change.max_output,
+            }
+            body = json.dumps(data, ensure_ascii=False).encode()
+        if change.model is not None:
+            route, sep, query = path.partition("?")
+            match = ROUTE.match(unquote(route))
+            if match is not None:
+                start, end = match.span("model")
+                route = unquote(route)
+                prefix = "models/" if route[start:end].startswith("models/") else ""
+                path = route[:start] + prefix + change.model + route[end:] + sep + query
+        return body, path
 
 
 _STATUSES = {

@@ -17,6 +17,7 @@ from spendbrake.money import usd_to_nanos
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    Rewrite,
     UnreadableRequest,
     as_json_text,
     content_blocks,
@@ -26,6 +27,7 @@ from spendbrake.providers.base import (
     int_at_least,
     load_json_object,
     required_model,
+    rewrite_json,
 )
 from spendbrake.providers.server_tools import openai_chat_server_tools
 from spendbrake.sse import EventSplitter
@@ -317,9 +319,17 @@ class ChatCompletions:
     usage, or reject unknown fields, are left alone.
     """
 
-    def __init__(self, endpoint: str = CHAT_COMPLETIONS, *, ask_for_stream_usage: bool = True):
+    def __init__(
+        self,
+        endpoint: str = CHAT_COMPLETIONS,
+        *,
+        ask_for_stream_usage: bool = True,
+        max_output_field: str = "max_completion_tokens",
+    ):
         self.endpoint = endpoint
         self.ask_for_stream_usage = ask_for_stream_usage
+        # OpenAI's reasoning models reject max_tokens; the compatible hosts know only max_tokens.
+        self.max_output_field = max_output_field
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         request = parse_chat_request(body)
@@ -336,12 +346,18 @@ class ChatCompletions:
     def stream_meter(self, *, strip_injected_usage: bool) -> ChatStreamMeter:
         return ChatStreamMeter(strip_usage_chunk=strip_injected_usage)
 
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        fields = ("max_completion_tokens", "max_tokens")
+        return rewrite_json(
+            body, change, output_fields=fields, default_field=self.max_output_field
+        ), path
+
 
 class LegacyCompletions(ChatCompletions):
     """``POST /v1/completions``: the legacy API, metered like Chat Completions."""
 
     def __init__(self) -> None:
-        super().__init__(COMPLETIONS)
+        super().__init__(COMPLETIONS, max_output_field="max_tokens")
 
     def parse(self, body: bytes, path: str = "") -> CallRequest:
         return parse_completions_request(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from spendbrake.ledger import TokenCounts
@@ -9,10 +10,12 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     ReportsUsageUnasked,
+    Rewrite,
     UnreadableRequest,
     count,
     load_json_object,
     required_model,
+    rewrite_json,
 )
 from spendbrake.providers.openai import ChatStreamMeter
 
@@ -71,3 +74,8 @@ class Embeddings(ReportsUsageUnasked):
         # Embeddings are never streamed; should a stream come back anyway, nothing is dropped
         # and, with no usage in it, the call is charged its hold.
         return ChatStreamMeter(strip_usage_chunk=False)
+
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        # An embedding has no output to cap: only the model can change.
+        return rewrite_json(body, replace(change, max_output=None), output_fields=(),
+                            default_field=""), path  # fmt: skip

@@ -17,6 +17,7 @@ from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
     ReportsUsageUnasked,
+    Rewrite,
     UnreadableRequest,
     UsageTap,
     as_json_text,
@@ -24,6 +25,7 @@ from spendbrake.providers.base import (
     int_at_least,
     load_json_object,
     required_model,
+    rewrite_json,
 )
 from spendbrake.providers.server_tools import openai_responses_server_tools
 
@@ -196,3 +198,7 @@ class Responses(ReportsUsageUnasked):
 
     def stream_meter(self, *, strip_injected_usage: bool) -> ResponsesStreamMeter:
         return ResponsesStreamMeter(self.sizes)
+
+    def rewritten(self, body: bytes, path: str, change: Rewrite) -> tuple[bytes, str]:
+        fields = ("max_output_tokens",)
+        return rewrite_json(body, change, output_fields=fields, default_field=fields[0]), path
