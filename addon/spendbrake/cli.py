@@ -565,3 +565,33 @@ def run(
         click.echo(f"spendbrake run: {e}", err=True)
         sys.exit(e.exit_code)
     sys.exit(code)
+
+
+@main.group()
+def demo() -> None:
+    """Demonstrations that run offline, against a local fake provider."""
+
+
+@demo.command("runaway")
+@click.option("--limit", default="0.05", show_default=True, metavar="USD", help="Daily limit.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0),
+    default=0.1,
+    show_default=True,
+    help="Seconds between the agent's calls.",
+)
+def demo_runaway(limit: str, interval: float) -> None:
+    """A runaway agent (the openai SDK in a loop) stopped at its daily limit.
+
+    \b
+    Example:
+        spendbrake demo runaway --limit 0.05
+    """
+    from spendbrake.demo import runaway
+    from spendbrake.sandbox import RunError
+
+    try:
+        sys.exit(runaway(_usd_option(limit, "--limit") or 0, interval, _console()))
+    except RunError as e:
+        raise click.ClickException(str(e)) from None

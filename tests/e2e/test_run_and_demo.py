@@ -1,5 +1,5 @@
-"""``spendbrake run -- CMD``, end to end: real commands (the openai SDK, curl) through the run's
-own ephemeral proxy to the fake provider."""
+"""``spendbrake run -- CMD`` and ``spendbrake demo runaway``, end to end: real commands (the openai
+SDK, curl) through the run's own ephemeral proxy to the fake provider."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +280,31 @@ def test_ctrl_c_stops_the_command_then_the_proxy_and_leaves_nothing_behind(
     for pid in (command_pid, proxy_pid):
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} is left behind"
     assert os.listdir(run_env["TMPDIR"]) == []
+
+
+def test_the_runaway_demo_stops_the_agent_at_its_limit(run_env: dict[str, str]) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(SPENDBRAKE), "demo", "runaway", "--limit", "0.02", "--interval", "0.05"],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "spendbrake demo: a runaway agent (the openai SDK, a gpt-4o call every 0.05 s) "
+        "against a daily limit of $0.02"
+    )
+    assert re.fullmatch(
+        r"spendbrake stopped the runaway agent \d+\.\d\d s in \(daily_budget_exceeded\)", lines[2]
+    )
+    # "Step N: keep going." bills 11 input tokens below N = 10, and 400 output tokens.
+    assert lines[3] == "  spent       $0.01611 in 4 calls (limit $0.02)"
+    assert lines[4] == "  refused     1 call, worth up to $0.004035"
+    assert re.fullmatch(r"  no governor \$[\d,]+\.\d\d an hour at the observed rate .*", lines[5])
+    assert lines[6].startswith("  agent saw   402: spendbrake: daily budget exceeded for agent")
+    assert time.monotonic() - started < 30
