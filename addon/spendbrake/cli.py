@@ -18,6 +18,7 @@ from rich.table import Table
 from spendbrake import certs
 from spendbrake.attribution import InvalidIdentity, identify
 from spendbrake.config import (
+    LEDGER_ENV,
     Config,
     ConfigError,
     load_config,
@@ -107,6 +108,11 @@ def _console(*, stderr: bool = False) -> Console:
     console = Console(stderr=stderr)
     # A pipe or a file (a CI log): never wrap a line or truncate a dollar figure.
     return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
+def _path_from_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else None
 
 
 def _usd_option(value: str | None, option: str) -> int | None:
@@ -509,7 +515,7 @@ def migrate(config_path: Path | None, ledger_path: Path | None) -> None:
     "--ledger",
     "ledger_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Ledger to keep. Default: a temporary one, so every run starts clean.",
+    help="Ledger to keep. Default: $SPENDBRAKE_LEDGER, else a temporary one (a clean start).",
 )
 @click.option("--block-all", is_flag=True, help="Refuse every LLM call (402 llm_calls_blocked).")
 @click.option(
@@ -554,7 +560,7 @@ def run(
         session_tokens=session_tokens,
         calls_per_minute=calls_per_minute,
         config_path=resolve_config_path(config_path),
-        ledger_path=ledger_path,
+        ledger_path=ledger_path or _path_from_env(LEDGER_ENV),
         block_all=block_all,
         sets=sets,
         scripts=scripts,

@@ -148,8 +148,8 @@ def test_a_curl_call_is_attributed_to_the_run_and_the_commands_exit_code_kept(
     )
     ledger, summary_file, answer = tmp_path / "kept.db", tmp_path / "s.json", tmp_path / "a.json"
     result = spendbrake_run(
-        fake, pki, run_env,
-        "--agent", "curl-bot", "--ledger", ledger, "--summary-json", summary_file,
+        fake, pki, {**run_env, "SPENDBRAKE_LEDGER": str(ledger)},  # as --ledger
+        "--agent", "curl-bot", "--summary-json", summary_file,
         "--", "sh", "-c", script, "sh", body, answer,
     )  # fmt: skip
 
