@@ -46,7 +46,7 @@ def test_the_runs_limits_go_into_its_agents_table_over_the_users_own() -> None:
     }
     options = RunOptions(agent="ci-bot", budget_nanos=500_000_000, session_tokens=20_000)
 
-    document = run_config(user, "ci-bot", options.agent_settings())
+    document = run_config(user, options)
 
     assert document == {
         "timezone": "Europe/Berlin",
@@ -61,7 +61,7 @@ def test_the_runs_limits_go_into_its_agents_table_over_the_users_own() -> None:
 
 def test_the_written_configuration_is_the_one_the_proxy_reads() -> None:
     options = RunOptions(agent="ci-bot", budget_nanos=20_000_000, daily_nanos=50_000_000)
-    document = run_config({"defaults": {"daily_usd": 5}}, "ci-bot", options.agent_settings())
+    document = run_config({"defaults": {"daily_usd": 5}}, options)
 
     config = parse_config(tomllib.loads(toml_document(document)))
 
@@ -71,8 +71,18 @@ def test_the_written_configuration_is_the_one_the_proxy_reads() -> None:
 
 
 def test_a_run_without_limits_writes_no_keys() -> None:
-    assert RunOptions().agent_settings() == {}
-    assert run_config({}, "run", {}) == {"agents": {"run": {}}}
+    assert run_config({}, RunOptions()) == {"agents": {"run": {}}}
+
+
+def test_a_budget_above_the_built_in_daily_limit_raises_the_runs_day() -> None:
+    def day(user: dict[str, Any], budget: str) -> int:
+        options = RunOptions(agent="ci", budget_nanos=int(float(budget) * 1e9))
+        return parse_config(run_config(user, options)).daily_limit("ci")
+
+    assert day({}, "20") == 20_000_000_000  # not stopped by the built-in $5.00 a day
+    assert day({}, "0.50") == 5_000_000_000  # never lowered
+    assert day({"agents": {"ci": {"daily_usd": 2}}}, "20") == 2_000_000_000  # the user's own
+    assert day({"defaults": {"daily_usd": 3}}, "20") == 3_000_000_000
 
 
 _KEYS = st.text(min_size=1, max_size=8)

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from spendbrake import certs
+from spendbrake.config import DEFAULT_DAILY_NANOS
 from spendbrake.money import format_usd, format_usd_exact, nanos_to_decimal
 
 BUDGET_EXIT_CODE = 87
@@ -92,15 +93,22 @@ def new_session_id(now: datetime, token: str | None = None) -> str:
 # -- the configuration ------------------------------------------------------------------------
 
 
-def run_config(
-    user: Mapping[str, Any], agent: str, settings: Mapping[str, object]
-) -> dict[str, Any]:
-    """The user's configuration with ``settings`` in the run's agent table, where they win over
-    the user's own values. The run's ledger is chosen by the run, so the file's is dropped."""
+def run_config(user: Mapping[str, Any], options: RunOptions) -> dict[str, Any]:
+    """The user's configuration with the run's settings in the run's agent table, where they win
+    over the user's own values. The run's ledger is chosen by the run, so the file's is dropped.
+
+    Where no configuration sets a daily limit, the built-in $5.00 a day applies; a bigger
+    ``--budget`` raises the agent's day to the budget, or ``--budget 20`` would stop at $5.00.
+    """
     document = copy.deepcopy(dict(user))
     document.pop("ledger", None)
     agents = document.setdefault("agents", {})
-    agents[agent] = {**agents.get(agent, {}), **settings}
+    own, settings = agents.get(options.agent, {}), options.agent_settings()
+    daily_set = "daily_usd" in {**document.get("defaults", {}), **own, **settings}
+    budget = options.budget_nanos
+    if budget is not None and budget > DEFAULT_DAILY_NANOS and not daily_set:
+        settings["daily_usd"] = _usd_text(budget)
+    agents[options.agent] = {**own, **settings}
     return document
 
 

@@ -90,11 +90,12 @@ def prepare_config(options: RunOptions) -> tuple[str, Config]:
                 user = tomllib.load(f)
         except (ConfigError, OSError) as e:
             raise RunError(str(e)) from None
-    document = run_config(user, options.agent, options.agent_settings())
+    document = run_config(user, options)
     try:
         config = parse_config(document)
     except ConfigError as e:
-        flags = ", ".join(f"{k} = {v}" for k, v in options.agent_settings().items())
+        table = document["agents"][options.agent]
+        flags = ", ".join(f"{k} = {v}" for k, v in table.items())
         raise RunError(
             f"the proxy cannot take the run's configuration ({path or 'no --config'}, with "
             f"[agents.{options.agent}] {flags}): {e}"
