@@ -503,8 +503,15 @@ def migrate(config_path: Path | None, ledger_path: Path | None) -> None:
 @main.command(context_settings={"allow_interspersed_args": False})
 @click.option("--agent", default="run", show_default=True, help="Agent the calls count for.")
 @click.option("--budget", metavar="USD", help="The run's dollar limit (its session's), e.g. 0.50.")
-@click.option("--session-tokens", type=click.IntRange(min=0), metavar="N", help="Its token limit.")
-@click.option("--calls-per-minute", type=click.IntRange(min=1), metavar="N", help="Its call rate.")
+@click.option(
+    "--session-tokens", type=click.IntRange(min=0), metavar="N", help="Tokens the run may use."
+)
+@click.option(
+    "--calls-per-minute",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Calls a minute the run may make (more are answered 429 'rate_limited').",
+)
 @click.option(
     "--config",
     "config_path",
@@ -579,13 +586,16 @@ def demo() -> None:
 
 
 @demo.command("runaway")
-@click.option("--limit", default="0.05", show_default=True, metavar="USD", help="Daily limit.")
+@click.option(
+    "--limit", default="0.05", show_default=True, metavar="USD", help="The agent's daily limit."
+)
 @click.option(
     "--interval",
     type=click.FloatRange(min=0),
     default=0.1,
     show_default=True,
-    help="Seconds between the agent's calls.",
+    metavar="SECONDS",
+    help="Time between the agent's calls.",
 )
 def demo_runaway(limit: str, interval: float) -> None:
     """A runaway agent (the openai SDK in a loop) stopped at its daily limit.

@@ -220,10 +220,10 @@ class EphemeralProxy:
 
 
 def read_calls(ledger: Path, agent: str, session: str) -> list[CallRow]:
-    """The session's rows, oldest first, read without writing (the proxy may be running)."""
+    """The session's rows, oldest first (the proxy may still be writing others)."""
     if not ledger.exists():
         return []
-    conn = sqlite3.connect(f"{ledger.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(ledger, timeout=5)  # it only reads; WAL lets the proxy write on
     try:
         rows = conn.execute(
             """
@@ -371,7 +371,11 @@ def execute(
     result = run_sandboxed(command, options, environment=os.environ)
     code = exit_code(result.returncode, result.summary)
     if summary_json is not None:
-        summary_json.write_text(json.dumps(result.summary.as_json(), indent=2) + "\n")
+        try:
+            summary_json.write_text(json.dumps(result.summary.as_json(), indent=2) + "\n")
+        except OSError as e:
+            console.print(f"spendbrake run: could not write --summary-json: {e}")
+            code = code or 1
     if result.proxy_failure is not None:
         console.print(f"spendbrake run: the proxy stopped during the run:\n{result.proxy_failure}")
     console.print(render_summary(result.summary, code, result.returncode), soft_wrap=True)
