@@ -1,5 +1,6 @@
 """The TOML configuration, its defaults, and the errors a user sees for a bad file."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from spendbrake.config import (
     resolve_ledger_path,
 )
 from spendbrake.ledger import Limits
+from spendbrake.quota import Quota
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -47,12 +49,6 @@ def test_unknown_keys_are_errors_naming_key_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: unknown key agents.bot.daily_usdd"
-
-
-def test_limits_this_version_cannot_enforce_are_refused_not_ignored(tmp_path: Path) -> None:
-    path = write(tmp_path, "[defaults]\ncap_output = true\n")
-    with pytest.raises(ConfigError, match=r"defaults\.cap_output is not enforced"):
-        load_config(path)
 
 
 def test_every_window_is_configured_per_agent_with_defaults_and_shared_groups(
@@ -280,5 +276,57 @@ def test_loop_and_backoff_brakes_are_on_by_default_and_the_others_off(tmp_path: 
     ],
 )
 def test_bad_brakes_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_a_monthly_token_bucket_with_downgrades_and_capped_output(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            downgrade = { "gpt-4o" = "gpt-4o-mini" }
+
+            [agents.research-bot]
+            monthly_tokens = 5000000
+            downgrade_below = 0.2
+            cap_output = true
+
+            [agents.keeper]
+            monthly_tokens = 1000
+            when_quota_empty = "downgrade"
+            cap_output = true
+            cap_output_min_tokens = 64
+            """,
+        )
+    )
+    assert config.quota("research-bot") == Quota(
+        monthly_tokens=5_000_000,
+        downgrade_below=Decimal("0.2"),
+        downgrade={"gpt-4o": "gpt-4o-mini"},
+    )
+    assert config.limits("research-bot").monthly_tokens == 5_000_000  # an empty bucket refuses
+    assert config.limits("keeper").monthly_tokens is None  # it keeps the cheaper model instead
+    assert config.quota("keeper").keep_downgraded_when_empty is True
+    assert (config.cap_output_minimum("research-bot"), config.cap_output_minimum("keeper")) == (
+        256,
+        64,
+    )
+    assert config.cap_output_minimum("anyone") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[defaults]\ndowngrade_below = 1.5\n", "a share like 0.2"),
+        ('[defaults]\ndowngrade = { "gpt-4o" = 3 }\n', "must map models to cheaper ones"),
+        ('[defaults]\nwhen_quota_empty = "panic"\n', '"refuse" or "downgrade"'),
+        ("[defaults]\ncap_output_min_tokens = 10\n", "needs cap_output = true"),
+        ('[defaults]\ncap_output = "yes"\n', "is true or false"),
+        ("[defaults]\nmonthly_tokens = -1\n", "whole number of tokens"),
+    ],
+)
+def test_bad_quotas_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))

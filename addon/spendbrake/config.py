@@ -21,14 +21,22 @@ from spendbrake.brakes import Brakes
 from spendbrake.ledger import Limits
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
 from spendbrake.pricing import OverridePrice
+from spendbrake.quota import DEFAULT_CAP_MINIMUM, Quota
 
 DEFAULT_DAILY_NANOS = 5_000_000_000  # $5.00
 CONFIG_ENV = "SPENDBRAKE_CONFIG"
 LEDGER_ENV = "SPENDBRAKE_LEDGER"
 
-# Keys DESIGN.md reserves for brakes this version does not enforce yet. Accepting them silently
-# would let an operator believe a limit is in force that is not, so they are refused by name.
-_NOT_YET_ENFORCED = frozenset({"monthly_tokens", "downgrade_below", "downgrade", "cap_output"})
+_QUOTA_KEYS = frozenset(
+    {
+        "monthly_tokens",
+        "downgrade_below",
+        "downgrade",
+        "when_quota_empty",
+        "cap_output",
+        "cap_output_min_tokens",
+    }
+)
 _BRAKE_KEYS = frozenset(
     {
         "calls_per_minute",
@@ -41,7 +49,9 @@ _BRAKE_KEYS = frozenset(
     }
 )
 _AGENT_KEYS = (
-    frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"}) | _BRAKE_KEYS
+    frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"})
+    | _BRAKE_KEYS
+    | _QUOTA_KEYS
 )
 _GROUP_KEYS = frozenset({"daily_usd", "monthly_usd"})
 _TOP_KEYS = frozenset(
@@ -104,6 +114,12 @@ class AgentLimits:
     tokens_per_minute: int | None = None
     max_concurrent: int | None = None
     burn_nanos_per_min: int | None = None
+    # The monthly token bucket and the rewrites that keep an agent going.
+    monthly_tokens: int | None = None
+    downgrade_below: Decimal | None = None
+    downgrade: Mapping[str, str] | None = None
+    keep_downgraded_when_empty: bool | None = None
+    cap_output_min_tokens: int | None = None  # set: cap_output is on, with this minimum
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,7 @@ class Config:
         the ledger win over these)."""
         group = self._setting(agent, "group")
         shared = self.groups.get(group) if isinstance(group, str) else None
+        quota = self.quota(agent)
         return Limits(
             monthly_nanos=self._int_setting(agent, "monthly_nanos"),
             session_nanos=self._int_setting(agent, "session_nanos"),
@@ -152,6 +169,8 @@ class Config:
             group=group if isinstance(group, str) else "",
             group_daily_nanos=shared.daily_nanos if shared else None,
             group_monthly_nanos=shared.monthly_nanos if shared else None,
+            # A bucket that keeps the downgraded model when empty never refuses.
+            monthly_tokens=None if quota.keep_downgraded_when_empty else quota.monthly_tokens,
         )
 
     def brakes(self, agent: str) -> Brakes:
@@ -177,6 +196,24 @@ class Config:
             max_concurrent=setting("max_concurrent", None),
             burn_nanos_per_min=setting("burn_nanos_per_min", None),
         )
+
+    def quota(self, agent: str) -> Quota:
+        own, defaults = self.agents.get(agent), self.defaults
+
+        def pick(name: str) -> Any:
+            value = getattr(own, name) if own is not None else None
+            return value if value is not None else getattr(defaults, name)
+
+        return Quota(
+            monthly_tokens=pick("monthly_tokens"),
+            downgrade_below=pick("downgrade_below"),
+            downgrade=pick("downgrade") or {},
+            keep_downgraded_when_empty=bool(pick("keep_downgraded_when_empty")),
+        )
+
+    def cap_output_minimum(self, agent: str) -> int | None:
+        """With ``cap_output`` on: the fewest output tokens a capped call may keep."""
+        return self._int_setting(agent, "cap_output_min_tokens")
 
     def _setting(self, agent: str, name: str) -> int | str | None:
         """The agent's own value, else the [defaults] one."""
@@ -318,7 +355,41 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
         tokens_per_minute=_count(table, "tokens_per_minute", where, section, allow_zero=True),
         max_concurrent=_count(table, "max_concurrent", where, section, allow_zero=True),
         burn_nanos_per_min=_usd(table, "burn_usd_per_min", where, section),
+        **_parse_quota(table, where, section),
     )
+
+
+def _parse_quota(table: Mapping[str, Any], where: str, section: str) -> dict[str, Any]:
+    share = table.get("downgrade_below")
+    if share is not None and (
+        isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < 1
+    ):
+        raise ConfigError(f"{where}: {section}.downgrade_below must be a share like 0.2")
+    downgrade = table.get("downgrade")
+    if downgrade is not None and not (
+        isinstance(downgrade, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) and v for k, v in downgrade.items())
+    ):
+        raise ConfigError(
+            f"{where}: {section}.downgrade must map models to cheaper ones, like "
+            '{ "gpt-4o" = "gpt-4o-mini" }'
+        )
+    empty = table.get("when_quota_empty")
+    if empty is not None and empty not in ("refuse", "downgrade"):
+        raise ConfigError(f'{where}: {section}.when_quota_empty is "refuse" or "downgrade"')
+    cap = table.get("cap_output")
+    if cap is not None and not isinstance(cap, bool):
+        raise ConfigError(f"{where}: {section}.cap_output is true or false")
+    minimum = _count(table, "cap_output_min_tokens", where, section)
+    if minimum is not None and not cap:
+        raise ConfigError(f"{where}: {section}.cap_output_min_tokens needs cap_output = true")
+    return {
+        "monthly_tokens": _tokens(table, "monthly_tokens", where, section),
+        "downgrade_below": Decimal(str(share)) if share is not None else None,
+        "downgrade": dict(downgrade) if downgrade is not None else None,
+        "keep_downgraded_when_empty": None if empty is None else empty == "downgrade",
+        "cap_output_min_tokens": (minimum or DEFAULT_CAP_MINIMUM) if cap else None,
+    }
 
 
 def _count(
@@ -432,11 +503,6 @@ def _reject_unknown(
     for key in table:
         if key in allowed:
             continue
-        if key in _NOT_YET_ENFORCED:
-            raise ConfigError(
-                f"{where}: {prefix}{key} is not enforced by this version of spendbrake; "
-                "remove it rather than rely on a limit that is not applied"
-            )
         raise ConfigError(f"{where}: unknown key {prefix}{key}")
 
 

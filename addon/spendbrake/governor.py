@@ -89,11 +89,32 @@ def estimate_call(
 ) -> Estimate:
     """The worst-case cost of a call. Raises UnknownModel."""
     prompt = prompt_upper_bound(request, estimator, counting_tokenizer(request, pricer))
-    per_choice = (
-        request.max_output
-        if request.max_output is not None
-        else pricer.max_output_tokens(request.model, provider_id)
+    per_choice = max_output_per_choice(request, provider_id=provider_id, pricer=pricer)
+    return estimate_with_output(
+        request, prompt, per_choice, provider_id=provider_id, at=at, pricer=pricer
     )
+
+
+def max_output_per_choice(
+    request: CallRequest, *, provider_id: str, pricer: Pricer = _PUBLISHED_PRICES
+) -> int:
+    """The request's max output, else the model's. Raises UnknownModel."""
+    if request.max_output is not None:
+        return request.max_output
+    return pricer.max_output_tokens(request.model, provider_id)
+
+
+def estimate_with_output(
+    request: CallRequest,
+    prompt: int,
+    per_choice: int,
+    *,
+    provider_id: str,
+    at: datetime,
+    pricer: Pricer = _PUBLISHED_PRICES,
+) -> Estimate:
+    """The worst case of a prompt already bounded, with ``per_choice`` output tokens per choice
+    (what a lower max output would cost, without counting the prompt again)."""
     output = per_choice * request.choices
     # A prompt that may be written to the cache is held as if all of it were (1.25x, 2x for 1h).
     written = prompt if request.cache_write else 0

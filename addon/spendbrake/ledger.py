@@ -95,12 +95,22 @@ class Limits:
     group: str = ""  # the team whose shared limits apply too ("" for none)
     group_daily_nanos: int | None = None
     group_monthly_nanos: int | None = None
+    monthly_tokens: int | None = None  # the agent's token bucket for the calendar month
 
 
 NO_MORE_LIMITS = Limits()
 
 # The windows a hold is checked against, in the order a refusal names them.
-WINDOWS = ("daily", "monthly", "group_daily", "group_monthly", "session_usd", "session_tokens")
+WINDOWS = (
+    "daily",
+    "monthly",
+    "group_daily",
+    "group_monthly",
+    "session_usd",
+    "session_tokens",
+    "monthly_tokens",
+)
+TOKEN_WINDOWS = frozenset({"session_tokens", "monthly_tokens"})  # counted in tokens, not nanos
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,14 @@ class Ledger(Protocol):
 
     def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals: ...
 
+    def month_tokens(self, agent: str, month: str) -> int:
+        """Tokens the agent used (and holds) in a calendar month ("2026-11")."""
+        ...
+
+    def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
+        """What the tightest money window that applies to the call has left."""
+        ...
+
     def set_daily_limit(self, agent: str, limit_nanos: int) -> None:
         """A run-time limit that wins over the config; read on every hold, so no restart."""
         ...
@@ -209,6 +227,10 @@ class Ledger(Protocol):
         ...
 
     def events(self, agent: str | None = None, limit: int = 100) -> list[Event]: ...
+
+    def record_event(
+        self, agent: str, kind: str, detail: str, actor: str = "spendbrake"
+    ) -> None: ...
 
     def agents_with_activity(self, day: str) -> list[str]: ...
 

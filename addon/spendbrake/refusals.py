@@ -19,6 +19,7 @@ STATUS: dict[str, int] = {
     "monthly_budget_exceeded": 402,
     "session_budget_exceeded": 402,
     "session_tokens_exceeded": 402,
+    "monthly_tokens_exceeded": 402,
     "rate_limited": 429,
     "backoff": 429,
     "agent_suspended": 423,
@@ -92,6 +93,8 @@ def window_exceeded(
         return daily_budget_exceeded(refused.totals, refused.requested_nanos, day_resets_at, now)
     if use.window == "session_tokens":
         return _session_tokens_exceeded(use, agent, refused.requested_tokens)
+    if use.window == "monthly_tokens":
+        return _monthly_tokens_exceeded(use, agent, refused.requested_tokens, month_resets_at, now)
     in_flight = f" (another {format_usd(use.held)} is held by calls in flight)" if use.held else ""
     spent = f"spent {format_usd(use.spent)} of {format_usd(use.limit)}"
     asked = f"and this call may cost up to {format_usd(refused.requested_nanos)}"
@@ -120,6 +123,20 @@ def window_exceeded(
     )
     code = "monthly_budget_exceeded" if monthly else "daily_budget_exceeded"
     return Refusal(code, message, retry_after_s=seconds)
+
+
+def _monthly_tokens_exceeded(
+    use: WindowUse, agent: str, requested_tokens: int, resets_at: datetime, now: datetime
+) -> Refusal:
+    seconds = _seconds_until(resets_at, now)
+    in_flight = f" (another {use.held:,} held by calls in flight)" if use.held else ""
+    message = (
+        f"spendbrake: monthly token quota used up for agent '{agent}': {use.spent:,} of "
+        f"{use.limit:,} tokens this month{in_flight}, and this call may use up to "
+        f"{requested_tokens:,}. It refills at {resets_at.strftime('%Y-%m-%d %H:%M %Z')} "
+        f"(in {_duration(seconds)}). To raise it: set monthly_tokens in the configuration"
+    )
+    return Refusal("monthly_tokens_exceeded", message, retry_after_s=seconds)
 
 
 def _session_tokens_exceeded(use: WindowUse, agent: str, requested_tokens: int) -> Refusal:

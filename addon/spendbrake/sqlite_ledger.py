@@ -24,6 +24,7 @@ from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
+    TOKEN_WINDOWS,
     WINDOWS,
     CallIntent,
     DayTotals,
@@ -51,6 +52,7 @@ REFUSAL_OF_WINDOW = {
     "group_monthly": "monthly_budget_exceeded",
     "session_usd": "session_budget_exceeded",
     "session_tokens": "session_tokens_exceeded",
+    "monthly_tokens": "monthly_tokens_exceeded",
 }
 
 
@@ -165,7 +167,7 @@ class SQLiteLedger:
             )
             uses = [day, *self._other_windows(conn, intent, limits)]
             for use in uses:
-                asked = tokens if use.window == "session_tokens" else amount_nanos
+                asked = tokens if use.window in TOKEN_WINDOWS else amount_nanos
                 if asked > use.remaining:
                     call_id = self._insert_call(
                         conn, intent, amount_nanos, "refused", REFUSAL_OF_WINDOW[use.window], limits
@@ -194,6 +196,7 @@ class SQLiteLedger:
             "group_monthly": ("group_month", limits.group, month, limits.group_monthly_nanos),
             "session_usd": ("session", session, "", limits.session_nanos),
             "session_tokens": ("session", session, "", limits.session_tokens),
+            "monthly_tokens": ("agent_month", intent.agent, month, limits.monthly_tokens),
         }
         if not limits.group:
             del places["group_daily"], places["group_monthly"]
@@ -201,7 +204,8 @@ class SQLiteLedger:
         for window, limit in conn.execute(
             """
             SELECT window, limit_nanos FROM limits
-            WHERE (agent = ? AND window IN ('monthly', 'session_usd', 'session_tokens'))
+            WHERE (agent = ? AND window IN ('monthly', 'session_usd', 'session_tokens',
+                'monthly_tokens'))
                 OR (agent = ? AND window IN ('group_daily', 'group_monthly'))
             """,
             (intent.agent, limits.group),
@@ -230,7 +234,7 @@ class SQLiteLedger:
             scope, name, period, _ = places[window]
             spent, held, spent_tokens, held_tokens = use.get((scope, name, period), (0, 0, 0, 0))
             shown = intent.session if scope == "session" else name
-            if window == "session_tokens":
+            if window in TOKEN_WINDOWS:
                 uses.append(WindowUse(window, shown, spent_tokens, held_tokens, limited[window]))
             else:
                 uses.append(WindowUse(window, shown, spent, held, limited[window]))
@@ -278,6 +282,23 @@ class SQLiteLedger:
         [(agent, day)] = settled
         return self._totals(conn, agent, day, configured_limit)
 
+    def month_tokens(self, agent: str, month: str) -> int:
+        row = self.db.conn.execute(
+            """
+            SELECT spent_tokens + held_tokens FROM window_totals
+            WHERE scope = 'agent_month' AND name = ? AND period = ?
+            """,
+            (agent, month),
+        ).fetchone()
+        return row[0] if row else 0
+
+    def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
+        conn = self.db.conn
+        totals = self._totals(conn, intent.agent, intent.day, configured_limit)
+        others = self._other_windows(conn, intent, limits)
+        money = [u.remaining for u in others if u.window not in TOKEN_WINDOWS]
+        return min([totals.remaining_nanos, *money])
+
     def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals:
         return self._totals(self.db.conn, agent, day, configured_limit)
 
@@ -305,6 +326,10 @@ class SQLiteLedger:
 
     def suspended_agents(self) -> dict[str, str]:
         return sqlite_brakes.suspended_agents(self.db.conn)
+
+    def record_event(self, agent: str, kind: str, detail: str, actor: str = "spendbrake") -> None:
+        with self._immediate() as conn:
+            sqlite_brakes.record(conn, agent, kind, detail, actor, datetime.now(UTC))
 
     def events(self, agent: str | None = None, limit: int = 100) -> list[Event]:
         return sqlite_brakes.events(self.db.conn, agent, limit)

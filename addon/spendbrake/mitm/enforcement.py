@@ -48,9 +48,11 @@ from spendbrake.providers import (
 from spendbrake.providers.base import (
     CallRequest,
     MeteredUsage,
+    Rewrite,
     UnreadableRequest,
     request_fingerprint,
 )
+from spendbrake.quota import affordable_output, downgraded_model
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
@@ -69,6 +71,7 @@ class Enforcement:
         self.worker: LedgerWorker | None = None
         self.unavailable: str | None = "spendbrake is not configured yet"
         self.estimator = TokenEstimator()
+        self._downgrades_recorded: set[tuple[str, str]] = set()  # (agent, month): one event each
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class Enforcement:
         identity = state.identity
         agent = identity.agent
 
+        asked_model = ""  # the model the client asked for, whatever it is rewritten to
+
         def intent(
             request: CallRequest | None = None, estimate: governor.Estimate | None = None
         ) -> CallIntent:
@@ -194,7 +199,7 @@ class Enforcement:
                 session=identity.session,
                 provider=provider.id,
                 endpoint=flow.request.path.split("?", 1)[0],  # never the query: keys travel there
-                requested_model=request.model if request else "",
+                requested_model=asked_model or (request.model if request else ""),
                 forwarded_model=request.model if request else "",
                 stream=request.stream if request else False,
                 day=window.day,
@@ -212,20 +217,36 @@ class Enforcement:
             )
             return await self._refuse_recorded(intent(), blocked)
         try:
-            body = flow.request.content or b""
-            request = api.parse(body, flow.request.path)
+            body, path = flow.request.content or b"", flow.request.path
+            request = api.parse(body, path)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent(), Refusal("unreadable_request", f"spendbrake: {e}")
             )
+        asked_model = request.model
         if unbounded := [
             t for t in request.server_tools if t not in self.config.allow_server_tools
         ]:
             return await self._refuse_recorded(
                 intent(request), refusals.unmetered_tool(unbounded, provider.id)
             )
+        limit, limits = self.config.daily_limit(agent), self.config.limits(agent)
+        original = (body, path)
         try:
+            if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
+                body, path = api.rewritten(body, path, Rewrite(model=cheaper))
+                request = api.parse(body, path)
             estimate = await self._estimate(request, provider, now)
+            if (minimum := self.config.cap_output_minimum(agent)) is not None:
+                room = await self.worker.run(
+                    lambda ledger: ledger.room_nanos(intent(request, estimate), limit, limits)
+                )
+                if estimate.cost_nanos > room and (
+                    capped := self._affordable_output(request, provider, estimate, room, minimum)
+                ):
+                    body, path = api.rewritten(body, path, Rewrite(max_output=capped))
+                    request = api.parse(body, path)
+                    estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
             message = (
                 f"spendbrake: {e}, so the cost of this call cannot be bounded. Give it a price "
@@ -237,8 +258,9 @@ class Enforcement:
         held_intent = intent(request, estimate)
         # Everything that could still fail is done before the hold, so no hold is ever left
         # behind by a call that was not sent.
-        forwarded_body = api.with_usage_requested(body) if request.wants_usage_injection else None
-        limit, limits = self.config.daily_limit(agent), self.config.limits(agent)
+        rewritten = (body, path) != original
+        if request.wants_usage_injection:
+            body, rewritten = api.with_usage_requested(body), True
         brakes = self.config.brakes(agent)
         try:
             result = await self.worker.run(
@@ -262,8 +284,10 @@ class Enforcement:
                 now=now,
             )
 
-        if forwarded_body is not None:
-            flow.request.content = forwarded_body
+        if rewritten:
+            flow.request.content = body
+        if path != flow.request.path:
+            flow.request.path = path
         # The meter reads usage from plain bytes: a stream cannot be decompressed on the fly, and
         # a body need not be decoded twice. (Loopback and provider links are not the bottleneck.)
         flow.request.headers["accept-encoding"] = "identity"
@@ -280,6 +304,49 @@ class Enforcement:
             strip_usage_chunk=request.wants_usage_injection,
         )
         return None
+
+    async def _downgrade_to(self, agent: str, request: CallRequest, month: str) -> str | None:
+        """The cheaper model this call goes to while the agent's token bucket runs low."""
+        quota = self.config.quota(agent)
+        if quota.monthly_tokens is None or request.model not in quota.downgrade:
+            return None
+        assert self.worker is not None
+        used = await self.worker.run(lambda ledger: ledger.month_tokens(agent, month))
+        cheaper = downgraded_model(request.model, used, quota)
+        if cheaper and (agent, month) not in self._downgrades_recorded:
+            self._downgrades_recorded.add((agent, month))
+            detail = (
+                f"{request.model} -> {cheaper}: {used:,} of {quota.monthly_tokens:,} monthly "
+                "tokens used"
+            )
+            await self.worker.run(lambda ledger: ledger.record_event(agent, "downgraded", detail))
+        return cheaper
+
+    def _affordable_output(
+        self,
+        request: CallRequest,
+        provider: Provider,
+        estimate: governor.Estimate,
+        room: int,
+        minimum: int,
+    ) -> int | None:
+        """A lower max output whose worst case fits the room left, or None (refuse as is)."""
+        wanted = governor.max_output_per_choice(
+            request, provider_id=provider.id, pricer=self.pricer
+        )
+
+        def cost(per_choice: int) -> int:
+            return governor.estimate_with_output(
+                request,
+                estimate.prompt_tokens,
+                per_choice,
+                provider_id=provider.id,
+                at=utc_now(),
+                pricer=self.pricer,
+            ).cost_nanos
+
+        capped = affordable_output(cost, room, wanted, minimum)
+        return capped if capped is not None and capped < wanted else None
 
     async def _estimate(
         self, request: CallRequest, provider: Provider, now: datetime
@@ -321,6 +388,8 @@ class Enforcement:
             return
         headers = flow.response.headers
         headers["x-spendbrake-agent"] = state.identity.agent
+        if call.intent.forwarded_model != call.intent.requested_model:
+            headers["x-spendbrake-model"] = call.intent.forwarded_model
         is_sse = headers.get("content-type", "").startswith("text/event-stream")
         # Gemini streams a JSON array when the client does not ask for SSE: metered as it passes.
         streamed_json = call.intent.stream and 200 <= flow.response.status_code < 300
