@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,11 @@ loop_repeats = 3
 [agents.steady-bot]
 calls_per_minute = 1
 loop_repeats = 0
+
+[agents.thrifty-bot]
+monthly_tokens = 40
+downgrade_below = 0.9
+downgrade = { "gpt-4o" = "gpt-4o-mini" }
 """
 
 
@@ -80,4 +86,25 @@ def test_over_its_calls_per_minute_an_agent_waits_and_succeeds_without_an_error(
     assert [(r["state"], r["reason"]) for r in rows[1:]] == [
         ("refused", "rate_limited"),
         ("settled", ""),
+    ]
+
+
+def test_a_downgrade_is_visible_in_the_response_and_the_ledger(
+    proxy: Proxy, fake: FakeProvider, test_id: str
+) -> None:
+    env = proxy.client_env("thrifty-bot")
+    first = run_client("sdk_chat.py", spec(test_id, model="gpt-4o", content="Plan {i}"), env)
+    assert first["calls"][0]["ok"] is True
+    assert "x-spendbrake-model" not in first["calls"][0]["headers"]
+    second = run_client("sdk_chat.py", spec(test_id, model="gpt-4o", content="Next {i}"), env)
+    [call] = second["calls"]
+    assert call["ok"] is True, call
+    assert call["headers"]["x-spendbrake-model"] == "gpt-4o-mini"
+    assert call["model"].startswith("gpt-4o-mini")  # the provider answered as the cheaper model
+    [_, sent] = requests_of(fake, test_id)
+    assert json.loads(sent.body)["model"] == "gpt-4o-mini"
+    rows = ledger_calls(proxy.ledger, "thrifty-bot")
+    assert [(r["requested_model"], r["forwarded_model"]) for r in rows] == [
+        ("gpt-4o", "gpt-4o"),
+        ("gpt-4o", "gpt-4o-mini"),
     ]
