@@ -118,7 +118,10 @@ def _agent_report(output: Path) -> dict[str, Any]:
 def runaway(limit_nanos: int, interval: float, console: Console) -> int:
     """Run the demo; 0 when spendbrake stopped the agent at its limit."""
     if importlib.util.find_spec("openai") is None:
-        raise RunError("the demo's agent is the official openai SDK: pip install openai")
+        raise RunError(
+            "the demo's agent is the official openai SDK: run scripts/run once, or "
+            "pip install 'spendbrake[demo]'"
+        )
     environment = {
         name: value
         for name, value in os.environ.items()
