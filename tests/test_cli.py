@@ -268,7 +268,9 @@ def test_limit_set_sets_a_groups_shared_limits(config: Path, tmp_path: Path) -> 
         (["research-bot", "--group", "g", "--daily", "1"], "name an AGENT or a --group"),
         (["research-bot"], "give at least one limit"),
         (["--group", "g", "--session-usd", "1"], "a group has --daily and --monthly limits only"),
-        (["research-bot", "--session-tokens", "-1"], "must be 0 or more tokens"),
+        (["research-bot", "--session-tokens", "-1"], "must be 0 or more"),
+        (["research-bot", "--loop-repeats", "1"], "must be 0 (off) or 2 or more"),
+        (["--group", "g", "--calls-per-minute", "5"], "not --calls-per-minute"),
         (["research-bot", "--monthly", "lots"], "--monthly must be a dollar amount"),
         (["--group", "a b", "--daily", "1"], "Invalid value for --group"),
     ],
@@ -354,3 +356,24 @@ def test_run_checks_where_the_summary_goes_before_the_command_runs(tmp_path: Pat
     code, output = run("run", "--summary-json", str(tmp_path / "no" / "s.json"), "--", "true")
     assert code == 1
     assert output == f"spendbrake run: --summary-json: there is no directory {tmp_path / 'no'}\n"
+
+
+def test_limit_set_changes_brakes_and_quotas_too(config: Path, tmp_path: Path) -> None:
+    code, output = run(
+        "limit", "set", "research-bot", "--calls-per-minute", "30", "--loop-repeats", "0",
+        "--burn-usd-per-min", "2", "--monthly-tokens", "1000000", "--config", str(config),
+    )  # fmt: skip
+    assert code == 0, output
+    assert output.splitlines() == [
+        "research-bot: burn-rate brake (a minute) set to $2.00 (applies from the next call)",
+        "research-bot: monthly token quota set to 1,000,000 (applies from the next call)",
+        "research-bot: calls per minute set to 30 (applies from the next call)",
+        "research-bot: loop brake (identical requests) off (applies from the next call)",
+    ]
+    rows = query(tmp_path / "ledger.db", "SELECT window, limit_nanos FROM limits ORDER BY window")
+    assert rows == [
+        ("burn_usd_per_min", 2_000_000_000),
+        ("calls_per_minute", 30),
+        ("loop_repeats", 0),
+        ("monthly_tokens", 1_000_000),
+    ]

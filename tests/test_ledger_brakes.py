@@ -175,3 +175,14 @@ def test_a_burn_rate_above_the_brake_suspends(ledger: SQLiteLedger) -> None:
     result = ledger.hold(call(T0, "x"), 1_000, BIG, Limits(), burn)
     assert braked(result) == "agent_suspended"
     assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
+
+
+def test_brakes_set_at_run_time_bind_the_next_hold(ledger: SQLiteLedger) -> None:
+    configured = Brakes(loop_repeats=3, calls_per_minute=None)
+    ledger.set_limit("calls_per_minute", "research-bot", 1)
+    ledger.set_limit("loop_repeats", "research-bot", 0)  # off, though the config has it on
+    assert isinstance(hold(ledger, configured, T0, "same"), HoldGranted)
+    assert braked(hold(ledger, configured, T0, "same")) == "rate_limited"
+    ledger.set_limit("calls_per_minute", "research-bot", 0)  # off again
+    for _ in range(5):
+        assert isinstance(hold(ledger, configured, T0, "same"), HoldGranted)

@@ -346,30 +346,56 @@ def resume(config_path: Path | None, ledger_path: Path | None, agent: str) -> No
         click.echo(f"{agent}: was not suspended; its loop and failure history start over")
 
 
+# limit set: (option, ledger window, what the user reads); dollars, then whole numbers.
+_USD_LIMITS = (
+    ("--daily", "daily", "daily limit"),
+    ("--monthly", "monthly", "monthly limit"),
+    ("--session-usd", "session_usd", "session limit"),
+    ("--burn-usd-per-min", "burn_usd_per_min", "burn-rate brake (a minute)"),
+)
+_COUNT_LIMITS = (
+    ("--session-tokens", "session_tokens", "session token limit"),
+    ("--monthly-tokens", "monthly_tokens", "monthly token quota"),
+    ("--calls-per-minute", "calls_per_minute", "calls per minute"),
+    ("--tokens-per-minute", "tokens_per_minute", "tokens per minute"),
+    ("--max-concurrent", "max_concurrent", "calls in flight"),
+    ("--loop-repeats", "loop_repeats", "loop brake (identical requests)"),
+)
+_GROUP_OPTIONS = frozenset({"--daily", "--monthly"})
+
+
+def _option_name(option: str) -> str:
+    return option.removeprefix("--").replace("-", "_")
+
+
+def _limit_options[F: Callable[..., Any]](command: F) -> F:
+    for option, _, said in reversed(_USD_LIMITS):
+        command = click.option(option, metavar="USD", help=f"The {said} in dollars.")(command)
+    for option, _, said in reversed(_COUNT_LIMITS):
+        help_text = f"The {said}; 0 turns it off."
+        command = click.option(option, type=int, metavar="N", help=help_text)(command)
+    return command
+
+
 @limit.command("set")
 @_config_and_ledger_options
 @click.argument("agent", required=False)
 @click.option("--group", metavar="NAME", help="Set a group's shared limits instead of an agent's.")
-@click.option("--daily", metavar="USD", help="Daily limit in dollars, e.g. 0.10.")
-@click.option("--monthly", metavar="USD", help="Monthly limit in dollars, e.g. 20.")
-@click.option("--session-usd", metavar="USD", help="Limit of each of the agent's sessions.")
-@click.option("--session-tokens", type=int, metavar="N", help="Tokens each session may use.")
+@_limit_options
 def limit_set(
     config_path: Path | None,
     ledger_path: Path | None,
     agent: str | None,
     group: str | None,
-    daily: str | None,
-    monthly: str | None,
-    session_usd: str | None,
-    session_tokens: int | None,
+    **given: Any,
 ) -> None:
-    """Set an agent's (or a group's) limits, overriding the config.
+    """Set an agent's (or a group's) limits and brakes, overriding the config.
 
     \b
     Examples:
         spendbrake limit set research-bot --daily 0.10
         spendbrake limit set research-bot --monthly 20 --session-tokens 50000
+        spendbrake limit set research-bot --calls-per-minute 30 --loop-repeats 0
         spendbrake limit set --group research --daily 50
     """
     if (agent is None) == (group is None):
@@ -379,29 +405,28 @@ def limit_set(
         identify((name, ""), {})  # group names obey the same rule as agent names
     except InvalidIdentity as e:
         raise click.BadParameter(str(e), param_hint="--group" if group else "AGENT") from None
-    if group and (session_usd is not None or session_tokens is not None):
-        raise click.UsageError("a group has --daily and --monthly limits only")
-    prefix = "group_" if group else ""
     wanted: list[tuple[str, str, int]] = []  # (window, what the user reads, limit)
-    for window, option, value in (("daily", "--daily", daily), ("monthly", "--monthly", monthly)):
-        if value is not None:
-            try:
-                nanos = parse_usd(value, what=option)
-            except MoneyError as e:
-                raise click.BadParameter(str(e), param_hint=option) from None
-            wanted.append((prefix + window, f"{window} limit set to {format_usd(nanos)}", nanos))
-    if session_usd is not None:
-        try:
-            nanos = parse_usd(session_usd, what="--session-usd")
-        except MoneyError as e:
-            raise click.BadParameter(str(e), param_hint="--session-usd") from None
-        wanted.append(("session_usd", f"session limit set to {format_usd(nanos)}", nanos))
-    if session_tokens is not None:
-        if session_tokens < 0:
-            raise click.BadParameter("must be 0 or more tokens", param_hint="--session-tokens")
-        wanted.append(
-            ("session_tokens", f"session token limit set to {session_tokens:,}", session_tokens)
-        )
+    for option, window, said in _USD_LIMITS:
+        if (value := given[_option_name(option)]) is not None:
+            nanos = _usd_option(value, option)
+            assert nanos is not None
+            wanted.append((window, f"{said} set to {format_usd(nanos)}", nanos))
+    for option, window, said in _COUNT_LIMITS:
+        if (count := given[_option_name(option)]) is not None:
+            if count < 0 or (window == "loop_repeats" and count == 1):
+                lowest = "0 (off) or 2 or more" if window == "loop_repeats" else "0 or more"
+                raise click.BadParameter(f"must be {lowest}", param_hint=option)
+            wanted.append((window, f"{said} set to {count:,}" if count else f"{said} off", count))
+    if group:
+        if not_for_groups := [
+            option
+            for option, _, _ in (*_USD_LIMITS, *_COUNT_LIMITS)
+            if option not in _GROUP_OPTIONS and given[_option_name(option)] is not None
+        ]:
+            raise click.UsageError(
+                f"a group has --daily and --monthly limits only, not {', '.join(not_for_groups)}"
+            )
+        wanted = [(f"group_{window}", said, value) for window, said, value in wanted]
     if not wanted:
         raise click.UsageError("give at least one limit: --daily, --monthly, --session-usd, ...")
     config = _load_config(config_path)

@@ -8,12 +8,48 @@ index range), and the rate window when a rate, concurrency or burn brake is set.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes, Suspension
 from spendbrake.ledger import CallIntent, Event
 
 BRAKE_ACTOR = "spendbrake"
+
+# Brake settings 'spendbrake limit set' can change at run time, kept in the limits table like the
+# money windows (0 turns a brake off).
+BRAKE_SETTINGS = (
+    "calls_per_minute",
+    "tokens_per_minute",
+    "max_concurrent",
+    "loop_repeats",
+    "burn_usd_per_min",  # in nanos, like the money windows
+)
+
+
+def with_run_time_settings(conn: sqlite3.Connection, agent: str, brakes: Brakes) -> Brakes:
+    rows = conn.execute(
+        f"""
+        SELECT window, limit_nanos FROM limits
+        WHERE agent = ? AND window IN ({", ".join("?" for _ in BRAKE_SETTINGS)})
+        """,
+        (agent, *BRAKE_SETTINGS),
+    ).fetchall()
+    if not rows:
+        return brakes
+    set_now: dict[str, int] = dict(rows)
+
+    def setting(name: str, configured: int | None) -> int | None:
+        return (set_now[name] or None) if name in set_now else configured  # 0: off
+
+    return replace(
+        brakes,
+        calls_per_minute=setting("calls_per_minute", brakes.calls_per_minute),
+        tokens_per_minute=setting("tokens_per_minute", brakes.tokens_per_minute),
+        max_concurrent=setting("max_concurrent", brakes.max_concurrent),
+        loop_repeats=setting("loop_repeats", brakes.loop_repeats),
+        burn_nanos_per_min=setting("burn_usd_per_min", brakes.burn_nanos_per_min),
+    )
 
 
 def iso(moment: datetime) -> str:

@@ -152,6 +152,7 @@ class SQLiteLedger:
             raise ValueError("a hold cannot be negative")
         tokens = intent.estimated_input_tokens + intent.estimated_output_tokens
         with self._immediate() as conn:
+            brakes = sqlite_brakes.with_run_time_settings(conn, intent.agent, brakes)
             seen = sqlite_brakes.activity(conn, intent, brakes)
             now = intent.started_at
             if brake := check_brakes(seen, brakes, tokens=tokens, nanos=amount_nanos, now=now):
@@ -306,8 +307,9 @@ class SQLiteLedger:
         self.set_limit("daily", agent, limit_nanos)
 
     def set_limit(self, window: str, name: str, limit: int) -> None:
-        if window not in WINDOWS:
-            raise ValueError(f"no window {window!r}; the windows are {', '.join(WINDOWS)}")
+        if window not in WINDOWS and window not in sqlite_brakes.BRAKE_SETTINGS:
+            known = ", ".join([*WINDOWS, *sqlite_brakes.BRAKE_SETTINGS])
+            raise ValueError(f"no window {window!r}; the windows are {known}")
         if limit < 0:
             raise ValueError("a limit cannot be negative")
         with self._immediate() as conn:
