@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from ledger_hammer import query
 from spendbrake.brakes import Brake
 from spendbrake.cli import main
+from spendbrake.ledger import CallIntent, HoldGranted, Settlement, TokenCounts
 from spendbrake.sqlite_brakes import suspend
 from spendbrake.sqlite_ledger import SQLiteLedger
 
@@ -377,3 +378,35 @@ def test_limit_set_changes_brakes_and_quotas_too(config: Path, tmp_path: Path) -
         ("loop_repeats", 0),
         ("monthly_tokens", 1_000_000),
     ]
+
+
+def test_reset_zeroes_todays_spend_and_says_who_did_it(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    today = datetime.now(UTC).date().isoformat()
+    call = CallIntent(
+        agent="research-bot", session="", provider="openai", endpoint="/v1/chat/completions",
+        requested_model="gpt-4o", forwarded_model="gpt-4o", stream=False, day=today,
+        started_at=datetime.now(UTC),
+    )  # fmt: skip
+    held = ledger.hold(call, 50_000_000, 50_000_000)  # the whole $0.05
+    assert isinstance(held, HoldGranted)
+    ledger.settle(held.call_id, Settlement(50_000_000, TokenCounts(), "ok"), 50_000_000)
+    ledger.close()
+    assert (
+        json.loads(run("status", "--json", "--config", str(config))[1])["agents"][0]["state"]
+        == "exhausted"
+    )
+
+    monkeypatch.setenv("USER", "carol")
+    code, output = run("reset", "research-bot", "--window", "day", "--config", str(config))
+    assert (code, output) == (
+        0,
+        f"research-bot: day {today} reset, $0.05 forgiven; recorded as done by carol\n",
+    )
+    agent = json.loads(run("status", "--json", "--config", str(config))[1])["agents"][0]
+    assert (agent["state"], agent["spent_usd"]) == ("ok", "0.000000000")
+    code, output = run("reset", "research-bot", "--window", "day", "--session", "x")
+    assert code == 2
+    assert "--session ID goes with --window session" in output

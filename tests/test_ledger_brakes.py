@@ -186,3 +186,41 @@ def test_brakes_set_at_run_time_bind_the_next_hold(ledger: SQLiteLedger) -> None
     ledger.set_limit("calls_per_minute", "research-bot", 0)  # off again
     for _ in range(5):
         assert isinstance(hold(ledger, configured, T0, "same"), HoldGranted)
+
+
+def test_a_reset_day_forgives_its_spend_and_keeps_the_calls(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    day = intent().day
+    first = ledger.hold(intent(), 600, 1_000)
+    assert isinstance(first, HoldGranted)
+    ledger.settle(first.call_id, Settlement(600, TokenCounts(), "ok"), 1_000)
+    assert isinstance(ledger.hold(intent(), 500, 1_000), HoldRefused)
+    assert ledger.day_totals("research-bot", day, 1_000).budget_blocked == 1
+
+    assert ledger.reset_window("research-bot", "day", day, actor="alice") == 600
+    totals = ledger.day_totals("research-bot", day, 1_000)
+    assert (totals.spent_nanos, totals.budget_blocked) == (0, 0)
+    assert isinstance(ledger.hold(intent(), 1_000, 1_000), HoldGranted)  # the whole day again
+    assert query(path, "SELECT SUM(actual_nanos) FROM calls") == [(600,)]  # history unchanged
+    [event] = ledger.events("research-bot")
+    assert (event.kind, event.actor) == ("reset", "alice")
+    assert f"day {day}: forgave $0.0000006 and 0 tokens" in event.detail
+    assert ledger.reset_window("research-bot", "day", day, actor="alice") == 0  # nothing left
+
+
+def test_a_reset_month_or_session_forgives_money_and_tokens(ledger: SQLiteLedger) -> None:
+    limits = Limits(monthly_nanos=1_000, session_nanos=1_000, session_tokens=100)
+    spent = ledger.hold(replace(intent(), estimated_input_tokens=90), 900, BIG, limits)
+    assert isinstance(spent, HoldGranted)
+    ledger.settle(spent.call_id, Settlement(900, TokenCounts(input_tokens=95), "ok"), BIG)
+    assert ledger.month_tokens("research-bot", intent().day[:7]) == 95
+    assert isinstance(ledger.hold(intent(), 200, BIG, limits), HoldRefused)
+    ledger.reset_window("research-bot", "month", intent().day[:7], actor="bob")
+    assert ledger.month_tokens("research-bot", intent().day[:7]) == 0
+    blocked = ledger.hold(intent(), 200, BIG, limits)
+    assert isinstance(blocked, HoldRefused)
+    assert blocked.window == "session_usd"  # the month is clear; the session still is not
+    ledger.reset_window("research-bot", "session", "", actor="bob", session="s1")
+    assert isinstance(ledger.hold(replace(intent(), estimated_input_tokens=99), 999, BIG, limits),
+                      HoldGranted)  # fmt: skip

@@ -262,4 +262,5 @@ def test_processes_opening_a_new_ledger_at_the_same_time_all_succeed(tmp_path: P
             ("m004_day_totals_kept_by_triggers",),
             ("m005_monthly_group_and_session_windows",),
             ("m006_brakes",),
+            ("m007_window_resets",),
         ]

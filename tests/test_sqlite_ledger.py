@@ -117,6 +117,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m004_day_totals_kept_by_triggers"),
         ("spendbrake", "m005_monthly_group_and_session_windows"),
         ("spendbrake", "m006_brakes"),
+        ("spendbrake", "m007_window_resets"),
     ]
 
     for _ in range(2):
@@ -244,6 +245,7 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "agent_state",
         "suspensions",
         "events",
+        "window_resets",
         "_sqlite_migrations",
     }
     assert columns("calls") == CALL_COLUMNS

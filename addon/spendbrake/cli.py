@@ -30,7 +30,7 @@ from spendbrake.money import MoneyError, format_usd, format_usd_exact, parse_usd
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.status import agent_statuses, status_document
-from spendbrake.windows import utc_now
+from spendbrake.windows import day_window, utc_now
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -318,6 +318,49 @@ def report(config_path: Path | None, ledger_path: Path | None, days: int, as_jso
 @main.group()
 def limit() -> None:
     """Change limits at run time (the running proxy applies them on the next call)."""
+
+
+@main.command()
+@_config_and_ledger_options
+@click.argument("agent")
+@click.option(
+    "--window",
+    type=click.Choice(["day", "month", "session"]),
+    required=True,
+    help="Which window: today's, this month's (in the configured timezone), or a session's.",
+)
+@click.option("--session", "session_id", metavar="ID", help="The session, with --window session.")
+def reset(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    agent: str,
+    window: str,
+    session_id: str | None,
+) -> None:
+    """Zero what AGENT spent in a window, on purpose. The calls stay in the ledger as they
+    happened; the reset is an event with who did it.
+
+    \b
+    Example:
+        spendbrake reset research-bot --window day
+    """
+    if (window == "session") != (session_id is not None):
+        raise click.UsageError("--session ID goes with --window session, and only with it")
+    config = _load_config(config_path)
+    day = day_window(utc_now(), config.timezone).day
+    period = day if window == "day" else day[:7]
+    actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    ledger = _open_ledger(ledger_path, config)
+    try:
+        forgiven = ledger.reset_window(agent, window, period, actor, session=session_id or "")
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        ledger.close()
+    what = f"session {session_id}" if session_id is not None else f"{window} {period}"
+    click.echo(
+        f"{agent}: {what} reset, {format_usd(forgiven)} forgiven; recorded as done by {actor}"
+    )
 
 
 @main.command()

@@ -217,6 +217,12 @@ class Ledger(Protocol):
 
     def daily_limit_overrides(self) -> dict[str, int]: ...
 
+    def reset_window(
+        self, agent: str, window: str, period: str, actor: str, session: str = ""
+    ) -> int:
+        """Zero a window on purpose (recorded as an event with the actor); returns nanos."""
+        ...
+
     def resume(self, agent: str, actor: str) -> bool:
         """Lift the agent's suspension (its loop and burn history start over); False if it was
         not suspended."""

@@ -337,3 +337,26 @@ def m006_brakes(db: sqlite_utils.Database) -> None:
         END
         """
     )
+
+
+@migrations()
+def m007_window_resets(db: sqlite_utils.Database) -> None:
+    """A window zeroed on purpose (``spendbrake reset``): what was spent stays in the calls and
+    totals as it happened; the amount forgiven is kept here and taken off when limits are checked.
+    Keyed like window_totals; the agent's day is scope agent_day."""
+    db.execute(
+        """
+        CREATE TABLE window_resets (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,  -- agent_day, agent_month or session
+            name TEXT NOT NULL,
+            period TEXT NOT NULL,
+            forgiven_nanos INTEGER NOT NULL,
+            forgiven_tokens INTEGER NOT NULL,
+            forgiven_budget_blocked INTEGER NOT NULL DEFAULT 0,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX window_resets_key ON window_resets (scope, name, period)")

@@ -40,6 +40,7 @@ from spendbrake.ledger import (
     WindowUse,
 )
 from spendbrake.ledger_schema import migrations
+from spendbrake.money import format_usd
 from spendbrake.processes import current_owner, owner_is_alive
 
 BUSY_TIMEOUT_MS = 2_000
@@ -221,8 +222,14 @@ class SQLiteLedger:
             (scope, name, period): (spent, held, spent_tokens, held_tokens)
             for scope, name, period, spent, held, spent_tokens, held_tokens in conn.execute(
                 f"""
-                SELECT scope, name, period, spent_nanos, held_nanos, spent_tokens, held_tokens
-                FROM window_totals WHERE (scope, name, period) IN
+                SELECT scope, name, period,
+                    spent_nanos - COALESCE((SELECT SUM(forgiven_nanos) FROM window_resets AS r
+                        WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0),
+                    held_nanos,
+                    spent_tokens - COALESCE((SELECT SUM(forgiven_tokens) FROM window_resets AS r
+                        WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0),
+                    held_tokens
+                FROM window_totals AS w WHERE (scope, name, period) IN
                     (VALUES {", ".join("(?, ?, ?)" for _ in keys)})
                 """,
                 [part for key in keys for part in key],
@@ -286,7 +293,10 @@ class SQLiteLedger:
     def month_tokens(self, agent: str, month: str) -> int:
         row = self.db.conn.execute(
             """
-            SELECT spent_tokens + held_tokens FROM window_totals
+            SELECT spent_tokens + held_tokens - COALESCE((SELECT SUM(forgiven_tokens)
+                FROM window_resets AS r WHERE r.scope = 'agent_month' AND r.name = w.name
+                AND r.period = w.period), 0)
+            FROM window_totals AS w
             WHERE scope = 'agent_month' AND name = ? AND period = ?
             """,
             (agent, month),
@@ -321,6 +331,48 @@ class SQLiteLedger:
                 """,
                 (name, window, limit, _utc_iso(datetime.now(UTC))),
             )
+
+    def reset_window(
+        self, agent: str, window: str, period: str, actor: str, session: str = ""
+    ) -> int:
+        """Zero what the agent spent in a window (``day`` "2026-11-22", ``month`` "2026-11", or
+        ``session``) on purpose. The calls stay as they were; returns the nanos forgiven."""
+        scope, name = {
+            "day": ("agent_day", agent),
+            "month": ("agent_month", agent),
+            "session": ("session", f"{agent}/{session}"),
+        }[window]
+        period = "" if window == "session" else period
+        now = datetime.now(UTC)
+        with self._immediate() as conn:
+            if window == "day":
+                totals = self._totals(conn, agent, period, 0)
+                spent, tokens, blocked = totals.spent_nanos, 0, totals.budget_blocked
+            else:
+                row = conn.execute(
+                    """
+                    SELECT w.spent_nanos - COALESCE(SUM(r.forgiven_nanos), 0),
+                        w.spent_tokens - COALESCE(SUM(r.forgiven_tokens), 0)
+                    FROM window_totals AS w LEFT JOIN window_resets AS r
+                        ON (r.scope, r.name, r.period) = (w.scope, w.name, w.period)
+                    WHERE (w.scope, w.name, w.period) = (?, ?, ?)
+                    GROUP BY w.scope, w.name, w.period
+                    """,
+                    (scope, name, period),
+                ).fetchone()
+                spent, tokens, blocked = (row[0], row[1], 0) if row else (0, 0, 0)
+            conn.execute(
+                """
+                INSERT INTO window_resets (scope, name, period, forgiven_nanos, forgiven_tokens,
+                    forgiven_budget_blocked, at, actor)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (scope, name, period, spent, tokens, blocked, sqlite_brakes.iso(now), actor),
+            )
+            what = f"session {session}" if window == "session" else f"{window} {period}"
+            detail = f"{what}: forgave {format_usd(spent)} and {tokens:,} tokens"
+            sqlite_brakes.record(conn, agent, "reset", detail, actor, now)
+            return spent
 
     def resume(self, agent: str, actor: str) -> bool:
         with self._immediate() as conn:
@@ -446,11 +498,16 @@ class SQLiteLedger:
     def _totals(conn: sqlite3.Connection, agent: str, day: str, configured_limit: int) -> DayTotals:
         row = conn.execute(
             """
-            SELECT t.spent_nanos, t.held_nanos, t.calls, t.blocked, t.budget_blocked,
-                l.limit_nanos
-            FROM (SELECT ? AS agent) AS a
-            LEFT JOIN day_totals AS t ON t.agent = a.agent AND t.day = ?
+            SELECT t.spent_nanos - COALESCE(r.nanos, 0), t.held_nanos, t.calls, t.blocked,
+                t.budget_blocked - COALESCE(r.budget_blocked, 0), l.limit_nanos
+            FROM (SELECT ? AS agent, ? AS day) AS a
+            LEFT JOIN day_totals AS t ON t.agent = a.agent AND t.day = a.day
             LEFT JOIN limits AS l ON l.agent = a.agent AND l.window = 'daily'
+            LEFT JOIN (
+                SELECT name, period, SUM(forgiven_nanos) AS nanos,
+                    SUM(forgiven_budget_blocked) AS budget_blocked
+                FROM window_resets WHERE scope = 'agent_day' GROUP BY name, period
+            ) AS r ON r.name = a.agent AND r.period = a.day
             """,
             (agent, day),
         ).fetchone()
