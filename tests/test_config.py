@@ -330,3 +330,11 @@ def test_a_monthly_token_bucket_with_downgrades_and_capped_output(tmp_path: Path
 def test_bad_quotas_get_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
+
+
+def test_throttle_is_a_brake_setting_per_agent(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[agents.patient]\nthrottle = true\n"))
+    assert config.brakes("patient").throttle is True
+    assert config.brakes("anyone").throttle is False
+    with pytest.raises(ConfigError, match=r"agents\.x\.throttle is true or false"):
+        load_config(write(tmp_path, '[agents.x]\nthrottle = "yes"\n'))

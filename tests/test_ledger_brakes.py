@@ -224,3 +224,19 @@ def test_a_reset_month_or_session_forgives_money_and_tokens(ledger: SQLiteLedger
     ledger.reset_window("research-bot", "session", "", actor="bob", session="s1")
     assert isinstance(ledger.hold(replace(intent(), estimated_input_tokens=99), 999, BIG, limits),
                       HoldGranted)  # fmt: skip
+
+
+def test_in_throttle_mode_a_rate_brake_records_nothing_so_the_call_can_wait(
+    ledger: SQLiteLedger, path: Path
+) -> None:
+    throttled = Brakes(loop_repeats=None, calls_per_minute=1, throttle=True)
+    assert isinstance(hold(ledger, throttled, T0, "a"), HoldGranted)
+    waiting = hold(ledger, throttled, T0 + timedelta(seconds=10), "b")
+    assert isinstance(waiting, HoldBraked)
+    assert (waiting.call_id, waiting.brake.retry_after_s) == (None, 50)
+    assert query(path, "SELECT COUNT(*) FROM calls") == [(1,)]  # not refused: it waits
+    # A brake that suspends is never waited out.
+    suspended = hold(ledger, replace(throttled, loop_repeats=2), T0 + timedelta(seconds=30), "a")
+    assert braked(suspended) == "loop_detected"
+    assert isinstance(suspended, HoldBraked)
+    assert suspended.call_id is not None

@@ -2,12 +2,16 @@
 headers of DESIGN.md, and a message that names the window, the figures and the fix."""
 
 import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mitmproxy import http
 
+from ledger_hammer import intent
 from spendbrake.mitm.state import flow_state
 from test_mitm_enforcement import chat_body, chat_flow, completion, configured_proxy
 
@@ -209,3 +213,27 @@ async def test_over_the_calls_per_minute_the_agent_is_told_when_to_retry(tmp_pat
     assert int(headers["retry-after-ms"]) == int(headers["retry-after"]) * 1000
     assert error_of(limited)["code"] == "rate_limited"
     assert "1 call in the last minute, the limit is 1" in error_of(limited)["message"]
+
+
+async def test_in_throttle_mode_a_call_over_the_rate_waits_then_goes(tmp_path: Path) -> None:
+    config = "[agents.patient]\ncalls_per_minute = 1\nthrottle = true\n"
+    with configured_proxy(tmp_path, config) as proxy:
+        # Its one call of the minute was made 58.5 s ago (by another proxy of the fleet).
+        earlier = datetime.now(UTC) - timedelta(seconds=58.5)
+        assert proxy.enforcement.worker is not None
+        proxy.enforcement.worker.run_blocking(
+            lambda ledger: ledger.hold(
+                replace(intent("patient"), started_at=earlier, day=earlier.date().isoformat()),
+                1,
+                10**12,
+            )
+        )
+        started = time.monotonic()
+        flow = await proxy.send(chat_flow(credentials=("patient", "")))
+        waited = time.monotonic() - started
+        rows = proxy.rows()
+        events = proxy.enforcement.worker.run_blocking(lambda ledger: ledger.events("patient"))
+    assert flow.response is None  # forwarded, not refused
+    assert 1.0 <= waited < 5
+    assert [r["state"] for r in rows] == ["held", "held"]  # no refusal recorded
+    assert [e.kind for e in events] == ["throttled"]

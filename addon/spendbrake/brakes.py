@@ -33,6 +33,9 @@ class Brakes:
     tokens_per_minute: int | None = None
     max_concurrent: int | None = None
     burn_nanos_per_min: int | None = None
+    # Wait instead: a call the rate or backoff brakes would answer 429 is held back until it may
+    # go (up to MAX_WAIT_S), an async wait that blocks no other agent.
+    throttle: bool = False
 
 
 NO_BRAKES = Brakes(loop_repeats=None, backoff_steps_s=())

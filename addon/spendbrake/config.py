@@ -46,6 +46,7 @@ _BRAKE_KEYS = frozenset(
         "loop_window_s",
         "backoff_steps_s",
         "burn_usd_per_min",
+        "throttle",
     }
 )
 _AGENT_KEYS = (
@@ -114,6 +115,7 @@ class AgentLimits:
     tokens_per_minute: int | None = None
     max_concurrent: int | None = None
     burn_nanos_per_min: int | None = None
+    throttle: bool | None = None
     # The monthly token bucket and the rewrites that keep an agent going.
     monthly_tokens: int | None = None
     downgrade_below: Decimal | None = None
@@ -195,6 +197,7 @@ class Config:
             tokens_per_minute=setting("tokens_per_minute", None),
             max_concurrent=setting("max_concurrent", None),
             burn_nanos_per_min=setting("burn_nanos_per_min", None),
+            throttle=bool(self._setting(agent, "throttle")),
         )
 
     def quota(self, agent: str) -> Quota:
@@ -355,8 +358,16 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
         tokens_per_minute=_count(table, "tokens_per_minute", where, section, allow_zero=True),
         max_concurrent=_count(table, "max_concurrent", where, section, allow_zero=True),
         burn_nanos_per_min=_usd(table, "burn_usd_per_min", where, section),
+        throttle=_flag(table, "throttle", where, section),
         **_parse_quota(table, where, section),
     )
+
+
+def _flag(table: Mapping[str, Any], key: str, where: str, section: str) -> bool | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {section}.{key} is true or false")
+    return value
 
 
 def _parse_quota(table: Mapping[str, Any], where: str, section: str) -> dict[str, Any]:

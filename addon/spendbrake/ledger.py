@@ -152,7 +152,7 @@ class HoldRefused:
 class HoldBraked:
     """A brake stopped the call before any money window was checked."""
 
-    call_id: int  # recorded as a refused row
+    call_id: int | None  # recorded as a refused row; None: not recorded, the call may wait
     brake: Brake
 
 

@@ -157,6 +157,8 @@ class SQLiteLedger:
             seen = sqlite_brakes.activity(conn, intent, brakes)
             now = intent.started_at
             if brake := check_brakes(seen, brakes, tokens=tokens, nanos=amount_nanos, now=now):
+                if brakes.throttle and brake.retry_after_s is not None and not brake.suspends:
+                    return HoldBraked(call_id=None, brake=brake)  # it waits: not refused yet
                 if brake.suspends:
                     sqlite_brakes.suspend(conn, intent.agent, brake, now)
                 call_id = self._insert_call(

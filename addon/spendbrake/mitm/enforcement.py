@@ -13,10 +13,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 
 from spendbrake import governor, refusals
+from spendbrake.brakes import MAX_WAIT_S, Brakes
 from spendbrake.config import (
     Config,
     ConfigError,
@@ -28,8 +30,11 @@ from spendbrake.ledger import (
     CallIntent,
     DayTotals,
     HoldBraked,
+    HoldGranted,
     HoldRefused,
+    Ledger,
     LedgerUnavailable,
+    Limits,
     Settlement,
     TokenCounts,
 )
@@ -263,9 +268,8 @@ class Enforcement:
             body, rewritten = api.with_usage_requested(body), True
         brakes = self.config.brakes(agent)
         try:
-            result = await self.worker.run(
-                lambda ledger: ledger.hold(held_intent, estimate.cost_nanos, limit, limits, brakes)
-            )
+            result, held_intent = await self._hold(held_intent, estimate.cost_nanos, limit,
+                                                   limits, brakes)  # fmt: skip
         except LedgerUnavailable as e:
             return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
         if isinstance(result, HoldBraked):
@@ -304,6 +308,37 @@ class Enforcement:
             strip_usage_chunk=request.wants_usage_injection,
         )
         return None
+
+    async def _hold(
+        self, intent: CallIntent, nanos: int, limit: int, limits: Limits, brakes: Brakes
+    ) -> tuple[HoldGranted | HoldRefused | HoldBraked, CallIntent]:
+        """The hold; in throttle mode, a call a rate or backoff brake stops waits (without
+        blocking anyone else) and tries again, up to the longest wait a client would accept."""
+        assert self.worker is not None
+        waited = 0
+        while True:
+            result = await self.worker.run(partial(_hold, intent, nanos, limit, limits, brakes))
+            if not (isinstance(result, HoldBraked) and result.call_id is None):
+                return result, intent
+            brake = result.brake
+            wait = brake.retry_after_s or 1
+            if waited == 0:
+                await self._record(intent.agent, "throttled", f"{brake.code}: {brake.detail}")
+            if waited + wait > MAX_WAIT_S:
+                # As long as any client would wait: refused now, as without throttling.
+                call_id = await self._refuse_as(intent, brake.code)
+                return HoldBraked(call_id=call_id, brake=brake), intent
+            await asyncio.sleep(wait)
+            waited += wait
+            intent = replace(intent, started_at=utc_now())
+
+    async def _record(self, agent: str, kind: str, detail: str) -> None:
+        assert self.worker is not None
+        await self.worker.run(lambda ledger: ledger.record_event(agent, kind, detail))
+
+    async def _refuse_as(self, intent: CallIntent, code: str) -> int:
+        assert self.worker is not None
+        return await self.worker.run(lambda ledger: ledger.refuse(intent, code))
 
     async def _downgrade_to(self, agent: str, request: CallRequest, month: str) -> str | None:
         """The cheaper model this call goes to while the agent's token bucket runs low."""
@@ -495,6 +530,12 @@ class Enforcement:
             # when this proxy stops.
             log.exception("spendbrake: could not settle call %d; its hold stays", call.call_id)
             return None
+
+
+def _hold(
+    intent: CallIntent, nanos: int, limit: int, limits: Limits, brakes: Brakes, ledger: Ledger
+) -> HoldGranted | HoldRefused | HoldBraked:
+    return ledger.hold(intent, nanos, limit, limits, brakes)
 
 
 def provider_of(flow: http.HTTPFlow) -> Provider | None:
