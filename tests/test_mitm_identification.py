@@ -2,8 +2,9 @@
 
 import base64
 
-from mitmproxy import http
-from mitmproxy.test import tflow
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow
 
 from spendbrake.attribution import Identity
 from spendbrake.mitm.identification import Identification
@@ -139,3 +140,21 @@ def test_an_agent_header_sent_twice_names_no_usable_agent() -> None:
     assert state.identity is None
     assert "'a, b'" in (state.identity_error or "")
     assert "x-spendbrake-agent" not in flow.request.headers
+
+
+def test_a_call_that_names_no_agent_gets_the_proxys_default_agent_and_session() -> None:
+    identification = Identification()
+    with taddons.context(identification) as tctx:
+        tctx.configure(
+            identification, spendbrake_default_agent="ci-run", spendbrake_default_session="r-7"
+        )
+        anonymous = request_in_tunnel(connect_flow(None))
+        identification.requestheaders(anonymous)
+        named = request_in_tunnel(connect_flow(None), {"x-spendbrake-agent": "bot"})
+        identification.requestheaders(named)
+        with pytest.raises(exceptions.OptionsError, match="is not usable"):
+            tctx.configure(identification, spendbrake_default_agent="no spaces")
+    assert (state := flow_state(anonymous)) is not None
+    assert state.identity == Identity("ci-run", "r-7", "default")
+    assert (state := flow_state(named)) is not None
+    assert state.identity == Identity("bot", "r-7", "header")

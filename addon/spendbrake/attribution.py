@@ -48,15 +48,23 @@ def parse_basic_credentials(header_value: str) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def identify(proxy_credentials: tuple[str, str] | None, headers: Mapping[str, str]) -> Identity:
+def identify(
+    proxy_credentials: tuple[str, str] | None,
+    headers: Mapping[str, str],
+    *,
+    default_agent: str = DEFAULT_AGENT,
+    default_session: str = "",
+) -> Identity:
+    """The defaults stand for whoever runs the proxy: ``spendbrake run`` names its command's
+    agent and session there, so a call that names neither still counts in the run."""
     user, password = proxy_credentials or ("", "")
     if user:
         agent, source = user, "proxy-auth"
     elif headers.get(AGENT_HEADER):
         agent, source = headers[AGENT_HEADER], "header"
     else:
-        agent, source = DEFAULT_AGENT, "default"
-    session = password or headers.get(SESSION_HEADER, "")
+        agent, source = default_agent, "default"
+    session = password or headers.get(SESSION_HEADER, "") or default_session
     if not _AGENT_NAME.fullmatch(agent):
         raise InvalidIdentity(
             f"agent name {agent!r} is not usable: use 1-64 letters, digits, '.', '_' or '-', "

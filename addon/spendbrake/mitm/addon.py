@@ -25,10 +25,12 @@ class Spendbrake:
 
     def load(self, loader: object) -> None:
         self.interception.load(loader)
+        self.identification.load(loader)
         self.enforcement.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.interception.configure(updated)
+        self.identification.configure(updated)
         self.enforcement.configure(updated)
 
     def running(self) -> None:

@@ -7,9 +7,10 @@ turned it on; otherwise the header is read here, so clients without credentials 
 
 from __future__ import annotations
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, exceptions, http
 
 from spendbrake.attribution import (
+    DEFAULT_AGENT,
     IDENTIFICATION_HEADERS,
     InvalidIdentity,
     identify,
@@ -48,6 +49,34 @@ def _take_identifying_headers(headers: http.Headers) -> dict[str, str]:
 class Identification:
     def __init__(self) -> None:
         self._tunnel_credentials: dict[str, tuple[str, str]] = {}
+        self.default_agent, self.default_session = DEFAULT_AGENT, ""
+
+    def load(self, loader: object) -> None:
+        add = loader.add_option  # type: ignore[attr-defined]
+        add(
+            "spendbrake_default_agent",
+            str,
+            DEFAULT_AGENT,
+            "The agent of a call that names none (no proxy-auth user, no X-Spendbrake-Agent).",
+        )
+        add(
+            "spendbrake_default_session",
+            str,
+            "",
+            "The session of a call that names none ('spendbrake run' sets its own).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if {"spendbrake_default_agent", "spendbrake_default_session"} & updated:
+            agent, session = (
+                ctx.options.spendbrake_default_agent,
+                ctx.options.spendbrake_default_session,
+            )
+            try:
+                identify(None, {}, default_agent=agent, default_session=session)
+            except InvalidIdentity as e:
+                raise exceptions.OptionsError(f"spendbrake_default_agent/session: {e}") from None
+            self.default_agent, self.default_session = agent, session
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         authorization = flow.request.headers.pop(_PROXY_AUTHORIZATION, None)
@@ -68,7 +97,13 @@ class Identification:
             or self._tunnel_credentials.get(flow.client_conn.id)
         )
         try:
-            state = FlowState(identity=identify(credentials, taken))
+            identity = identify(
+                credentials,
+                taken,
+                default_agent=self.default_agent,
+                default_session=self.default_session,
+            )
+            state = FlowState(identity=identity)
         except InvalidIdentity as e:
             state = FlowState(identity=None, identity_error=str(e))
         flow.metadata[STATE_KEY] = state
