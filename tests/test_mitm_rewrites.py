@@ -110,3 +110,31 @@ async def test_capped_output_lowers_max_tokens_to_what_the_budget_pays(tmp_path:
     # The default minimum is 256 tokens: 15 is too few to be of use, so the call is refused.
     assert strict.response is not None
     assert strict.response.status_code == 402
+
+
+GROUP_BUCKET = """
+[agents.pair-a]
+group = "pair"
+downgrade_below = 0.9
+downgrade = { "gpt-4o" = "gpt-4o-mini" }
+
+[agents.pair-b]
+group = "pair"
+
+[groups.pair]
+monthly_tokens = 40
+"""
+
+
+async def test_a_groups_token_bucket_is_shared_and_drives_the_downgrade(tmp_path: Path) -> None:
+    gpt_4o = chat_body(model="gpt-4o")
+    with configured_proxy(tmp_path, GROUP_BUCKET) as proxy:
+        await settled(proxy, chat_flow(gpt_4o, credentials=("pair-b", "")))  # 17 of 40
+        downgraded = await settled(proxy, chat_flow(gpt_4o, credentials=("pair-a", "")))
+        refused = await proxy.send(chat_flow(credentials=("pair-b", "")))  # 34 + 18 > 40
+    assert sent_body(downgraded)["model"] == "gpt-4o-mini"  # 23 left, below 90 % of the bucket
+    assert refused.response is not None
+    assert refused.response.status_code == 402
+    error = json.loads(refused.response.content or b"")["error"]
+    assert error["code"] == "monthly_tokens_exceeded"
+    assert "group 'pair' (agent 'pair-b' is one of its agents): 34 of 40" in error["message"]

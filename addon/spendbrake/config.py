@@ -54,7 +54,7 @@ _AGENT_KEYS = (
     | _BRAKE_KEYS
     | _QUOTA_KEYS
 )
-_GROUP_KEYS = frozenset({"daily_usd", "monthly_usd"})
+_GROUP_KEYS = frozenset({"daily_usd", "monthly_usd", "monthly_tokens"})
 _TOP_KEYS = frozenset(
     {
         "timezone",
@@ -130,6 +130,7 @@ class GroupLimits:
 
     daily_nanos: int | None = None
     monthly_nanos: int | None = None
+    monthly_tokens: int | None = None  # the group's token bucket, when its agents have none
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,12 @@ class Config:
             group_daily_nanos=shared.daily_nanos if shared else None,
             group_monthly_nanos=shared.monthly_nanos if shared else None,
             # A bucket that keeps the downgraded model when empty never refuses.
-            monthly_tokens=None if quota.keep_downgraded_when_empty else quota.monthly_tokens,
+            monthly_tokens=None
+            if quota.keep_downgraded_when_empty or quota.group
+            else quota.monthly_tokens,
+            group_monthly_tokens=None
+            if quota.keep_downgraded_when_empty or not quota.group
+            else quota.monthly_tokens,
         )
 
     def brakes(self, agent: str) -> Brakes:
@@ -207,8 +213,12 @@ class Config:
             value = getattr(own, name) if own is not None else None
             return value if value is not None else getattr(defaults, name)
 
+        own_bucket = pick("monthly_tokens")
+        group = self._setting(agent, "group")
+        shared = self.groups.get(group) if isinstance(group, str) and own_bucket is None else None
         return Quota(
-            monthly_tokens=pick("monthly_tokens"),
+            monthly_tokens=own_bucket if shared is None else shared.monthly_tokens,
+            group=group if shared is not None and isinstance(group, str) else "",
             downgrade_below=pick("downgrade_below"),
             downgrade=pick("downgrade") or {},
             keep_downgraded_when_empty=bool(pick("keep_downgraded_when_empty")),
@@ -444,6 +454,7 @@ def _parse_group(name: str, table: object, where: str, section: str) -> GroupLim
     return GroupLimits(
         daily_nanos=_usd(table, "daily_usd", where, section),
         monthly_nanos=_usd(table, "monthly_usd", where, section),
+        monthly_tokens=_tokens(table, "monthly_tokens", where, section),
     )
 
 

@@ -96,6 +96,7 @@ class Limits:
     group_daily_nanos: int | None = None
     group_monthly_nanos: int | None = None
     monthly_tokens: int | None = None  # the agent's token bucket for the calendar month
+    group_monthly_tokens: int | None = None  # its group's, when the bucket is shared
 
 
 NO_MORE_LIMITS = Limits()
@@ -109,8 +110,11 @@ WINDOWS = (
     "session_usd",
     "session_tokens",
     "monthly_tokens",
+    "group_monthly_tokens",
 )
-TOKEN_WINDOWS = frozenset({"session_tokens", "monthly_tokens"})  # counted in tokens, not nanos
+TOKEN_WINDOWS = frozenset(
+    {"session_tokens", "monthly_tokens", "group_monthly_tokens"}
+)  # counted in tokens, not nanos
 
 
 @dataclass(frozen=True)
@@ -198,8 +202,8 @@ class Ledger(Protocol):
 
     def day_totals(self, agent: str, day: str, configured_limit: int) -> DayTotals: ...
 
-    def month_tokens(self, agent: str, month: str) -> int:
-        """Tokens the agent used (and holds) in a calendar month ("2026-11")."""
+    def month_tokens(self, agent: str, month: str, group: str = "") -> int:
+        """Tokens the agent (or, given, its group) used and holds in a month ("2026-11")."""
         ...
 
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:

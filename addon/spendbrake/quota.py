@@ -22,6 +22,7 @@ class Quota:
     downgrade_below: Decimal | None = None  # a share of monthly_tokens, e.g. 0.2
     downgrade: Mapping[str, str] = field(default_factory=dict)  # model -> cheaper model
     keep_downgraded_when_empty: bool = False  # else an empty bucket refuses
+    group: str = ""  # the bucket is this group's, shared by its agents ("" : the agent's own)
 
 
 def downgraded_model(model: str, used_tokens: int, quota: Quota) -> str | None:

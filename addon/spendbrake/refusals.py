@@ -93,7 +93,7 @@ def window_exceeded(
         return daily_budget_exceeded(refused.totals, refused.requested_nanos, day_resets_at, now)
     if use.window == "session_tokens":
         return _session_tokens_exceeded(use, agent, refused.requested_tokens)
-    if use.window == "monthly_tokens":
+    if use.window in ("monthly_tokens", "group_monthly_tokens"):
         return _monthly_tokens_exceeded(use, agent, refused.requested_tokens, month_resets_at, now)
     in_flight = f" (another {format_usd(use.held)} is held by calls in flight)" if use.held else ""
     spent = f"spent {format_usd(use.spent)} of {format_usd(use.limit)}"
@@ -125,13 +125,19 @@ def window_exceeded(
     return Refusal(code, message, retry_after_s=seconds)
 
 
+def _whose(use: WindowUse, agent: str) -> str:
+    if use.window.startswith("group_"):
+        return f"group '{use.name}' (agent '{agent}' is one of its agents)"
+    return f"agent '{agent}'"
+
+
 def _monthly_tokens_exceeded(
     use: WindowUse, agent: str, requested_tokens: int, resets_at: datetime, now: datetime
 ) -> Refusal:
     seconds = _seconds_until(resets_at, now)
     in_flight = f" (another {use.held:,} held by calls in flight)" if use.held else ""
     message = (
-        f"spendbrake: monthly token quota used up for agent '{agent}': {use.spent:,} of "
+        f"spendbrake: monthly token quota used up for {_whose(use, agent)}: {use.spent:,} of "
         f"{use.limit:,} tokens this month{in_flight}, and this call may use up to "
         f"{requested_tokens:,}. It refills at {resets_at.strftime('%Y-%m-%d %H:%M %Z')} "
         f"(in {_duration(seconds)}). To raise it: set monthly_tokens in the configuration"

@@ -54,6 +54,7 @@ REFUSAL_OF_WINDOW = {
     "session_usd": "session_budget_exceeded",
     "session_tokens": "session_tokens_exceeded",
     "monthly_tokens": "monthly_tokens_exceeded",
+    "group_monthly_tokens": "monthly_tokens_exceeded",
 }
 
 
@@ -201,16 +202,23 @@ class SQLiteLedger:
             "session_usd": ("session", session, "", limits.session_nanos),
             "session_tokens": ("session", session, "", limits.session_tokens),
             "monthly_tokens": ("agent_month", intent.agent, month, limits.monthly_tokens),
+            "group_monthly_tokens": (
+                "group_month",
+                limits.group,
+                month,
+                limits.group_monthly_tokens,
+            ),
         }
         if not limits.group:
-            del places["group_daily"], places["group_monthly"]
+            del places["group_daily"], places["group_monthly"], places["group_monthly_tokens"]
         wanted = {w: place[3] for w, place in places.items()}
         for window, limit in conn.execute(
             """
             SELECT window, limit_nanos FROM limits
             WHERE (agent = ? AND window IN ('monthly', 'session_usd', 'session_tokens',
                 'monthly_tokens'))
-                OR (agent = ? AND window IN ('group_daily', 'group_monthly'))
+                OR (agent = ? AND window IN ('group_daily', 'group_monthly',
+                    'group_monthly_tokens'))
             """,
             (intent.agent, limits.group),
         ):
@@ -292,16 +300,17 @@ class SQLiteLedger:
         [(agent, day)] = settled
         return self._totals(conn, agent, day, configured_limit)
 
-    def month_tokens(self, agent: str, month: str) -> int:
+    def month_tokens(self, agent: str, month: str, group: str = "") -> int:
+        scope, name = ("group_month", group) if group else ("agent_month", agent)
         row = self.db.conn.execute(
             """
             SELECT spent_tokens + held_tokens - COALESCE((SELECT SUM(forgiven_tokens)
-                FROM window_resets AS r WHERE r.scope = 'agent_month' AND r.name = w.name
+                FROM window_resets AS r WHERE r.scope = w.scope AND r.name = w.name
                 AND r.period = w.period), 0)
             FROM window_totals AS w
-            WHERE scope = 'agent_month' AND name = ? AND period = ?
+            WHERE scope = ? AND name = ? AND period = ?
             """,
-            (agent, month),
+            (scope, name, month),
         ).fetchone()
         return row[0] if row else 0
 

@@ -346,7 +346,9 @@ class Enforcement:
         if quota.monthly_tokens is None or request.model not in quota.downgrade:
             return None
         assert self.worker is not None
-        used = await self.worker.run(lambda ledger: ledger.month_tokens(agent, month))
+        used = await self.worker.run(
+            lambda ledger: ledger.month_tokens(agent, month, group=quota.group)
+        )
         cheaper = downgraded_model(request.model, used, quota)
         if cheaper and (agent, month) not in self._downgrades_recorded:
             self._downgrades_recorded.add((agent, month))
