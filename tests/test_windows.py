@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spendbrake.windows import current_day_window, day_window
+from spendbrake.windows import current_day_window, day_window, month_resets_at
 
 
 def test_a_day_is_the_local_calendar_date() -> None:
@@ -68,3 +68,22 @@ def test_the_cached_window_is_right_on_both_sides_of_every_local_midnight(zone: 
         for instant in (midnight - timedelta(microseconds=1), midnight):
             assert current_day_window(instant, tz) == day_window(instant, tz)
         moment = midnight.astimezone(UTC)
+
+
+@pytest.mark.parametrize(
+    ("moment", "zone", "resets"),
+    [
+        # 23:30 UTC on New Year's Eve is already January in Berlin: February is next.
+        (datetime(2026, 12, 31, 23, 30, tzinfo=UTC), "Europe/Berlin", datetime(2027, 2, 1)),
+        # Still March in New York (UTC-4 after the spring change): April 1 local midnight.
+        (datetime(2026, 4, 1, 3, 59, tzinfo=UTC), "America/New_York", datetime(2026, 4, 1)),
+        (datetime(2026, 10, 31, 23, 0, tzinfo=UTC), "Europe/London", datetime(2026, 11, 1)),
+    ],
+)
+def test_a_month_resets_at_the_local_midnight_that_starts_the_next_one(
+    moment: datetime, zone: str, resets: datetime
+) -> None:
+    tz = ZoneInfo(zone)
+    assert month_resets_at(moment, tz) == resets.replace(tzinfo=tz)
+    # The ledger's month key is the local day's: the same month the reset ends.
+    assert day_window(moment, tz).day[:7] < resets.strftime("%Y-%m")
