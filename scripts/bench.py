@@ -91,13 +91,11 @@ daily_usd = 1000000.00
 # -- the load generator (its own process) -----------------------------------------------------
 
 
-def request_body() -> bytes:
+def request_body(number: int) -> bytes:
+    # Every request differs, as an agent's do: identical ones would trip the loop brake.
+    content = f"Say hello in one short sentence. (request {number})"
     return json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
-            "max_tokens": 16,
-        }
+        {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 16}
     ).encode()
 
 
@@ -120,7 +118,7 @@ def machine_ticks() -> tuple[int, int]:
 def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Run warm-up then the measured phase; return latencies, counts and CPU samples."""
     context = ssl.create_default_context(cafile=spec["ca"])
-    body = request_body()
+    bodies = itertools.count()
     headers = {
         "Host": HOST,
         "Content-Type": "application/json",
@@ -160,7 +158,7 @@ def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 conn = connect()
                 local["connections"] += 1
             started = time.perf_counter()
-            conn.request("POST", PATH, body, headers)
+            conn.request("POST", PATH, request_body(next(bodies)), headers)
             response = conn.getresponse()
             data = response.read()
             elapsed = time.perf_counter() - started
