@@ -118,6 +118,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m005_monthly_group_and_session_windows"),
         ("spendbrake", "m006_brakes"),
         ("spendbrake", "m007_window_resets"),
+        ("spendbrake", "m008_no_index_on_start_times"),
     ]
 
     for _ in range(2):

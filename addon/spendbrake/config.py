@@ -134,6 +134,17 @@ class GroupLimits:
 
 
 @dataclass(frozen=True)
+class AgentPolicy:
+    """Everything the configuration says about one agent, worked out once."""
+
+    daily_nanos: int
+    limits: Limits
+    brakes: Brakes
+    quota: Quota
+    cap_output_minimum: int | None
+
+
+@dataclass(frozen=True)
 class Config:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     ledger: Path | None = None
@@ -152,6 +163,15 @@ class Config:
         return any(
             route.startswith(allowed[:-1]) if allowed.endswith("*") else route == allowed
             for allowed in self.allow_unmetered_routes
+        )
+
+    def policy(self, agent: str) -> AgentPolicy:
+        return AgentPolicy(
+            daily_nanos=self.daily_limit(agent),
+            limits=self.limits(agent),
+            brakes=self.brakes(agent),
+            quota=self.quota(agent),
+            cap_output_minimum=self.cap_output_minimum(agent),
         )
 
     def daily_limit(self, agent: str) -> int:

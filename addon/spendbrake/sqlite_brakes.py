@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes, Suspension
 from spendbrake.ledger import CallIntent, Event
@@ -27,17 +27,10 @@ BRAKE_SETTINGS = (
 )
 
 
-def with_run_time_settings(conn: sqlite3.Connection, agent: str, brakes: Brakes) -> Brakes:
-    rows = conn.execute(
-        f"""
-        SELECT window, limit_nanos FROM limits
-        WHERE agent = ? AND window IN ({", ".join("?" for _ in BRAKE_SETTINGS)})
-        """,
-        (agent, *BRAKE_SETTINGS),
-    ).fetchall()
-    if not rows:
+def with_run_time_settings(brakes: Brakes, set_now: dict[str, int]) -> Brakes:
+    """The configured brakes with what 'limit set' changed (the agent's rows of limits)."""
+    if not set_now.keys() & set(BRAKE_SETTINGS):
         return brakes
-    set_now: dict[str, int] = dict(rows)
 
     def setting(name: str, configured: int | None) -> int | None:
         return (set_now[name] or None) if name in set_now else configured  # 0: off
@@ -62,26 +55,30 @@ def _parse(value: str | None) -> datetime | None:
 
 def activity(conn: sqlite3.Connection, intent: CallIntent, brakes: Brakes) -> Activity:
     agent, now = intent.agent, intent.started_at
+    fingerprint = intent.fingerprint if brakes.loop_repeats is not None else ""
+    # One statement: this runs on every hold, and each statement costs.
     row = conn.execute(
         """
         SELECT s.reason, s.detail, s.since, a.consecutive_failures, a.last_failure_at,
-            a.resumed_at
-        FROM (SELECT ? AS agent) AS x
+            a.resumed_at,
+            CASE WHEN :fingerprint = '' THEN 0 ELSE (
+                SELECT COUNT(*) FROM calls AS c
+                WHERE c.agent = x.agent AND c.fingerprint = :fingerprint
+                    AND c.started_at >= MAX(:loop_since, COALESCE(a.resumed_at, ''))
+            ) END
+        FROM (SELECT :agent AS agent) AS x
         LEFT JOIN suspensions AS s ON s.agent = x.agent
         LEFT JOIN agent_state AS a ON a.agent = x.agent
         """,
-        (agent,),
+        {
+            "agent": agent,
+            "fingerprint": fingerprint,
+            "loop_since": iso(now - timedelta(seconds=brakes.loop_window_s)),
+        },
     ).fetchone()
-    reason, detail, since, failures, last_failure_at, resumed_at = row
+    reason, detail, since, failures, last_failure_at, resumed_at, same = row
     resumed_at = resumed_at or ""
     suspension = Suspension(reason, detail, datetime.fromisoformat(since)) if reason else None
-    same = 0
-    if brakes.loop_repeats is not None and intent.fingerprint:
-        loop_since = max(iso(now - timedelta(seconds=brakes.loop_window_s)), resumed_at)
-        (same,) = conn.execute(
-            "SELECT COUNT(*) FROM calls WHERE agent = ? AND fingerprint = ? AND started_at >= ?",
-            (agent, intent.fingerprint, loop_since),
-        ).fetchone()
     rates = Activity(
         suspension=suspension,
         same_request_recently=same,
@@ -101,21 +98,27 @@ def _with_rates(
     conn: sqlite3.Connection, base: Activity, intent: CallIntent, resumed_at: str
 ) -> Activity:
     now = intent.started_at
+    # The (agent, day) index finds the agent's calls of today and yesterday (a minute can
+    # straddle a local midnight); started_at then picks the window. An index of its own on
+    # started_at would cost every call's insert more than it saves these few.
+    since_day = (date.fromisoformat(intent.day) - timedelta(days=1)).isoformat()
     calls, oldest, tokens = conn.execute(
         """
         SELECT COUNT(*), MIN(started_at), COALESCE(SUM(CASE state
             WHEN 'held' THEN estimated_input_tokens + estimated_output_tokens
             ELSE input_tokens + output_tokens END), 0)
-        FROM calls WHERE agent = ? AND started_at >= ? AND state <> 'refused'
+        FROM calls
+        WHERE agent = ? AND day >= ? AND started_at >= ? AND state <> 'refused'
         """,
-        (intent.agent, iso(now - RATE_WINDOW)),
+        (intent.agent, since_day, iso(now - RATE_WINDOW)),
     ).fetchone()
     (spent,) = conn.execute(
         """
         SELECT COALESCE(SUM(CASE state WHEN 'held' THEN held_nanos ELSE actual_nanos END), 0)
-        FROM calls WHERE agent = ? AND started_at >= ? AND state <> 'refused'
+        FROM calls
+        WHERE agent = ? AND day >= ? AND started_at >= ? AND state <> 'refused'
         """,
-        (intent.agent, max(iso(now - BURN_WINDOW), resumed_at)),
+        (intent.agent, since_day, max(iso(now - BURN_WINDOW), resumed_at)),
     ).fetchone()
     (in_flight,) = conn.execute(
         "SELECT COUNT(*) FROM calls WHERE state = 'held' AND agent = ?", (intent.agent,)

@@ -154,7 +154,8 @@ class SQLiteLedger:
             raise ValueError("a hold cannot be negative")
         tokens = intent.estimated_input_tokens + intent.estimated_output_tokens
         with self._immediate() as conn:
-            brakes = sqlite_brakes.with_run_time_settings(conn, intent.agent, brakes)
+            set_now = self._run_time_limits(conn, intent.agent, limits.group)
+            brakes = sqlite_brakes.with_run_time_settings(brakes, set_now)
             seen = sqlite_brakes.activity(conn, intent, brakes)
             now = intent.started_at
             if brake := check_brakes(seen, brakes, tokens=tokens, nanos=amount_nanos, now=now):
@@ -170,7 +171,7 @@ class SQLiteLedger:
             day = WindowUse(
                 "daily", intent.agent, totals.spent_nanos, totals.held_nanos, totals.limit_nanos
             )
-            uses = [day, *self._other_windows(conn, intent, limits)]
+            uses = [day, *self._other_windows(conn, intent, limits, set_now)]
             for use in uses:
                 asked = tokens if use.window in TOKEN_WINDOWS else amount_nanos
                 if asked > use.remaining:
@@ -190,8 +191,24 @@ class SQLiteLedger:
             )
             return HoldGranted(call_id=call_id, held_nanos=amount_nanos, totals=after)
 
+    @staticmethod
+    def _run_time_limits(conn: sqlite3.Connection, agent: str, group: str) -> dict[str, int]:
+        """What 'limit set' set for the agent, and for its group (windows named group_*)."""
+        return {
+            window: limit
+            for who, window, limit in conn.execute(
+                "SELECT agent, window, limit_nanos FROM limits WHERE agent IN (?, ?)",
+                (agent, group),
+            )
+            if (who == group if window.startswith("group_") else who == agent)
+        }
+
     def _other_windows(
-        self, conn: sqlite3.Connection, intent: CallIntent, limits: Limits
+        self,
+        conn: sqlite3.Connection,
+        intent: CallIntent,
+        limits: Limits,
+        set_now: dict[str, int] | None = None,
     ) -> list[WindowUse]:
         """The windows besides the day that have a limit, configured or set at run time."""
         month, session = intent.day[:7], f"{intent.agent}/{intent.session}"
@@ -212,16 +229,9 @@ class SQLiteLedger:
         if not limits.group:
             del places["group_daily"], places["group_monthly"], places["group_monthly_tokens"]
         wanted = {w: place[3] for w, place in places.items()}
-        for window, limit in conn.execute(
-            """
-            SELECT window, limit_nanos FROM limits
-            WHERE (agent = ? AND window IN ('monthly', 'session_usd', 'session_tokens',
-                'monthly_tokens'))
-                OR (agent = ? AND window IN ('group_daily', 'group_monthly',
-                    'group_monthly_tokens'))
-            """,
-            (intent.agent, limits.group),
-        ):
+        if set_now is None:
+            set_now = self._run_time_limits(conn, intent.agent, limits.group)
+        for window, limit in set_now.items():
             if window in wanted:
                 wanted[window] = limit
         limited = {w: limit for w, limit in wanted.items() if limit is not None}

@@ -20,6 +20,7 @@ from mitmproxy import ctx, exceptions, http
 from spendbrake import governor, refusals
 from spendbrake.brakes import MAX_WAIT_S, Brakes
 from spendbrake.config import (
+    AgentPolicy,
     Config,
     ConfigError,
     load_config,
@@ -77,6 +78,8 @@ class Enforcement:
         self.unavailable: str | None = "spendbrake is not configured yet"
         self.estimator = TokenEstimator()
         self._downgrades_recorded: set[tuple[str, str]] = set()  # (agent, month): one event each
+        # Per agent, what the configuration says: worked out on its first call, not on each.
+        self._policies: dict[str, AgentPolicy] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Enforcement:
         if self.worker:
             self.worker.close()
         self.config, self.worker = config, LedgerWorker(ledger, inline=inline)
+        self._policies.clear()
         self.pricer = Pricer(config.prices)
         self.unavailable = None
         log.info("spendbrake: enforcing with ledger %s", ledger.path)
@@ -235,14 +239,15 @@ class Enforcement:
             return await self._refuse_recorded(
                 intent(request), refusals.unmetered_tool(unbounded, provider.id)
             )
-        limit, limits = self.config.daily_limit(agent), self.config.limits(agent)
+        policy = self._policy(agent)
+        limit, limits = policy.daily_nanos, policy.limits
         original = (body, path)
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
                 body, path = api.rewritten(body, path, Rewrite(model=cheaper))
                 request = api.parse(body, path)
             estimate = await self._estimate(request, provider, now)
-            if (minimum := self.config.cap_output_minimum(agent)) is not None:
+            if (minimum := policy.cap_output_minimum) is not None:
                 room = await self.worker.run(
                     lambda ledger: ledger.room_nanos(intent(request, estimate), limit, limits)
                 )
@@ -266,7 +271,7 @@ class Enforcement:
         rewritten = (body, path) != original
         if request.wants_usage_injection:
             body, rewritten = api.with_usage_requested(body), True
-        brakes = self.config.brakes(agent)
+        brakes = policy.brakes
         try:
             result, held_intent = await self._hold(held_intent, estimate.cost_nanos, limit,
                                                    limits, brakes)  # fmt: skip
@@ -332,6 +337,14 @@ class Enforcement:
             waited += wait
             intent = replace(intent, started_at=utc_now())
 
+    def _policy(self, agent: str) -> AgentPolicy:
+        policy = self._policies.get(agent)
+        if policy is None:
+            if len(self._policies) > 10_000:  # agent names are client input: stay bounded
+                self._policies.clear()
+            policy = self._policies[agent] = self.config.policy(agent)
+        return policy
+
     async def _record(self, agent: str, kind: str, detail: str) -> None:
         assert self.worker is not None
         await self.worker.run(lambda ledger: ledger.record_event(agent, kind, detail))
@@ -342,7 +355,7 @@ class Enforcement:
 
     async def _downgrade_to(self, agent: str, request: CallRequest, month: str) -> str | None:
         """The cheaper model this call goes to while the agent's token bucket runs low."""
-        quota = self.config.quota(agent)
+        quota = self._policy(agent).quota
         if quota.monthly_tokens is None or request.model not in quota.downgrade:
             return None
         assert self.worker is not None
