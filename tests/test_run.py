@@ -277,6 +277,8 @@ def test_the_printed_summary_says_what_stopped_the_run_and_why_it_exits_87() -> 
         "  calls   2 forwarded, 2 refused (unknown_model: 1, session_budget_exceeded: 1)\n"
         "  spent   $0.00806 of the $0.01 budget\n"
         "  stopped by session_budget_exceeded, 1.25 s into the run\n"
+        "  raise   --budget to let the run go further ('spendbrake limit set' does not change a "
+        "run's limits)\n"
         "\n"
         "  model    calls   input tokens   output tokens      spent\n"
         " ──────────────────────────────────────────────────────────\n"
@@ -295,3 +297,16 @@ def test_a_run_the_budget_did_not_stop_reports_the_commands_own_exit_code() -> N
         "  spent   $0.00\n"
         "spendbrake run: exit 3, the command's own"
     )
+
+
+def test_a_run_stopped_by_its_tokens_says_which_flag_raises_them() -> None:
+    def raise_line(reason: str) -> list[str]:
+        rows = [row(0.5, "refused", reason)]
+        summary = summarize(rows, agent="a", session="s", started_at=T0, seconds=1.0)
+        return [line for line in printed(summary, 87, 0).splitlines() if "raise" in line]
+
+    assert raise_line("session_tokens_exceeded") == [
+        "  raise   --session-tokens to let the run go further ('spendbrake limit set' does not "
+        "change a run's limits)"
+    ]
+    assert raise_line("daily_budget_exceeded") == []

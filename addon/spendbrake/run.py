@@ -49,6 +49,13 @@ STOPPING_CODES = frozenset(
     }
 )
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# The refusal inside a run names `spendbrake limit set`, which changes the user's own ledger and
+# not the run's: the summary says which flag of the run raises the limit instead.
+RAISED_BY = {
+    "session_budget_exceeded": "--budget",
+    "session_tokens_exceeded": "--session-tokens",
+}
+RAISE_HINT = "to let the run go further ('spendbrake limit set' does not change a run's limits)"
 
 
 @dataclass(frozen=True)
@@ -334,6 +341,8 @@ def render_summary(summary: RunSummary, code: int, returncode: int) -> Renderabl
         facts.append(
             ("stopped", f"by {summary.stopped_by}, {summary.seconds_to_wall:.2f} s into the run")
         )
+    if flag := RAISED_BY.get(summary.stopped_by or ""):
+        facts.append(("raise", f"{flag} {RAISE_HINT}"))
     lines = Text()
     lines.append(
         f"spendbrake run: agent {summary.agent}, session {summary.session}, "
