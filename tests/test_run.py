@@ -6,10 +6,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from spendbrake.cli import main
 from spendbrake.config import parse_config
 from spendbrake.run import (
     BUDGET_EXIT_CODE,
@@ -17,9 +20,12 @@ from spendbrake.run import (
     RunOptions,
     RunSummary,
     child_environment,
+    dropped_no_proxy,
+    exempts_llm_host,
     exit_code,
     new_session_id,
     no_proxy,
+    own_option_conflicts,
     render_summary,
     run_config,
     summarize,
@@ -142,6 +148,72 @@ def test_the_callers_proxy_settings_are_replaced_and_its_own_upstream_remembered
 def test_no_proxy_keeps_the_callers_hosts_and_loopback_but_never_everything() -> None:
     caller = {"NO_PROXY": "intranet.corp, *,localhost", "no_proxy": "git.corp"}
     assert no_proxy(caller) == "intranet.corp,localhost,git.corp,127.0.0.1,::1"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "api.openai.com",
+        "API.OpenAI.com.",
+        ".openai.com",
+        "openai.com",
+        "*.openai.com",
+        "api.anthropic.com:443",
+        "googleapis.com",
+        "my-resource.openai.azure.com",
+        ".openai.azure.com",
+        "azure.com",
+        "openrouter.ai",
+        ".ai",
+        "com",
+    ],
+)
+def test_a_no_proxy_entry_that_covers_an_llm_host_is_an_exemption(entry: str) -> None:
+    assert exempts_llm_host(entry)
+
+
+@pytest.mark.parametrize(
+    "entry", ["intranet.corp", "openai.com.evil", "platform-openai.com", "10.0.0.0/8", "::1", ""]
+)
+def test_other_no_proxy_entries_are_not(entry: str) -> None:
+    assert not exempts_llm_host(entry)
+
+
+def test_no_proxy_never_lets_an_llm_call_past_the_budget() -> None:
+    caller = {
+        "NO_PROXY": "intranet.corp,.openai.com,api.anthropic.com",
+        "no_proxy": "*.azure.com,git.corp,*",
+    }
+
+    assert dropped_no_proxy(caller) == [".openai.com", "api.anthropic.com", "*.azure.com", "*"]
+    assert no_proxy(caller) == "intranet.corp,git.corp,localhost,127.0.0.1,::1"
+    assert child_environment(caller, URL, BUNDLE)["no_proxy"] == no_proxy(caller)
+    assert dropped_no_proxy({"NO_PROXY": "intranet.corp"}) == []
+
+
+def test_options_the_run_sets_itself_are_refused_with_the_flag_to_use() -> None:
+    sets = ["upstream_cert=false", "spendbrake_ledger=/tmp/x.db", " spendbrake_config = c.toml"]
+    sets += ["confdir=/c", "spendbrake_default_agent=a", "spendbrake_default_session=s"]
+
+    assert own_option_conflicts(sets) == [
+        "spendbrake_ledger is set by the run itself: use --ledger PATH",
+        "spendbrake_config is set by the run itself: use --config FILE",
+        "confdir is set by the run itself: the run makes a CA of its own",
+        "spendbrake_default_agent is set by the run itself: use --agent NAME",
+        "spendbrake_default_session is set by the run itself: each run has a session of its own",
+    ]
+    assert own_option_conflicts(["spendbrake_block_all=true", "mode=regular"]) == []
+
+
+def test_spendbrake_run_refuses_to_set_its_own_ledger_before_it_starts() -> None:
+    args = ["run", "--set", "spendbrake_ledger=/tmp/elsewhere.db", "--", "false"]
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 2
+    assert result.output.endswith(
+        "Error: Invalid value for --set: spendbrake_ledger is set by the run itself: "
+        "use --ledger PATH\n"
+    )
 
 
 def test_each_run_has_a_fresh_readable_session() -> None:

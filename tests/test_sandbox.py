@@ -10,7 +10,7 @@ import pytest
 from spendbrake.config import parse_config
 from spendbrake.ledger import CallIntent, HoldGranted, Limits, Settlement, TokenCounts
 from spendbrake.run import CallRow, RunOptions
-from spendbrake.sandbox import RunError, prepare_config, read_calls
+from spendbrake.sandbox import RunError, prepare_config, read_calls, run_sandboxed
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 NOW = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -85,3 +85,9 @@ def test_the_runs_rows_are_read_back_from_the_ledger_and_no_others(tmp_path: Pat
 
 def test_a_ledger_the_proxy_never_wrote_has_no_rows(tmp_path: Path) -> None:
     assert read_calls(tmp_path / "ledger.db", "ci-bot", "run-1") == []
+
+
+def test_a_run_refuses_settings_that_would_replace_its_own(tmp_path: Path) -> None:
+    options = RunOptions(sets=("spendbrake_ledger=/tmp/elsewhere.db",))
+    with pytest.raises(RunError, match="spendbrake_ledger is set by the run itself: use --ledger"):
+        run_sandboxed(["true"], options, environment={})

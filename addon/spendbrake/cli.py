@@ -622,13 +622,15 @@ def run(
     Example:
         spendbrake run --budget 0.50 --summary-json spend.json -- pytest
     """
-    from spendbrake.run import RunOptions
+    from spendbrake.run import RunOptions, own_option_conflicts
     from spendbrake.sandbox import RunError, execute
 
     try:
         identify((agent, ""), {})
     except InvalidIdentity as e:
         raise click.BadParameter(str(e), param_hint="--agent") from None
+    if conflicts := own_option_conflicts(sets):
+        raise click.BadParameter("; ".join(conflicts), param_hint="--set")
     options = RunOptions(
         agent=agent,
         budget_nanos=_usd_option(budget, "--budget"),

@@ -27,6 +27,7 @@ from rich.text import Text
 from spendbrake import certs
 from spendbrake.config import DEFAULT_DAILY_NANOS
 from spendbrake.money import format_usd, format_usd_exact, nanos_to_decimal
+from spendbrake.providers import PROVIDERS, provider_for_host
 
 BUDGET_EXIT_CODE = 87
 DEFAULT_AGENT = "run"
@@ -56,6 +57,16 @@ RAISED_BY = {
     "session_tokens_exceeded": "--session-tokens",
 }
 RAISE_HINT = "to let the run go further ('spendbrake limit set' does not change a run's limits)"
+# The proxy options the run sets for itself, and what to use instead. A --set of one of them
+# would point the proxy away from what the run reads back: another ledger, and the run would
+# report no refusal and exit 0 although a call was refused.
+RUN_OWN_OPTIONS = {
+    "spendbrake_ledger": "use --ledger PATH",
+    "spendbrake_config": "use --config FILE",
+    "spendbrake_default_agent": "use --agent NAME",
+    "spendbrake_default_session": "each run has a session of its own",
+    "confdir": "the run makes a CA of its own",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,16 @@ class RunOptions:
         if self.calls_per_minute is not None:
             settings["calls_per_minute"] = self.calls_per_minute
         return settings
+
+
+def own_option_conflicts(sets: Iterable[str]) -> list[str]:
+    """What is wrong with ``--set NAME=VALUE`` settings that would replace the run's own."""
+    names = dict.fromkeys(setting.partition("=")[0].strip() for setting in sets)
+    return [
+        f"{name} is set by the run itself: {RUN_OWN_OPTIONS[name]}"
+        for name in names
+        if name in RUN_OWN_OPTIONS
+    ]
 
 
 def _usd_text(nanos: int) -> str:
@@ -175,14 +196,48 @@ def upstream_proxy_of(environment: Mapping[str, str]) -> str | None:
     return environment.get("HTTPS_PROXY") or environment.get("https_proxy") or None
 
 
-def no_proxy(environment: Mapping[str, str]) -> str:
-    """The caller's NO_PROXY hosts and loopback. A ``*`` would send every call past the
-    proxy, and with it past the budget, so it is dropped."""
+def _no_proxy_name(entry: str) -> str:
+    """A NO_PROXY entry as clients match it: without ``*.``, a leading dot or a port."""
+    name = entry.strip().lower().removeprefix("*").lstrip(".").rstrip(".")
+    host, sep, port = name.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else name
+
+
+def exempts_llm_host(entry: str) -> bool:
+    """Whether a NO_PROXY entry would let clients call a provider past the proxy: it names an
+    LLM host, or a domain above one (``openai.com`` and ``.openai.com`` cover
+    ``api.openai.com``, ``azure.com`` every Azure OpenAI resource)."""
+    name = _no_proxy_name(entry)
+    if not name:
+        return False
+    if provider_for_host(name):
+        return True
+    for provider in PROVIDERS:
+        if any(host == name or host.endswith("." + name) for host in provider.hosts):
+            return True
+        if any(suffix.endswith("." + name) for suffix in provider.host_suffixes):
+            return True
+    return False
+
+
+def _no_proxy_entries(environment: Mapping[str, str]) -> list[str]:
     hosts: list[str] = []
     for name in ("NO_PROXY", "no_proxy"):
         hosts += [h.strip() for h in environment.get(name, "").split(",")]
-    hosts += LOOPBACK
-    return ",".join(dict.fromkeys(h for h in hosts if h and h != "*"))
+    return list(dict.fromkeys(h for h in hosts if h))
+
+
+def dropped_no_proxy(environment: Mapping[str, str]) -> list[str]:
+    """The caller's NO_PROXY entries the run leaves out: ``*``, and those that would send an
+    LLM call past the proxy, and with it past the budget."""
+    return [h for h in _no_proxy_entries(environment) if h == "*" or exempts_llm_host(h)]
+
+
+def no_proxy(environment: Mapping[str, str]) -> str:
+    """The caller's NO_PROXY hosts and loopback, without those ``dropped_no_proxy`` names."""
+    dropped = set(dropped_no_proxy(environment))
+    hosts = [h for h in _no_proxy_entries(environment) if h not in dropped]
+    return ",".join(dict.fromkeys([*hosts, *LOOPBACK]))
 
 
 def child_environment(base: Mapping[str, str], url: str, bundle: Path) -> dict[str, str]:

@@ -38,8 +38,10 @@ from spendbrake.run import (
     RunOptions,
     RunSummary,
     child_environment,
+    dropped_no_proxy,
     exit_code,
     new_session_id,
+    own_option_conflicts,
     proxy_url,
     render_summary,
     run_config,
@@ -310,6 +312,8 @@ def run_sandboxed(
     watch: Callable[[RunSummary], None] | None = None,
 ) -> RunResult:
     """Run ``command`` through an ephemeral proxy; ``watch`` sees the summary as it grows."""
+    if conflicts := own_option_conflicts(options.sets):
+        raise RunError(f"--set {conflicts[0]}", 2)
     config_text, config = prepare_config(options)
     budget = config.limits(options.agent).session_nanos
     upstream = upstream_proxy_of(environment)
@@ -368,6 +372,12 @@ def execute(
     """``spendbrake run``: run, write the summary JSON, print the summary; the exit code."""
     if summary_json is not None and not summary_json.parent.is_dir():
         raise RunError(f"--summary-json: there is no directory {summary_json.parent}")
+    if dropped := dropped_no_proxy(os.environ):
+        console.print(
+            "spendbrake run: NO_PROXY entries left out, they would send LLM calls past the "
+            f"budget: {', '.join(dropped)}",
+            soft_wrap=True,
+        )
     result = run_sandboxed(command, options, environment=os.environ)
     code = exit_code(result.returncode, result.summary)
     if summary_json is not None:
