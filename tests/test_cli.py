@@ -12,7 +12,14 @@ from click.testing import CliRunner
 from ledger_hammer import query
 from spendbrake.brakes import Brake
 from spendbrake.cli import main
-from spendbrake.ledger import CallIntent, HoldGranted, Settlement, TokenCounts
+from spendbrake.ledger import (
+    CallIntent,
+    HoldGranted,
+    HoldRefused,
+    Limits,
+    Settlement,
+    TokenCounts,
+)
 from spendbrake.sqlite_brakes import suspend
 from spendbrake.sqlite_ledger import SQLiteLedger
 
@@ -410,3 +417,28 @@ def test_reset_zeroes_todays_spend_and_says_who_did_it(
     code, output = run("reset", "research-bot", "--window", "day", "--session", "x")
     assert code == 2
     assert "--session ID goes with --window session" in output
+
+
+def test_resume_with_a_session_lifts_that_sessions_breakers(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    call = CallIntent(
+        agent="research-bot", session="run-42", provider="openai",
+        endpoint="/v1/chat/completions", requested_model="gpt-4o", forwarded_model="gpt-4o",
+        stream=False, day=datetime.now(UTC).date().isoformat(), started_at=datetime.now(UTC),
+        estimated_input_tokens=100,
+    )  # fmt: skip
+    capped = Limits(session_tokens=100)
+    first = ledger.hold(call, 1, 10**9, capped)
+    assert isinstance(first, HoldGranted)
+    ledger.settle(first.call_id, Settlement(1, TokenCounts(input_tokens=100), "ok"), 10**9)
+    assert isinstance(ledger.hold(call, 1, 10**9, capped), HoldRefused)  # the breaker is open
+
+    monkeypatch.setenv("USER", "dana")
+    code, output = run("resume", "research-bot", "--session", "run-42", "--config", str(config))
+    assert code == 0, output
+    assert "session run-42 resumed" in output
+    assert "recorded as done by dana" in output
+    assert isinstance(ledger.hold(call, 1, 10**9, capped), HoldGranted)
+    ledger.close()
