@@ -19,6 +19,7 @@ from spendbrake.run import (
     CallRow,
     RunOptions,
     RunSummary,
+    caller_ca_files,
     child_environment,
     dropped_no_proxy,
     exempts_llm_host,
@@ -189,6 +190,17 @@ def test_no_proxy_never_lets_an_llm_call_past_the_budget() -> None:
     assert no_proxy(caller) == "intranet.corp,git.corp,localhost,127.0.0.1,::1"
     assert child_environment(caller, URL, BUNDLE)["no_proxy"] == no_proxy(caller)
     assert dropped_no_proxy({"NO_PROXY": "intranet.corp"}) == []
+
+
+def test_the_callers_own_ca_bundles_are_found_for_the_runs_bundle() -> None:
+    caller = {
+        "SSL_CERT_FILE": "/etc/corp/ca.pem",
+        "REQUESTS_CA_BUNDLE": "/etc/corp/ca.pem",
+        "CURL_CA_BUNDLE": "",
+        "NODE_EXTRA_CA_CERTS": "/etc/corp/node-extra.pem",
+    }
+    assert caller_ca_files(caller) == [Path("/etc/corp/ca.pem"), Path("/etc/corp/node-extra.pem")]
+    assert caller_ca_files({}) == []
 
 
 def test_options_the_run_sets_itself_are_refused_with_the_flag_to_use() -> None:

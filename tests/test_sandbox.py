@@ -1,16 +1,27 @@
-"""The parts of ``spendbrake run``'s process handling that need no process: the configuration
-file it writes for its proxy, and the rows it reads back from the ledger."""
+"""``spendbrake run``'s process handling short of a proxy: the configuration file and the CA
+bundle it writes for its proxy, the proxy's settings, and the rows it reads back from the
+ledger."""
 
+import itertools
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from spendbrake import certs
 from spendbrake.config import parse_config
 from spendbrake.ledger import CallIntent, HoldGranted, Limits, Settlement, TokenCounts
 from spendbrake.run import CallRow, RunOptions
-from spendbrake.sandbox import RunError, prepare_config, read_calls, run_sandboxed
+from spendbrake.sandbox import (
+    EphemeralProxy,
+    RunError,
+    _proxy_for,
+    prepare_config,
+    read_calls,
+    run_sandboxed,
+)
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 NOW = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
@@ -85,6 +96,77 @@ def test_the_runs_rows_are_read_back_from_the_ledger_and_no_others(tmp_path: Pat
 
 def test_a_ledger_the_proxy_never_wrote_has_no_rows(tmp_path: Path) -> None:
     assert read_calls(tmp_path / "ledger.db", "ci-bot", "run-1") == []
+
+
+# -- the proxy's settings and the CA bundle ---------------------------------------------------
+
+CORP_CA = b"-----BEGIN CERTIFICATE-----\nY29ycG9yYXRl\n-----END CERTIFICATE-----\n"
+
+
+def settings_list(proxy: EphemeralProxy) -> list[str]:
+    return [value for flag, value in itertools.pairwise(proxy.arguments) if flag == "--set"]
+
+
+def proxy_settings(proxy: EphemeralProxy) -> dict[str, str]:
+    return dict(setting.partition("=")[::2] for setting in settings_list(proxy))
+
+
+def make_proxy(
+    tmp_path: Path, environment: dict[str, str], *, upstream: str | None = None, **options: Any
+) -> tuple[EphemeralProxy, Path]:
+    workdir = tmp_path / "run"
+    workdir.mkdir(exist_ok=True)
+    run = RunOptions(agent="ci-bot", **options)
+    proxy, bundle, _ = _proxy_for(workdir, run, "", upstream, environment, "run-1")
+    return proxy, bundle
+
+
+def test_the_runs_proxy_counts_calls_without_credentials_in_the_run(tmp_path: Path) -> None:
+    proxy, _ = make_proxy(tmp_path, {})
+    settings = proxy_settings(proxy)
+    assert settings["spendbrake_default_agent"] == "ci-bot"
+    assert settings["spendbrake_default_session"] == "run-1"
+
+
+def test_the_runs_ca_bundle_keeps_the_callers_own_cas(tmp_path: Path) -> None:
+    corp = tmp_path / "corp.pem"
+    corp.write_bytes(CORP_CA)
+    environment = {
+        "SSL_CERT_FILE": str(corp),
+        "REQUESTS_CA_BUNDLE": str(tmp_path / "missing.pem"),  # skipped, as clients fail on it
+        "CURL_CA_BUNDLE": str(tmp_path),  # a directory: skipped too
+    }
+
+    _, bundle = make_proxy(tmp_path, environment)
+
+    proxy_ca = (bundle.parent / certs.CA_CERT_NAME).read_bytes()
+    system = certs.system_ca_bundle().read_bytes()
+    assert bundle.read_bytes() == system.rstrip(b"\n") + b"\n" + CORP_CA + proxy_ca
+    _, same = make_proxy(tmp_path, {"SSL_CERT_FILE": str(certs.system_ca_bundle())})
+    assert same.read_bytes() == system.rstrip(b"\n") + b"\n" + proxy_ca  # the system's once
+
+
+def test_the_proxy_trusts_the_callers_cas_upstream_only_behind_another_proxy(
+    tmp_path: Path,
+) -> None:
+    corp = tmp_path / "corp.pem"
+    corp.write_bytes(CORP_CA)
+    caller = {"SSL_CERT_FILE": str(corp)}
+    upstream = "http://proxy.corp:3128"
+
+    behind, _ = make_proxy(tmp_path, caller, upstream=upstream)
+    trusted = Path(proxy_settings(behind)["ssl_verify_upstream_trusted_ca"])
+    system = certs.system_ca_bundle().read_bytes()
+    assert trusted.read_bytes() == system.rstrip(b"\n") + b"\n" + CORP_CA
+
+    direct, _ = make_proxy(tmp_path, caller)
+    assert "ssl_verify_upstream_trusted_ca" not in proxy_settings(direct)
+    plain, _ = make_proxy(tmp_path, {}, upstream=upstream)  # nothing beyond the system's CAs
+    assert "ssl_verify_upstream_trusted_ca" not in proxy_settings(plain)
+    own = ("ssl_verify_upstream_trusted_ca=/mine.pem",)
+    chosen, _ = make_proxy(tmp_path, caller, upstream=upstream, sets=own)
+    assert proxy_settings(chosen)["ssl_verify_upstream_trusted_ca"] == "/mine.pem"
+    assert settings_list(chosen).count("ssl_verify_upstream_trusted_ca=/mine.pem") == 1
 
 
 def test_a_run_refuses_settings_that_would_replace_its_own(tmp_path: Path) -> None:

@@ -2,16 +2,19 @@
 
 ``SSL_CERT_FILE`` and ``REQUESTS_CA_BUNDLE`` *replace* a client's trust store. Non-LLM hosts
 are tunnelled with their real certificates, so clients need the system's CAs as well as the
-proxy's: the bundle is both, concatenated.
+proxy's: the bundle is both, concatenated, with the bundles the caller already trusted (a
+corporate CA) between them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 BUNDLE_NAME = "spendbrake-ca-bundle.pem"
+UPSTREAM_BUNDLE_NAME = "spendbrake-upstream-ca-bundle.pem"
 CERTS_ENV = "SPENDBRAKE_CERTS"
 _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
@@ -52,17 +55,54 @@ def system_ca_bundle() -> Path:
     return Path(certifi.where())
 
 
-def write_bundle(confdir: Path) -> Path:
-    """System CAs + the proxy CA, rewritten only when it changed."""
-    ca_cert = ensure_ca(confdir)
-    system = system_ca_bundle().read_bytes()
-    content = system.rstrip(b"\n") + b"\n" + ca_cert.read_bytes()
-    bundle = confdir / BUNDLE_NAME
-    if not bundle.exists() or bundle.read_bytes() != content:
-        tmp = bundle.with_suffix(".tmp")
+def _readable_extras(extra: Iterable[Path], system: Path) -> list[bytes]:
+    """The contents of the files in ``extra`` that can be read, each file once, the system
+    bundle left out (it is in the bundle already)."""
+    seen = {system.resolve()}
+    contents = []
+    for path in extra:
+        resolved = path.expanduser().resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        try:
+            contents.append(resolved.read_bytes())
+        except OSError:  # missing, unreadable, a directory: the caller's clients failed on it too
+            continue
+    return contents
+
+
+def _concatenated(parts: Iterable[bytes]) -> bytes:
+    return b"".join(part.rstrip(b"\n") + b"\n" for part in parts if part.strip())
+
+
+def _write_if_changed(path: Path, content: bytes) -> Path:
+    if not path.exists() or path.read_bytes() != content:
+        tmp = path.with_suffix(".tmp")
         tmp.write_bytes(content)
-        os.replace(tmp, bundle)
-    return bundle
+        os.replace(tmp, path)
+    return path
+
+
+def write_bundle(confdir: Path, extra: Sequence[Path] = ()) -> Path:
+    """System CAs, the bundles in ``extra`` (the caller's own) and the proxy CA, rewritten only
+    when it changed."""
+    ca_cert = ensure_ca(confdir)
+    system = system_ca_bundle()
+    parts = [system.read_bytes(), *_readable_extras(extra, system), ca_cert.read_bytes()]
+    return _write_if_changed(confdir / BUNDLE_NAME, _concatenated(parts))
+
+
+def write_upstream_bundle(confdir: Path, extra: Sequence[Path]) -> Path | None:
+    """System CAs and the bundles in ``extra``, for the proxy to verify the providers with
+    when a corporate proxy on the way re-signs them; None when ``extra`` adds nothing."""
+    system = system_ca_bundle()
+    if not (extras := _readable_extras(extra, system)):
+        return None
+    confdir.mkdir(parents=True, exist_ok=True)
+    return _write_if_changed(
+        confdir / UPSTREAM_BUNDLE_NAME, _concatenated([system.read_bytes(), *extras])
+    )
 
 
 def client_environment(proxy_url: str, bundle: Path) -> dict[str, str]:

@@ -57,6 +57,9 @@ RAISED_BY = {
     "session_tokens_exceeded": "--session-tokens",
 }
 RAISE_HINT = "to let the run go further ('spendbrake limit set' does not change a run's limits)"
+# The variables the run points at its own CA bundle: whatever the caller's clients trusted
+# through them (a corporate CA) goes into that bundle too.
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
 # The proxy options the run sets for itself, and what to use instead. A --set of one of them
 # would point the proxy away from what the run reads back: another ledger, and the run would
 # report no refusal and exit 0 although a call was refused.
@@ -238,6 +241,13 @@ def no_proxy(environment: Mapping[str, str]) -> str:
     dropped = set(dropped_no_proxy(environment))
     hosts = [h for h in _no_proxy_entries(environment) if h not in dropped]
     return ",".join(dict.fromkeys([*hosts, *LOOPBACK]))
+
+
+def caller_ca_files(environment: Mapping[str, str]) -> list[Path]:
+    """The CA bundles the caller's clients were told to trust (set, not checked: the bundle
+    writer skips what it cannot read), each once."""
+    paths = [Path(environment[name]).expanduser() for name in CA_VARIABLES if environment.get(name)]
+    return list(dict.fromkeys(paths))
 
 
 def child_environment(base: Mapping[str, str], url: str, bundle: Path) -> dict[str, str]:

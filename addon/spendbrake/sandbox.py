@@ -37,6 +37,7 @@ from spendbrake.run import (
     CallRow,
     RunOptions,
     RunSummary,
+    caller_ca_files,
     child_environment,
     dropped_no_proxy,
     exit_code,
@@ -257,13 +258,15 @@ def _proxy_for(
     config_text: str,
     upstream: str | None,
     environment: Mapping[str, str],
+    session: str,
 ) -> tuple[EphemeralProxy, Path, Path]:
     """Write the run's files and make its proxy (not started yet); with the CA bundle its
     command must trust and the ledger it writes."""
     config_file = workdir / "spendbrake.toml"
     config_file.write_text(config_text)
     confdir = workdir / "certs"
-    bundle = certs.write_bundle(confdir)
+    caller_cas = caller_ca_files(environment)
+    bundle = certs.write_bundle(confdir, caller_cas)
     if upstream and (credentials := upstream_auth(upstream)):
         # mitmproxy reads its confdir's config.yaml: the password stays off the command line,
         # which every local user can read.
@@ -275,16 +278,27 @@ def _proxy_for(
         SQLiteLedger(ledger).close()  # fail here, readably, not inside the proxy
     except LedgerUnavailable as e:
         raise RunError(str(e)) from None
-    sets = list(options.sets)
-    if options.block_all and not any(s.startswith("spendbrake_block_all=") for s in sets):
+    users = {s.partition("=")[0].strip() for s in options.sets}
+    # A call without the run's credentials (a client that drops them from the proxy URL) still
+    # belongs to the run.
+    sets = [f"spendbrake_default_agent={options.agent}", f"spendbrake_default_session={session}"]
+    if options.block_all and "spendbrake_block_all" not in users:
         sets.append("spendbrake_block_all=true")
+    # A corporate proxy on the way may re-sign the providers' certificates with the CA that the
+    # caller's clients trust: the run's proxy, the one that talks to it now, trusts it too.
+    if (
+        upstream
+        and "ssl_verify_upstream_trusted_ca" not in users
+        and (upstream_cas := certs.write_upstream_bundle(confdir, caller_cas))
+    ):
+        sets.append(f"ssl_verify_upstream_trusted_ca={upstream_cas}")
     arguments = mitmdump_arguments(
         listen_host="127.0.0.1",
         listen_port=0,
         confdir=confdir,
         config=config_file,
         ledger=ledger,
-        sets=sets,
+        sets=[*sets, *options.sets],
         scripts=options.scripts,
         upstream_proxy=upstream,
     )
@@ -327,9 +341,11 @@ def run_sandboxed(
         proxy: EphemeralProxy | None = None
         child: Popen | None = None
         try:
-            proxy, bundle, ledger = _proxy_for(workdir, options, config_text, upstream, environment)
-            port = proxy.start(relay)
             agent, session = options.agent, new_session_id(utc_now())
+            proxy, bundle, ledger = _proxy_for(
+                workdir, options, config_text, upstream, environment, session
+            )
+            port = proxy.start(relay)
             env = child_environment(environment, proxy_url(agent, session, port), bundle)
             started_at, clock = utc_now(), time.monotonic()
 

@@ -169,6 +169,57 @@ def test_a_curl_call_is_attributed_to_the_run_and_the_commands_exit_code_kept(
     assert result.stderr.endswith("spendbrake run: exit 3, the command's own\n")
 
 
+def test_calls_that_try_to_leave_the_run_still_count_in_it(
+    fake: FakeProvider, pki: TestPKI, run_env: dict[str, str], tmp_path: Path, test_id: str
+) -> None:
+    """A client that drops the run's credentials from the proxy URL, behind a NO_PROXY that
+    exempts the provider: its calls are the run's, and the budget stops them."""
+    body = json.dumps(
+        {
+            "model": "gpt-4o",
+            "max_tokens": 400,
+            "messages": [{"role": "user", "content": "Step 1: keep going."}],
+        }
+    )
+    script = (
+        'p="${HTTPS_PROXY#http://*@}"; export HTTPS_PROXY="http://$p" https_proxy="http://$p"; '
+        'echo "$https_proxy"; for i in 1 2; do '
+        "curl -sS https://api.openai.com/v1/chat/completions -o /dev/null -w '%{http_code}\\n' "
+        '-H "authorization: Bearer sk-e2e-test-key" -H "content-type: application/json" '
+        f'-H "x-fake-usage-completion: 400" -H "{TEST_ID_HEADER}: {test_id}" -d "$1"; done'
+    )
+    ledger, summary_file = tmp_path / "kept.db", tmp_path / "s.json"
+    env = {**run_env, "NO_PROXY": "intranet.corp,.openai.com"}
+    result = spendbrake_run(
+        fake, pki, env,
+        "--agent", "curl-bot", "--budget", "0.006", "--ledger", ledger,
+        "--summary-json", summary_file,
+        "--", "sh", "-c", script, "sh", body,
+    )  # fmt: skip
+
+    assert result.returncode == 87, result.stderr
+    proxy, *codes = result.stdout.splitlines()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", proxy)  # no agent, no session
+    assert codes == ["200", "402"]
+    assert len(requests_of(fake, test_id)) == 1
+    summary = json.loads(summary_file.read_text())
+    assert (summary["agent"], summary["calls"], summary["refused"]) == ("curl-bot", 1, 1)
+    assert summary["stopped_by"] == "session_budget_exceeded"
+    rows = ledger_calls(ledger, "curl-bot")
+    assert [(r["session"], r["state"]) for r in rows] == [
+        (summary["session"], "settled"),
+        (summary["session"], "refused"),
+    ]
+    assert result.stderr.startswith(
+        "spendbrake run: NO_PROXY entries left out, they would send LLM calls past the budget: "
+        ".openai.com\n"
+    )
+    assert (
+        "  raise   --budget to let the run go further ('spendbrake limit set' does not change a "
+        "run's limits)\n"
+    ) in result.stderr
+
+
 def test_block_all_lets_no_call_reach_the_provider(
     fake: FakeProvider, pki: TestPKI, run_env: dict[str, str], tmp_path: Path, test_id: str
 ) -> None:
