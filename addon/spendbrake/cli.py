@@ -366,16 +366,38 @@ def reset(
 @main.command()
 @_config_and_ledger_options
 @click.argument("agent")
-def resume(config_path: Path | None, ledger_path: Path | None, agent: str) -> None:
+@click.option(
+    "--session",
+    "session_id",
+    metavar="ID",
+    help="Resume a session its breakers stopped (its dollars and tokens start over) instead.",
+)
+def resume(
+    config_path: Path | None, ledger_path: Path | None, agent: str, session_id: str | None
+) -> None:
     """Lift an agent's suspension (a loop, repeated failures, a burn rate); its loop and burn
-    history start over. The running proxy lets its next call through.
+    history start over. With --session, lift a session's breakers. The running proxy lets the
+    next call through.
 
     \b
-    Example:
+    Examples:
         spendbrake resume research-bot
+        spendbrake resume research-bot --session run-42
     """
     actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
     ledger = _open_ledger(ledger_path, _load_config(config_path))
+    if session_id is not None:
+        try:
+            forgiven = ledger.reset_window(agent, "session", "", actor, session=session_id)
+        except LedgerUnavailable as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            ledger.close()
+        click.echo(
+            f"{agent}: session {session_id} resumed, its {format_usd(forgiven)} and tokens start "
+            f"over; recorded as done by {actor}"
+        )
+        return
     try:
         reason = ledger.suspended_agents().get(agent)
         lifted = ledger.resume(agent, actor=actor)
