@@ -1,9 +1,15 @@
 """``spendbrake run``'s process handling short of a proxy: the configuration file and the CA
-bundle it writes for its proxy, the proxy's settings, and the rows it reads back from the
-ledger."""
+bundle it writes for its proxy, the proxy's settings, the rows it reads back from the ledger,
+and how signals reach the command and what the command started."""
 
+import contextlib
 import itertools
+import os
+import signal
+import subprocess
+import time
 import tomllib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from spendbrake.run import CallRow, RunOptions
 from spendbrake.sandbox import (
     EphemeralProxy,
     RunError,
+    SignalRelay,
     _proxy_for,
     prepare_config,
     read_calls,
@@ -173,3 +180,77 @@ def test_a_run_refuses_settings_that_would_replace_its_own(tmp_path: Path) -> No
     options = RunOptions(sets=("spendbrake_ledger=/tmp/elsewhere.db",))
     with pytest.raises(RunError, match="spendbrake_ledger is set by the run itself: use --ledger"):
         run_sandboxed(["true"], options, environment={})
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[int]]:
+    """Pids a test started; whatever of them is still alive at the end is killed."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def shell_with_a_background_job(spawned: list[int]) -> tuple[subprocess.Popen[bytes], int]:
+    """``sh`` in a process group of its own, waiting for the ``sleep`` it started."""
+    child = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, process_group=0
+    )
+    assert child.stdout is not None
+    grandchild = int(child.stdout.readline())
+    spawned += [child.pid, grandchild]
+    return child, grandchild
+
+
+def test_a_signal_that_arrived_while_the_command_started_is_passed_on(
+    spawned: list[int],
+) -> None:
+    with SignalRelay() as relay:
+        os.kill(os.getpid(), signal.SIGTERM)  # the CI runner cancels the job right then
+        assert relay.received == [signal.SIGTERM]
+        child = subprocess.Popen(["sleep", "60"])
+        spawned.append(child.pid)
+        relay.adopt(child, own_group=False)
+        assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+def test_a_signal_reaches_what_the_command_started_and_the_end_kills_the_rest(
+    spawned: list[int],
+) -> None:
+    with SignalRelay() as relay:
+        child, grandchild = shell_with_a_background_job(spawned)
+        relay.adopt(child, own_group=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert child.wait(timeout=5) == -signal.SIGTERM
+        assert gone(grandchild)
+
+    with SignalRelay() as relay:
+        child, grandchild = shell_with_a_background_job(spawned)
+        relay.adopt(child, own_group=True)
+        os.kill(os.getpid(), signal.SIGINT)  # sh's background jobs ignore SIGINT
+        assert child.wait(timeout=5) == -signal.SIGINT
+        assert alive(grandchild)
+        relay.end()
+        assert gone(grandchild)

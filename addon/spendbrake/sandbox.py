@@ -8,6 +8,7 @@ proxy's log) lives in one directory, removed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -109,8 +110,9 @@ def prepare_config(options: RunOptions) -> tuple[str, Config]:
 # -- signals ----------------------------------------------------------------------------------
 
 
-def _terminal_sent_it_too() -> bool:
-    """A Ctrl-C at a terminal reaches the whole foreground process group: the command too."""
+def _in_terminal_foreground() -> bool:
+    """A Ctrl-C at a terminal reaches its whole foreground process group: when that is ours,
+    the command in our group gets it from the terminal, not from us."""
     for fd in (0, 1, 2):
         try:
             if os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp():
@@ -122,11 +124,21 @@ def _terminal_sent_it_too() -> bool:
 
 class SignalRelay:
     """Hands SIGINT, SIGTERM and SIGHUP to the command (the third one kills it); before the
-    command runs, a signal stops the start-up."""
+    command runs, a signal stops the start-up, and one that arrives while it starts is passed
+    on once it runs.
+
+    Without a terminal whose Ctrl-C reaches the command by itself (CI, a background job), the
+    command runs in a process group of its own: signals go to the whole group, so what the
+    command started stops with it, and what is left of the group is killed at the end. At a
+    terminal the command stays in the terminal's foreground group, where it can read the
+    terminal, and the terminal's first Ctrl-C is not sent again.
+    """
 
     def __init__(self) -> None:
         self.child: Popen | None = None
+        self.own_group = False
         self.received: list[int] = []
+        self._pending: list[int] = []  # received before the command ran: not passed on yet
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SignalRelay:
@@ -138,14 +150,49 @@ class SignalRelay:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def adopt(self, child: Popen, *, own_group: bool) -> None:
+        """Relay to ``child`` from now on, starting with what arrived while it started.
+
+        A handler that runs after ``self.child`` is set passes its signal on itself; one that
+        ran before left it in ``_pending`` (handlers run whole, between two lines here)."""
+        self.own_group = own_group
+        self.child = child
+        while self._pending:
+            self._pass_on(self._pending.pop(0), len(self.received))
+
+    def end(self) -> None:
+        """Kill what is left of the command (its group, when it has one) and stop relaying."""
+        child, self.child = self.child, None
+        if child is None:
+            return
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)  # the group outlives its leader
+        elif child.poll() is None:
+            child.kill()
+        child.wait()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        if self.child is None:
+            self._pending.append(signum)
+        elif not (
+            signum == signal.SIGINT
+            and len(self.received) == 1
+            and not self.own_group
+            and _in_terminal_foreground()
+        ):
+            self._pass_on(signum, len(self.received))
+
+    def _pass_on(self, signum: int, count: int) -> None:
         child = self.child
-        if child is None or child.poll() is not None:
-            return
-        if len(self.received) >= 3:
-            child.kill()
-        elif not (signum == signal.SIGINT and len(self.received) == 1 and _terminal_sent_it_too()):
+        assert child is not None
+        if count >= 3:
+            signum = signal.SIGKILL
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signum)
+        elif child.poll() is None:
             child.send_signal(signum)
 
 
@@ -305,11 +352,17 @@ def _proxy_for(
     return EphemeralProxy(arguments, log=workdir / "proxy.log", env=environment), bundle, ledger
 
 
-def _start(command: Sequence[str], env: Mapping[str, str], stdout: IO[bytes] | None) -> Popen:
+def _start(
+    command: Sequence[str], env: Mapping[str, str], stdout: IO[bytes] | None, *, own_group: bool
+) -> Popen:
     try:
         # Without its proxy the command's calls could only fail: it goes when we go.
         return subprocess.Popen(
-            list(command), env=env, stdout=stdout, preexec_fn=_stopped_with_us()
+            list(command),
+            env=env,
+            stdout=stdout,
+            preexec_fn=_stopped_with_us(),
+            process_group=0 if own_group else None,
         )
     except FileNotFoundError:
         raise RunError(f"command not found: {command[0]}", 127) from None
@@ -339,7 +392,6 @@ def run_sandboxed(
     with SignalRelay() as relay:
         workdir = Path(tempfile.mkdtemp(prefix="spendbrake-run-"))
         proxy: EphemeralProxy | None = None
-        child: Popen | None = None
         try:
             agent, session = options.agent, new_session_id(utc_now())
             proxy, bundle, ledger = _proxy_for(
@@ -359,7 +411,9 @@ def run_sandboxed(
                     budget_nanos=budget,
                 )
 
-            relay.child = child = _start(command, env, stdout)
+            own_group = not _in_terminal_foreground()
+            child = _start(command, env, stdout, own_group=own_group)
+            relay.adopt(child, own_group=own_group)
             while True:
                 try:
                     returncode = child.wait(timeout=0.2 if watch else None)
@@ -368,15 +422,14 @@ def run_sandboxed(
                     assert watch is not None
                     watch(so_far())
             seconds = time.monotonic() - clock
+            relay.end()  # what the command left running makes no more calls
             failure = proxy.output() if proxy.died() else None
             _wait_until_settled(ledger, agent, session)
             proxy.stop()
             # The run lasted as long as its command, not the moments spent closing the proxy.
             return RunResult(returncode, replace(so_far(), seconds=seconds), failure)
         finally:
-            if child is not None and child.poll() is None:
-                child.kill()
-                child.wait()
+            relay.end()
             if proxy is not None:
                 proxy.stop()
             shutil.rmtree(workdir, ignore_errors=True)

@@ -333,6 +333,64 @@ def test_ctrl_c_stops_the_command_then_the_proxy_and_leaves_nothing_behind(
     assert os.listdir(run_env["TMPDIR"]) == []
 
 
+def process_group_of(pid: int) -> int | None:
+    """The process group of a live process (not a zombie), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if process_group_of(pid) == pgid]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_cancelled_job_leaves_none_of_the_commands_processes_behind(
+    fake: FakeProvider,
+    pki: TestPKI,
+    run_env: dict[str, str],
+    tmp_path: Path,
+    signum: signal.Signals,
+    code: int,
+) -> None:
+    """CI cancels a job with a signal to ``spendbrake run``, with no terminal: what the command
+    started goes too, even a background job that ignores SIGINT as sh's do."""
+    pid_file = tmp_path / "sleep.pid"
+    settings = [part for s in upstream_settings(fake, pki) for part in ("--set", s)]
+    with (tmp_path / "run.log").open("wb") as log:
+        run = subprocess.Popen(
+            [SPENDBRAKE, "run", *settings, "--", "sh", "-c", 'sleep 60 & echo $! > "$1"; wait',
+             "sh", pid_file],
+            env=run_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    sleep_pid: int | None = None
+    try:
+        written = wait_for(
+            lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=30, what="sleep"
+        )
+        sleep_pid = int(written)
+        group = process_group_of(sleep_pid)
+        assert group is not None
+        assert group != os.getpgid(run.pid)  # the command's own group
+        run.send_signal(signum)
+        assert run.wait(timeout=20) == code
+        assert group_members(group) == []
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        if sleep_pid is not None and process_group_of(sleep_pid) is not None:
+            os.kill(sleep_pid, signal.SIGKILL)
+    output = (tmp_path / "run.log").read_text()
+    assert output.endswith(f"spendbrake run: exit {code}, the command's own\n")
+
+
 def test_the_runaway_demo_stops_the_agent_at_its_limit(run_env: dict[str, str]) -> None:
     started = time.monotonic()
     result = subprocess.run(
