@@ -3,13 +3,10 @@ every process recorded, with suspensions and events written in the same transact
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from ledger_hammer import intent, query
 from spendbrake.brakes import Brakes
@@ -27,18 +24,6 @@ from spendbrake.sqlite_ledger import SQLiteLedger
 BIG = 10**12
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 LOOP = Brakes(loop_repeats=3, loop_window_s=60, backoff_steps_s=())
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.db"
-
-
-@pytest.fixture
-def ledger(path: Path) -> Iterator[SQLiteLedger]:
-    opened = SQLiteLedger(path)
-    yield opened
-    opened.close()
 
 
 def call(at: datetime = T0, fingerprint: str = "same", tokens: int = 10) -> CallIntent:

@@ -4,7 +4,6 @@ blocked it. (The day itself: test_sqlite_ledger.py.)"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,18 +25,6 @@ from spendbrake.sqlite_ledger import SQLiteLedger
 
 BIG_DAY = 1_000_000  # a day with room to spare, so other windows decide
 NOV_30, DEC_1 = "2026-11-30", "2026-12-01"
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.db"
-
-
-@pytest.fixture
-def ledger(path: Path) -> Iterator[SQLiteLedger]:
-    opened = SQLiteLedger(path)
-    yield opened
-    opened.close()
 
 
 def call(

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,18 +51,6 @@ NEXT_DAY = "2026-03-15"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.db"
-
-
-@pytest.fixture
-def ledger(path: Path) -> Iterator[SQLiteLedger]:
-    opened = SQLiteLedger(path)
-    yield opened
-    opened.close()
 
 
 def call_row(path: Path, call_id: int) -> dict[str, object]:
