@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.providers.base import CallRequest, MeteredUsage
+from spendbrake.quota import affordable_output
 from spendbrake.tokens import TokenEstimator
 
 _PUBLISHED_PRICES = Pricer()  # no overrides: genai-prices and pricing/ alone
@@ -131,6 +132,30 @@ def estimate_with_output(
         at=at,
     )
     return Estimate(prompt_tokens=prompt, output_tokens=output, cost_nanos=cost)
+
+
+def affordable_max_output(
+    request: CallRequest,
+    estimate: Estimate,
+    room_nanos: int,
+    minimum: int,
+    *,
+    provider_id: str,
+    pricer: Pricer = _PUBLISHED_PRICES,
+) -> int | None:
+    """A lower max output per choice whose worst case fits ``room_nanos``, or None when the
+    call already fits or not even ``minimum`` does (then it is held, or refused, as it is)."""
+    wanted = max_output_per_choice(request, provider_id=provider_id, pricer=pricer)
+    at = datetime.now(UTC)
+
+    def cost(per_choice: int) -> int:
+        return estimate_with_output(
+            request, estimate.prompt_tokens, per_choice, provider_id=provider_id, at=at,
+            pricer=pricer,
+        ).cost_nanos  # fmt: skip
+
+    capped = affordable_output(cost, room_nanos, wanted, minimum)
+    return capped if capped is not None and capped < wanted else None
 
 
 def actual_cost(

@@ -40,6 +40,7 @@ from spendbrake.ledger import (
     TokenCounts,
 )
 from spendbrake.mitm.ledger_worker import LedgerWorker
+from spendbrake.mitm.settlement import from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
 from spendbrake.pricing import Pricer, UnknownModel
@@ -53,12 +54,11 @@ from spendbrake.providers import (
 )
 from spendbrake.providers.base import (
     CallRequest,
-    MeteredUsage,
     Rewrite,
     UnreadableRequest,
     request_fingerprint,
 )
-from spendbrake.quota import affordable_output, downgraded_model
+from spendbrake.quota import downgraded_model
 from spendbrake.refusals import Refusal
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.tokens import TokenEstimator
@@ -252,7 +252,14 @@ class Enforcement:
                     lambda ledger: ledger.room_nanos(intent(request, estimate), limit, limits)
                 )
                 if estimate.cost_nanos > room and (
-                    capped := self._affordable_output(request, provider, estimate, room, minimum)
+                    capped := governor.affordable_max_output(
+                        request,
+                        estimate,
+                        room,
+                        minimum,
+                        provider_id=provider.id,
+                        pricer=self.pricer,
+                    )
                 ):
                     body, path = api.rewritten(body, path, Rewrite(max_output=capped))
                     request = api.parse(body, path)
@@ -372,32 +379,6 @@ class Enforcement:
             await self.worker.run(lambda ledger: ledger.record_event(agent, "downgraded", detail))
         return cheaper
 
-    def _affordable_output(
-        self,
-        request: CallRequest,
-        provider: Provider,
-        estimate: governor.Estimate,
-        room: int,
-        minimum: int,
-    ) -> int | None:
-        """A lower max output whose worst case fits the room left, or None (refuse as is)."""
-        wanted = governor.max_output_per_choice(
-            request, provider_id=provider.id, pricer=self.pricer
-        )
-
-        def cost(per_choice: int) -> int:
-            return governor.estimate_with_output(
-                request,
-                estimate.prompt_tokens,
-                per_choice,
-                provider_id=provider.id,
-                at=utc_now(),
-                pricer=self.pricer,
-            ).cost_nanos
-
-        capped = affordable_output(cost, room, wanted, minimum)
-        return capped if capped is not None and capped < wanted else None
-
     async def _estimate(
         self, request: CallRequest, provider: Provider, now: datetime
     ) -> governor.Estimate:
@@ -457,12 +438,10 @@ class Enforcement:
         call = state.call if state else None
         if call is None or call.settled or flow.response is None:
             return
-        settlement = self._settlement_from_response(call, flow.response)
-        totals = await self._settle(call, settlement)
+        settled = from_response(call, flow.response, self.pricer)
+        totals = await self._settle(call, settled)
         if call.meter is None and totals is not None:
-            flow.response.headers["x-spendbrake-cost-usd"] = format_usd_exact(
-                settlement.actual_nanos
-            )
+            flow.response.headers["x-spendbrake-cost-usd"] = format_usd_exact(settled.actual_nanos)
             flow.response.headers["x-spendbrake-remaining-usd"] = format_usd_exact(
                 totals.remaining_nanos
             )
@@ -474,62 +453,13 @@ class Enforcement:
             return
         message = flow.error.msg if flow.error else "unknown error"
         if call.meter is not None and not call.meter_failed:
-            settlement = self._from_stream(call, "interrupted", message)
+            settlement = from_stream(call, "interrupted", message, self.pricer)
         elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
             # Never connected to the provider: nothing was sent, nothing can be billed.
             settlement = Settlement(0, TokenCounts(), "upstream_unreachable", message)
         else:
             settlement = Settlement(call.held_nanos, TokenCounts(), "interrupted", message)
         await self._settle(call, settlement)
-
-    def _settlement_from_response(self, call: HeldCall, response: http.Response) -> Settlement:
-        outcome = "ok" if response.status_code < 400 else "upstream_error"
-        if call.meter is not None and not call.meter_failed:
-            return self._from_stream(call, outcome, "")
-        usage = None
-        if call.meter is None:
-            try:
-                usage = call.api.usage_from_json(json.loads(response.content or b""))
-            except ValueError:
-                usage = None
-        if usage is not None:
-            return self._priced(call, usage, outcome, "")
-        if response.status_code >= 400 and call.meter is None:
-            # The provider answered with an error and no usage: it bills nothing for it.
-            return Settlement(0, TokenCounts(), "upstream_error", f"HTTP {response.status_code}")
-        return Settlement(
-            call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
-        )
-
-    def _from_stream(self, call: HeldCall, outcome: str, reason: str) -> Settlement:
-        """A stream's cost: its final usage, or, when it was cut short, the usage seen so far
-        with at least the text relayed as output (never $0, never more output than asked)."""
-        meter = call.meter
-        assert meter is not None
-        if meter.usage is not None and meter.usage_is_final:
-            return self._priced(call, meter.usage, outcome, reason)
-        seen = meter.usage.tokens if meter.usage else TokenCounts(input_tokens=call.prompt_tokens)
-        relayed = min(max(seen.output_tokens, meter.relayed_text_bytes), call.max_output_tokens)
-        usage = MeteredUsage(
-            tokens=replace(seen, output_tokens=relayed),
-            model=meter.usage.model if meter.usage else None,
-            service_tier=meter.usage.service_tier if meter.usage else None,
-        )
-        why = "the stream ended before its usage: the usage seen and the text relayed"
-        return self._priced(call, usage, "cut_short", f"{why}; {reason}" if reason else why)
-
-    def _priced(self, call: HeldCall, usage: MeteredUsage, outcome: str, reason: str) -> Settlement:
-        try:
-            actual = governor.actual_cost(
-                usage,
-                call.intent.forwarded_model,
-                provider_id=call.provider.id,
-                at=call.intent.started_at,
-                pricer=self.pricer,
-            )
-        except UnknownModel as e:
-            return Settlement(call.held_nanos, usage.tokens, outcome, f"{e}: settled at the hold")
-        return Settlement(actual, usage.tokens, outcome, reason)
 
     async def _settle(self, call: HeldCall, settlement: Settlement) -> DayTotals | None:
         call.settled = True

@@ -1,0 +1,74 @@
+"""What a finished call costs: from its response's usage, its stream's, or what it relayed.
+
+The rules of settlement, apart from the hooks that apply them: a provider's error without
+usage bills nothing; a stream cut short is charged the usage seen and at least the text it
+relayed (never $0, never more output than asked); a price that cannot be found settles at
+the hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from mitmproxy import http
+
+from spendbrake import governor
+from spendbrake.ledger import Settlement, TokenCounts
+from spendbrake.mitm.state import HeldCall
+from spendbrake.pricing import Pricer, UnknownModel
+from spendbrake.providers.base import MeteredUsage
+
+
+def from_response(call: HeldCall, response: http.Response, pricer: Pricer) -> Settlement:
+    outcome = "ok" if response.status_code < 400 else "upstream_error"
+    if call.meter is not None and not call.meter_failed:
+        return from_stream(call, outcome, "", pricer)
+    usage = None
+    if call.meter is None:
+        try:
+            usage = call.api.usage_from_json(json.loads(response.content or b""))
+        except ValueError:
+            usage = None
+    if usage is not None:
+        return priced(call, usage, outcome, "", pricer)
+    if response.status_code >= 400 and call.meter is None:
+        # The provider answered with an error and no usage: it bills nothing for it.
+        return Settlement(0, TokenCounts(), "upstream_error", f"HTTP {response.status_code}")
+    return Settlement(
+        call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
+    )
+
+
+def from_stream(call: HeldCall, outcome: str, reason: str, pricer: Pricer) -> Settlement:
+    """A stream's cost: its final usage, or, when it was cut short, the usage seen so far
+    with at least the text relayed as output (never $0, never more output than asked)."""
+    meter = call.meter
+    assert meter is not None
+    if meter.usage is not None and meter.usage_is_final:
+        return priced(call, meter.usage, outcome, reason, pricer)
+    seen = meter.usage.tokens if meter.usage else TokenCounts(input_tokens=call.prompt_tokens)
+    relayed = min(max(seen.output_tokens, meter.relayed_text_bytes), call.max_output_tokens)
+    usage = MeteredUsage(
+        tokens=replace(seen, output_tokens=relayed),
+        model=meter.usage.model if meter.usage else None,
+        service_tier=meter.usage.service_tier if meter.usage else None,
+    )
+    why = "the stream ended before its usage: the usage seen and the text relayed"
+    return priced(call, usage, "cut_short", f"{why}; {reason}" if reason else why, pricer)
+
+
+def priced(
+    call: HeldCall, usage: MeteredUsage, outcome: str, reason: str, pricer: Pricer
+) -> Settlement:
+    try:
+        actual = governor.actual_cost(
+            usage,
+            call.intent.forwarded_model,
+            provider_id=call.provider.id,
+            at=call.intent.started_at,
+            pricer=pricer,
+        )
+    except UnknownModel as e:
+        return Settlement(call.held_nanos, usage.tokens, outcome, f"{e}: settled at the hold")
+    return Settlement(actual, usage.tokens, outcome, reason)
