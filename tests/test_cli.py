@@ -275,7 +275,10 @@ def test_limit_set_sets_a_groups_shared_limits(config: Path, tmp_path: Path) -> 
         ([], "name an AGENT or a --group"),
         (["research-bot", "--group", "g", "--daily", "1"], "name an AGENT or a --group"),
         (["research-bot"], "give at least one limit"),
-        (["--group", "g", "--session-usd", "1"], "a group has --daily and --monthly limits only"),
+        (
+            ["--group", "g", "--session-usd", "1"],
+            "a group has --daily, --monthly and --monthly-tokens limits only",
+        ),
         (["research-bot", "--session-tokens", "-1"], "must be 0 or more"),
         (["research-bot", "--loop-repeats", "1"], "must be 0 (off) or 2 or more"),
         (["--group", "g", "--calls-per-minute", "5"], "not --calls-per-minute"),

@@ -19,6 +19,11 @@ downgrade = { "gpt-4o" = "gpt-4o-mini" }
 [agents.bounded]
 monthly_tokens = 20
 
+[agents.tuned]
+monthly_tokens = 1000
+downgrade_below = 0.9
+downgrade = { "gpt-4o" = "gpt-4o-mini" }
+
 [agents.keeper]
 monthly_tokens = 10
 when_quota_empty = "downgrade"
@@ -138,3 +143,17 @@ async def test_a_groups_token_bucket_is_shared_and_drives_the_downgrade(tmp_path
     error = json.loads(refused.response.content or b"")["error"]
     assert error["code"] == "monthly_tokens_exceeded"
     assert "group 'pair' (agent 'pair-b' is one of its agents): 34 of 40" in error["message"]
+
+
+async def test_a_bucket_set_at_run_time_moves_the_downgrade_too(tmp_path: Path) -> None:
+    gpt_4o = chat_body(model="gpt-4o")
+    with configured_proxy(tmp_path, CONFIG) as proxy:
+        assert proxy.enforcement.worker is not None
+        # tuned's bucket is 1,000 in the file: 17 used would leave it far above 90 %.
+        proxy.enforcement.worker.run_blocking(
+            lambda ledger: ledger.set_limit("monthly_tokens", "tuned", 40)
+        )
+        first = await settled(proxy, chat_flow(gpt_4o, credentials=("tuned", "")))
+        second = await settled(proxy, chat_flow(gpt_4o, credentials=("tuned", "")))
+    assert sent_body(first)["model"] == "gpt-4o"
+    assert sent_body(second)["model"] == "gpt-4o-mini"

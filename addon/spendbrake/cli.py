@@ -426,7 +426,7 @@ _COUNT_LIMITS = (
     ("--max-concurrent", "max_concurrent", "calls in flight"),
     ("--loop-repeats", "loop_repeats", "loop brake (identical requests)"),
 )
-_GROUP_OPTIONS = frozenset({"--daily", "--monthly"})
+_GROUP_OPTIONS = frozenset({"--daily", "--monthly", "--monthly-tokens"})
 
 
 def _option_name(option: str) -> str:
@@ -489,7 +489,8 @@ def limit_set(
             if option not in _GROUP_OPTIONS and given[_option_name(option)] is not None
         ]:
             raise click.UsageError(
-                f"a group has --daily and --monthly limits only, not {', '.join(not_for_groups)}"
+                "a group has --daily, --monthly and --monthly-tokens limits only, not "
+                + ", ".join(not_for_groups)
             )
         wanted = [(f"group_{window}", said, value) for window, said, value in wanted]
     if not wanted:

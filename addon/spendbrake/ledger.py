@@ -206,6 +206,11 @@ class Ledger(Protocol):
         """Tokens the agent (or, given, its group) used and holds in a month ("2026-11")."""
         ...
 
+    def token_bucket(self, agent: str, month: str, group: str = "") -> tuple[int, int | None]:
+        """The month's tokens used by the agent (or its group), and the bucket's size if
+        'limit set' changed it."""
+        ...
+
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
         """What the tightest money window that applies to the call has left."""
         ...

@@ -324,6 +324,13 @@ class SQLiteLedger:
         ).fetchone()
         return row[0] if row else 0
 
+    def token_bucket(self, agent: str, month: str, group: str = "") -> tuple[int, int | None]:
+        window, name = ("group_monthly_tokens", group) if group else ("monthly_tokens", agent)
+        row = self.db.conn.execute(
+            "SELECT limit_nanos FROM limits WHERE agent = ? AND window = ?", (name, window)
+        ).fetchone()
+        return self.month_tokens(agent, month, group), row[0] if row else None
+
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
         conn = self.db.conn
         totals = self._totals(conn, intent.agent, intent.day, configured_limit)

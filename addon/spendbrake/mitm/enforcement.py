@@ -363,12 +363,16 @@ class Enforcement:
     async def _downgrade_to(self, agent: str, request: CallRequest, month: str) -> str | None:
         """The cheaper model this call goes to while the agent's token bucket runs low."""
         quota = self._policy(agent).quota
-        if quota.monthly_tokens is None or request.model not in quota.downgrade:
+        if request.model not in quota.downgrade:
             return None
         assert self.worker is not None
-        used = await self.worker.run(
-            lambda ledger: ledger.month_tokens(agent, month, group=quota.group)
+        used, set_now = await self.worker.run(
+            lambda ledger: ledger.token_bucket(agent, month, group=quota.group)
         )
+        if set_now is not None:  # 'limit set --monthly-tokens' wins over the file
+            quota = replace(quota, monthly_tokens=set_now or None)
+        if quota.monthly_tokens is None:
+            return None
         cheaper = downgraded_model(request.model, used, quota)
         if cheaper and (agent, month) not in self._downgrades_recorded:
             self._downgrades_recorded.add((agent, month))
