@@ -104,13 +104,17 @@ def test_concurrency_is_capped_and_the_wait_is_short() -> None:
     assert (brake.code, brake.retry_after_s) == ("rate_limited", 1)
 
 
-def test_a_burn_rate_above_the_brake_suspends_counting_this_call() -> None:
+def test_a_burn_rate_above_the_brake_suspends_and_one_big_hold_is_no_burn() -> None:
     brakes = Brakes(burn_nanos_per_min=1_000_000_000)  # $1.00 a minute
-    assert verdict(Activity(spent_last_minute=900_000_000), brakes, nanos=100_000_000) is None
-    brake = verdict(Activity(spent_last_minute=900_000_000), brakes, nanos=100_000_001)
+    assert verdict(Activity(spent_last_minute=1_000_000_000), brakes) is None
+    # A single call's worst case is not a rate: only what was spent counts.
+    assert verdict(Activity(), brakes, nanos=2_000_000_000) is None
+    brake = verdict(Activity(spent_last_minute=1_000_000_001), brakes)
     assert brake is not None
     assert (brake.code, brake.suspends) == ("agent_suspended", True)
-    assert "above the brake's $1.00 a minute" in brake.detail
+    assert "$1.000000001 spent in the last minute, above the brake's $1.00 a minute" in (
+        brake.detail
+    )
 
 
 def test_brakes_that_suspend_come_before_brakes_that_ask_to_wait() -> None:

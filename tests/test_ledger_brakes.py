@@ -154,10 +154,12 @@ def test_calls_in_flight_are_capped(ledger: SQLiteLedger) -> None:
 
 def test_a_burn_rate_above_the_brake_suspends(ledger: SQLiteLedger) -> None:
     burn = Brakes(loop_repeats=None, burn_nanos_per_min=2_500)
-    for i in range(2):
-        result = ledger.hold(call(T0, str(i)), 1_000, BIG, Limits(), burn)
-        assert isinstance(result, HoldGranted)
-    result = ledger.hold(call(T0, "x"), 1_000, BIG, Limits(), burn)
+    now = datetime.now(UTC)
+    for i in range(3):
+        result = ledger.hold(call(now, str(i)), 1_000, BIG, Limits(), burn)
+        assert isinstance(result, HoldGranted)  # holds alone are no burn
+        ledger.settle(result.call_id, Settlement(1_000, TokenCounts(), "ok"), BIG)
+    result = ledger.hold(call(now, "x"), 1_000, BIG, Limits(), burn)  # $3,000 spent > $2,500
     assert braked(result) == "agent_suspended"
     assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
 
@@ -225,3 +227,24 @@ def test_in_throttle_mode_a_rate_brake_records_nothing_so_the_call_can_wait(
     assert braked(suspended) == "loop_detected"
     assert isinstance(suspended, HoldBraked)
     assert suspended.call_id is not None
+
+
+def test_retries_of_a_refused_call_are_no_loop(ledger: SQLiteLedger) -> None:
+    rate_and_loop = Brakes(loop_repeats=3, calls_per_minute=1, backoff_steps_s=())
+    assert isinstance(hold(ledger, rate_and_loop, T0, "same"), HoldGranted)
+    for second in range(1, 8):  # an SDK retrying through 429s, the same request each time
+        later = T0 + timedelta(seconds=second)
+        assert braked(hold(ledger, rate_and_loop, later, "same")) == "rate_limited"
+    assert ledger.suspended_agents() == {}
+
+
+def test_a_hold_settled_at_its_amount_keeps_its_tokens_in_the_windows(
+    ledger: SQLiteLedger,
+) -> None:
+    cap = Limits(session_tokens=1_000)
+    first = ledger.hold(replace(intent(), estimated_input_tokens=900), 1, BIG, cap)
+    assert isinstance(first, HoldGranted)
+    ledger.settle_own_holds("proxy_stopped")  # no usage ever came: settled at the hold
+    again = ledger.hold(replace(intent(), estimated_input_tokens=900), 1, BIG, cap)
+    assert isinstance(again, HoldRefused)
+    assert again.window == "session_tokens"

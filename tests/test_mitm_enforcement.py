@@ -228,10 +228,33 @@ async def test_a_connection_lost_after_sending_is_charged_its_hold(proxy: Proxy)
 async def test_a_provider_never_reached_costs_nothing(proxy: Proxy) -> None:
     flow = await proxy.send(chat_flow())
     flow.server_conn.timestamp_tcp_setup = None
+    flow.client_conn.timestamp_end = None  # the client is still there, waiting
     flow.error = tflow.terr("Connection refused")
     await proxy.enforcement.error(flow)
     [row] = proxy.rows()
     assert (row["outcome"], row["actual_nanos"]) == ("upstream_unreachable", 0)
+
+
+async def test_a_client_that_leaves_before_the_provider_is_reached_is_not_its_failure(
+    proxy: Proxy,
+) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.server_conn.timestamp_tcp_setup = None
+    flow.error = tflow.terr("Client disconnected.")
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    # Not upstream_unreachable: the backoff brake counts the provider's failures only.
+    assert (row["outcome"], row["actual_nanos"]) == ("client_disconnected", 0)
+
+
+async def test_a_call_cut_without_usage_counts_its_estimated_tokens(proxy: Proxy) -> None:
+    flow = await proxy.send(chat_flow())
+    flow.error = tflow.terr("Server disconnected.")  # connected, then lost: it may be billed
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    assert row["outcome"] == "interrupted"
+    assert row["actual_nanos"] == row["held_nanos"]
+    assert (row["input_tokens"], row["output_tokens"]) == (8, 10)  # as held, not zero
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ class Activity:
     oldest_call_last_minute: datetime | None = None
     tokens_last_minute: int = 0  # estimated while held, actual once settled
     in_flight: int = 0  # held, not settled
-    spent_last_minute: int = 0  # nanos: actual costs and holds of the burn window
+    spent_last_minute: int = 0  # nanos: actual costs of the calls settled in the burn window
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,14 @@ def _failures(a: Activity, b: Brakes, tokens: int, nanos: int, now: datetime) ->
 
 
 def _burn(a: Activity, b: Brakes, tokens: int, nanos: int, now: datetime) -> Brake | None:
+    # What was spent, not what is held: one call's worst case is no burn rate.
     limit = b.burn_nanos_per_min
-    if limit is None or a.spent_last_minute + nanos <= limit:
+    if limit is None or a.spent_last_minute <= limit:
         return None
     return Brake(
         "agent_suspended",
-        f"burning {format_usd(a.spent_last_minute + nanos)} in the last minute with this call, "
-        f"above the brake's {format_usd(limit)} a minute",
+        f"{format_usd(a.spent_last_minute)} spent in the last minute, above the brake's "
+        f"{format_usd(limit)} a minute",
         suspends=True,
     )
 

@@ -65,6 +65,8 @@ def activity(conn: sqlite3.Connection, intent: CallIntent, brakes: Brakes) -> Ac
                 SELECT COUNT(*) FROM calls AS c
                 WHERE c.agent = x.agent AND c.fingerprint = :fingerprint
                     AND c.started_at >= MAX(:loop_since, COALESCE(a.resumed_at, ''))
+                    -- an SDK retrying a refused call is not looping
+                    AND c.state <> 'refused'
             ) END
         FROM (SELECT :agent AS agent) AS x
         LEFT JOIN suspensions AS s ON s.agent = x.agent
@@ -114,9 +116,9 @@ def _with_rates(
     ).fetchone()
     (spent,) = conn.execute(
         """
-        SELECT COALESCE(SUM(CASE state WHEN 'held' THEN held_nanos ELSE actual_nanos END), 0)
+        SELECT COALESCE(SUM(actual_nanos), 0)
         FROM calls
-        WHERE agent = ? AND day >= ? AND started_at >= ? AND state <> 'refused'
+        WHERE agent = ? AND day >= ? AND started_at >= ? AND state = 'settled'
         """,
         (intent.agent, since_day, max(iso(now - BURN_WINDOW), resumed_at)),
     ).fetchone()

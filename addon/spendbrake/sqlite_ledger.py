@@ -474,6 +474,9 @@ class SQLiteLedger:
         cursor = conn.execute(
             """
             UPDATE calls SET state = 'settled', actual_nanos = held_nanos, outcome = ?,
+                -- the tokens too, at the estimate behind the hold: a token window must not
+                -- find room it never had
+                input_tokens = estimated_input_tokens, output_tokens = estimated_output_tokens,
                 reason = 'settled at its hold: the proxy ended before the call did',
                 settled_at = ?
             WHERE state = 'held' AND owner = ?

@@ -40,7 +40,7 @@ from spendbrake.ledger import (
     TokenCounts,
 )
 from spendbrake.mitm.ledger_worker import LedgerWorker
-from spendbrake.mitm.settlement import from_response, from_stream
+from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
 from spendbrake.pricing import Pricer, UnknownModel
@@ -459,10 +459,13 @@ class Enforcement:
         if call.meter is not None and not call.meter_failed:
             settlement = from_stream(call, "interrupted", message, self.pricer)
         elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
-            # Never connected to the provider: nothing was sent, nothing can be billed.
-            settlement = Settlement(0, TokenCounts(), "upstream_unreachable", message)
+            # Never connected to the provider: nothing was sent, nothing can be billed. Whose
+            # fault matters: only the provider's counts toward the backoff brake.
+            gave_up = flow.client_conn.timestamp_end is not None or "client" in message.lower()
+            outcome = "client_disconnected" if gave_up else "upstream_unreachable"
+            settlement = Settlement(0, TokenCounts(), outcome, message)
         else:
-            settlement = Settlement(call.held_nanos, TokenCounts(), "interrupted", message)
+            settlement = at_the_hold(call, "interrupted", message)
         await self._settle(call, settlement)
 
     async def _settle(self, call: HeldCall, settlement: Settlement) -> DayTotals | None:

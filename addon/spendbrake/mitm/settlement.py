@@ -35,9 +35,14 @@ def from_response(call: HeldCall, response: http.Response, pricer: Pricer) -> Se
     if response.status_code >= 400 and call.meter is None:
         # The provider answered with an error and no usage: it bills nothing for it.
         return Settlement(0, TokenCounts(), "upstream_error", f"HTTP {response.status_code}")
-    return Settlement(
-        call.held_nanos, TokenCounts(), "no_usage", "no usage reported: settled at the hold"
-    )
+    return at_the_hold(call, "no_usage", "no usage reported: settled at the hold")
+
+
+def at_the_hold(call: HeldCall, outcome: str, reason: str) -> Settlement:
+    """The hold, in money and in the tokens estimated for it: a call whose usage is unknown
+    counts in the token windows as it was held."""
+    tokens = TokenCounts(input_tokens=call.prompt_tokens, output_tokens=call.max_output_tokens)
+    return Settlement(call.held_nanos, tokens, outcome, reason)
 
 
 def from_stream(call: HeldCall, outcome: str, reason: str, pricer: Pricer) -> Settlement:
