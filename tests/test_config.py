@@ -338,3 +338,34 @@ def test_throttle_is_a_brake_setting_per_agent(tmp_path: Path) -> None:
     assert config.brakes("anyone").throttle is False
     with pytest.raises(ConfigError, match=r"agents\.x\.throttle is true or false"):
         load_config(write(tmp_path, '[agents.x]\nthrottle = "yes"\n'))
+
+
+def test_a_groups_bucket_comes_before_defaults_and_an_agent_can_turn_capping_off(
+    tmp_path: Path,
+) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+            [defaults]
+            monthly_tokens = 1000000
+            cap_output = true
+
+            [agents.member]
+            group = "team"
+            cap_output = false
+
+            [agents.own]
+            group = "team"
+            monthly_tokens = 10
+
+            [groups.team]
+            monthly_tokens = 50
+            """,
+        )
+    )
+    assert (config.quota("member").monthly_tokens, config.quota("member").group) == (50, "team")
+    assert (config.quota("own").monthly_tokens, config.quota("own").group) == (10, "")
+    assert config.quota("loner").monthly_tokens == 1_000_000
+    assert config.cap_output_minimum("member") is None  # its own false beats [defaults]
+    assert config.cap_output_minimum("loner") == 256

@@ -192,3 +192,19 @@ def test_a_ledger_from_before_these_windows_counts_its_calls_in_them(path: Path)
         "monthly"
     )
     ledger.close()
+
+
+def test_a_token_limit_set_to_zero_at_run_time_is_off(ledger: SQLiteLedger) -> None:
+    ledger.set_limit("session_tokens", "research-bot", 0)
+    ledger.set_limit("monthly_tokens", "research-bot", 0)
+    capped = Limits(session_tokens=10, monthly_tokens=10)
+    granted(ledger.hold(call(tokens=5_000), 1, BIG_DAY, capped))
+
+
+def test_a_bucket_set_at_run_time_never_refuses_an_agent_that_keeps_the_cheaper_model(
+    ledger: SQLiteLedger,
+) -> None:
+    ledger.set_limit("monthly_tokens", "research-bot", 10)
+    keeps = Limits(keep_downgraded_when_empty=True)
+    granted(ledger.hold(call(tokens=5_000), 1, BIG_DAY, keeps))
+    assert refused(ledger.hold(call(tokens=5_000), 1, BIG_DAY)).window == "monthly_tokens"

@@ -199,6 +199,7 @@ class Config:
             group_monthly_tokens=None
             if quota.keep_downgraded_when_empty or not quota.group
             else quota.monthly_tokens,
+            keep_downgraded_when_empty=quota.keep_downgraded_when_empty,
         )
 
     def brakes(self, agent: str) -> Brakes:
@@ -233,9 +234,14 @@ class Config:
             value = getattr(own, name) if own is not None else None
             return value if value is not None else getattr(defaults, name)
 
-        own_bucket = pick("monthly_tokens")
+        # The bucket: the agent's own, else its group's shared one, else [defaults].
+        own_bucket = own.monthly_tokens if own is not None else None
         group = self._setting(agent, "group")
-        shared = self.groups.get(group) if isinstance(group, str) and own_bucket is None else None
+        shared = self.groups.get(group) if isinstance(group, str) else None
+        if shared is not None and (own_bucket is not None or shared.monthly_tokens is None):
+            shared = None
+        if own_bucket is None and shared is None:
+            own_bucket = defaults.monthly_tokens
         return Quota(
             monthly_tokens=own_bucket if shared is None else shared.monthly_tokens,
             group=group if shared is not None and isinstance(group, str) else "",
@@ -246,7 +252,7 @@ class Config:
 
     def cap_output_minimum(self, agent: str) -> int | None:
         """With ``cap_output`` on: the fewest output tokens a capped call may keep."""
-        return self._int_setting(agent, "cap_output_min_tokens")
+        return self._int_setting(agent, "cap_output_min_tokens") or None  # 0: set off
 
     def _setting(self, agent: str, name: str) -> int | str | None:
         """The agent's own value, else the [defaults] one."""
@@ -429,7 +435,10 @@ def _parse_quota(table: Mapping[str, Any], where: str, section: str) -> dict[str
         "downgrade_below": Decimal(str(share)) if share is not None else None,
         "downgrade": dict(downgrade) if downgrade is not None else None,
         "keep_downgraded_when_empty": None if empty is None else empty == "downgrade",
-        "cap_output_min_tokens": (minimum or DEFAULT_CAP_MINIMUM) if cap else None,
+        # 0 records an explicit "cap_output = false", which [defaults] must not turn back on.
+        "cap_output_min_tokens": (minimum or DEFAULT_CAP_MINIMUM)
+        if cap
+        else (0 if cap is False else None),
     }
 
 

@@ -97,6 +97,7 @@ class Limits:
     group_monthly_nanos: int | None = None
     monthly_tokens: int | None = None  # the agent's token bucket for the calendar month
     group_monthly_tokens: int | None = None  # its group's, when the bucket is shared
+    keep_downgraded_when_empty: bool = False  # then no token bucket refuses, even one set later
 
 
 NO_MORE_LIMITS = Limits()

@@ -232,7 +232,13 @@ class SQLiteLedger:
         if set_now is None:
             set_now = self._run_time_limits(conn, intent.agent, limits.group)
         for window, limit in set_now.items():
-            if window in wanted:
+            if window not in wanted:
+                continue
+            if window in TOKEN_WINDOWS:
+                if limits.keep_downgraded_when_empty and window != "session_tokens":
+                    continue  # an empty bucket keeps the cheaper model: it never refuses
+                wanted[window] = limit or None  # 0 turns a token limit off, as 'limit set' says
+            else:
                 wanted[window] = limit
         limited = {w: limit for w, limit in wanted.items() if limit is not None}
         if not limited:
