@@ -208,3 +208,14 @@ def test_a_bucket_set_at_run_time_never_refuses_an_agent_that_keeps_the_cheaper_
     keeps = Limits(keep_downgraded_when_empty=True)
     granted(ledger.hold(call(tokens=5_000), 1, BIG_DAY, keeps))
     assert refused(ledger.hold(call(tokens=5_000), 1, BIG_DAY)).window == "monthly_tokens"
+
+
+def test_limits_set_together_are_written_all_or_none(ledger: SQLiteLedger, path: Path) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        ledger.set_limits([("monthly", "research-bot", 5), ("session_usd", "research-bot", -1)])
+    assert query(path, "SELECT * FROM limits") == []
+    ledger.set_limits([("monthly", "research-bot", 5), ("session_usd", "research-bot", 7)])
+    assert sorted(query(path, "SELECT window, limit_nanos FROM limits")) == [
+        ("monthly", 5),
+        ("session_usd", 7),
+    ]

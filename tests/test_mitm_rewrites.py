@@ -34,6 +34,11 @@ daily_usd = 0.0000102
 cap_output = true
 cap_output_min_tokens = 10
 
+[agents.thinker]
+daily_usd = 0.002
+cap_output = true
+cap_output_min_tokens = 10
+
 [agents.strict]
 daily_usd = 0.0000102
 cap_output = true
@@ -157,3 +162,23 @@ async def test_a_bucket_set_at_run_time_moves_the_downgrade_too(tmp_path: Path) 
         second = await settled(proxy, chat_flow(gpt_4o, credentials=("tuned", "")))
     assert sent_body(first)["model"] == "gpt-4o"
     assert sent_body(second)["model"] == "gpt-4o-mini"
+
+
+async def test_capped_output_never_goes_below_a_claude_thinking_budget(tmp_path: Path) -> None:
+    # $0.002 pays for a few hundred output tokens at $5/M, but the thinking budget needs
+    # max_tokens above 1,024: no cap Anthropic would accept fits, so it is refused as it is.
+    thinking = {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 4_000,
+        "thinking": {"type": "enabled", "budget_tokens": 1_024},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    with configured_proxy(tmp_path, CONFIG) as proxy:
+        flow = await proxy.send(
+            chat_flow(
+                thinking, path="/v1/messages", host="api.anthropic.com", credentials=("thinker", "")
+            )
+        )
+    assert flow.response is not None
+    assert flow.response.status_code == 402
+    assert json.loads(flow.request.content or b"")["max_tokens"] == 4_000  # not rewritten

@@ -91,3 +91,24 @@ def test_an_azure_deployment_is_swapped_in_the_url() -> None:
     assert new_path == "/openai/deployments/gpt4o-mini-prod/chat/completions?api-version=2024-10-21"
     assert new["max_tokens"] == 100
     assert "model" not in new
+
+
+def test_a_tuned_gemini_model_keeps_its_collection_in_the_url() -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    path = "/v1beta/tunedModels/my-tune-1:generateContent"
+    api = classify_route(GEMINI, "POST", path).api
+    assert api is not None
+    _, new_path = api.rewritten(json.dumps(body).encode(), path, Rewrite(model="my-tune-2"))
+    assert new_path == "/v1beta/tunedModels/my-tune-2:generateContent"
+
+
+def test_claude_thinking_keeps_its_budget_below_a_capped_max_tokens() -> None:
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 20_000,
+        "thinking": {"type": "enabled", "budget_tokens": 16_000},
+        "messages": CHAT["messages"],
+    }
+    api = classify_route(ANTHROPIC, "POST", "/v1/messages").api
+    assert api is not None
+    assert api.parse(json.dumps(body).encode(), "/v1/messages").min_output == 16_001

@@ -498,8 +498,7 @@ def limit_set(
     config = _load_config(config_path)
     ledger = _open_ledger(ledger_path, config)
     try:
-        for window, _, new_limit in wanted:
-            ledger.set_limit(window, name, new_limit)
+        ledger.set_limits([(window, name, new_limit) for window, _, new_limit in wanted])
     except LedgerUnavailable as e:
         raise click.ClickException(str(e)) from None
     finally:

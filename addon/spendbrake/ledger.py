@@ -220,6 +220,10 @@ class Ledger(Protocol):
         """A run-time limit that wins over the config; read on every hold, so no restart."""
         ...
 
+    def set_limits(self, limits: list[tuple[str, str, int]]) -> None:
+        """Several (window, name, limit) at once: all of them, or none."""
+        ...
+
     def set_limit(self, window: str, name: str, limit: int) -> None:
         """A run-time limit of any window (nanos, or tokens for session_tokens) for an agent,
         or for a group in group_daily / group_monthly; wins over the config at once."""

@@ -351,19 +351,24 @@ class SQLiteLedger:
         self.set_limit("daily", agent, limit_nanos)
 
     def set_limit(self, window: str, name: str, limit: int) -> None:
-        if window not in WINDOWS and window not in sqlite_brakes.BRAKE_SETTINGS:
-            known = ", ".join([*WINDOWS, *sqlite_brakes.BRAKE_SETTINGS])
-            raise ValueError(f"no window {window!r}; the windows are {known}")
-        if limit < 0:
-            raise ValueError("a limit cannot be negative")
+        self.set_limits([(window, name, limit)])
+
+    def set_limits(self, limits: list[tuple[str, str, int]]) -> None:
+        for window, _, limit in limits:
+            if window not in WINDOWS and window not in sqlite_brakes.BRAKE_SETTINGS:
+                known = ", ".join([*WINDOWS, *sqlite_brakes.BRAKE_SETTINGS])
+                raise ValueError(f"no window {window!r}; the windows are {known}")
+            if limit < 0:
+                raise ValueError("a limit cannot be negative")
+        now = _utc_iso(datetime.now(UTC))
         with self._immediate() as conn:
-            conn.execute(
+            conn.executemany(
                 """
                 INSERT INTO limits (agent, window, limit_nanos, set_at) VALUES (?, ?, ?, ?)
                 ON CONFLICT (agent, window) DO UPDATE SET
                     limit_nanos = excluded.limit_nanos, set_at = excluded.set_at
                 """,
-                (name, window, limit, _utc_iso(datetime.now(UTC))),
+                [(name, window, limit, now) for window, name, limit in limits],
             )
 
     def reset_window(

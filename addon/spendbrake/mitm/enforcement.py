@@ -256,7 +256,7 @@ class Enforcement:
                         request,
                         estimate,
                         room,
-                        minimum,
+                        max(minimum, request.min_output),
                         provider_id=provider.id,
                         pricer=self.pricer,
                     )
@@ -342,7 +342,10 @@ class Enforcement:
                 return HoldBraked(call_id=call_id, brake=brake), intent
             await asyncio.sleep(wait)
             waited += wait
-            intent = replace(intent, started_at=utc_now())
+            now = utc_now()  # a wait may cross a local midnight: the call joins the new day
+            intent = replace(
+                intent, started_at=now, day=current_day_window(now, self.config.timezone).day
+            )
 
     def _policy(self, agent: str) -> AgentPolicy:
         policy = self._policies.get(agent)

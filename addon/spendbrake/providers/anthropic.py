@@ -22,6 +22,7 @@ from spendbrake.providers.base import (
     as_json_text,
     content_blocks,
     count,
+    fingerprint_of,
     int_at_least,
     load_json_object,
     required_model,
@@ -77,8 +78,11 @@ def parse_messages_request(body: bytes) -> CallRequest:
 
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=data.get("stream") is True,
         max_output=max_tokens,  # thinking.budget_tokens is part of max_tokens
+        # Anthropic refuses a max_tokens that does not exceed the thinking budget.
+        min_output=_thinking_budget(data) + 1,
         choices=1,
         service_tier=None,  # Anthropic's priority tier has no public per-token price
         prompt_texts=tuple(texts),
@@ -87,6 +91,15 @@ def parse_messages_request(body: bytes) -> CallRequest:
         cache_write=_cache_write_ttl(data),
         server_tools=anthropic_server_tools(data),
     )
+
+
+def _thinking_budget(data: dict[str, Any]) -> int:
+    thinking = data.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int) and not isinstance(budget, bool):
+            return budget
+    return 0
 
 
 def _collect_blocks(content: Any, texts: list[str]) -> int:

@@ -31,17 +31,52 @@ class CallRequest:
     wants_usage_injection: bool = False  # the proxy must ask for usage the client did not
     cache_write: str | None = None  # "5m" / "1h": the prompt may be written to the cache
     server_tools: tuple[str, ...] = ()  # tools the provider runs and bills per use (unbounded)
+    min_output: int = 1  # the lowest max output the provider accepts for this request
+    fingerprint: str = ""  # of what it asks (model, messages, media, tools): loop detection
+
+
+# Fields that vary between copies of the same request, or only say how to answer it.
+_VOLATILE_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "service_tier",
+        "store",
+        "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
+        "frequency_penalty",
+        "presence_penalty",
+        "safety_identifier",
+        "prompt_cache_key",
+        "generationConfig",
+    }
+)
+
+
+def fingerprint_of(model: str, data: dict[str, Any]) -> str:
+    """The same model asked the same thing (messages, images, files, tools) gives the same
+    value, whatever else varies (streaming, sampling, max output): what loop detection
+    compares."""
+    asked = {key: value for key, value in data.items() if key not in _VOLATILE_FIELDS}
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(model.encode())
+    digest.update(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode("utf-8", "replace"))
+    return digest.hexdigest()
 
 
 def request_fingerprint(request: CallRequest) -> str:
-    """The same model asked the same thing gives the same value, whatever else varies
-    (streaming, sampling settings, max output): what loop detection compares."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(request.model.encode())
-    for text in request.prompt_texts:
-        digest.update(b"\x00")
-        digest.update(text.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+    return request.fingerprint
 
 
 @dataclass(frozen=True)

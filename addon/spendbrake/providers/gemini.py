@@ -24,6 +24,7 @@ from spendbrake.providers.base import (
     UsageTap,
     as_json_text,
     count,
+    fingerprint_of,
     int_at_least,
     load_json_object,
 )
@@ -92,6 +93,7 @@ def parse_generate_request(body: bytes, path: str) -> CallRequest:
     candidates = config.get("candidateCount")
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=method == STREAM_GENERATE,
         # Thinking tokens count against maxOutputTokens, so it bounds them too.
         max_output=None
@@ -270,7 +272,9 @@ class Generate(ReportsUsageUnasked):
             if match is not None:
                 start, end = match.span("model")
                 route = unquote(route)
-                prefix = "models/" if route[start:end].startswith("models/") else ""
+                # Keep the collection the URL named: models/ or tunedModels/.
+                collection, _, _ = route[start:end].rpartition("/")
+                prefix = f"{collection}/" if collection else ""
                 path = route[:start] + prefix + change.model + route[end:] + sep + query
         return body, path
 

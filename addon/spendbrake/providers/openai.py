@@ -23,6 +23,7 @@ from spendbrake.providers.base import (
     content_blocks,
     count,
     event_json,
+    fingerprint_of,
     generated_text_bytes,
     int_at_least,
     load_json_object,
@@ -89,6 +90,7 @@ def parse_chat_request(body: bytes) -> CallRequest:
     tier = data.get("service_tier")
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=stream,
         max_output=_max_output(data),
         choices=1 if data.get("n") is None else int_at_least(data["n"], "n", minimum=1),
@@ -133,6 +135,7 @@ def parse_completions_request(body: bytes) -> CallRequest:
     client_asked_for_usage = isinstance(options, dict) and options.get("include_usage") is True
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=stream,
         max_output=_LEGACY_DEFAULT_MAX_TOKENS
         if max_tokens is None

@@ -13,6 +13,7 @@ from spendbrake.providers.base import (
     Rewrite,
     UnreadableRequest,
     count,
+    fingerprint_of,
     load_json_object,
     required_model,
     rewrite_json,
@@ -28,6 +29,7 @@ def parse_embeddings_request(body: bytes) -> CallRequest:
     texts, token_ids = _inputs(data.get("input"))
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=False,
         max_output=0,  # embeddings produce no billed output
         choices=1,

@@ -22,6 +22,7 @@ from spendbrake.providers.base import (
     UsageTap,
     as_json_text,
     count,
+    fingerprint_of,
     int_at_least,
     load_json_object,
     required_model,
@@ -87,6 +88,7 @@ def parse_responses_request(body: bytes, sizes: ResponseSizes) -> CallRequest:
     tier = data.get("service_tier")
     return CallRequest(
         model=model,
+        fingerprint=fingerprint_of(model, data),
         stream=data.get("stream") is True,
         max_output=None
         if max_output is None
