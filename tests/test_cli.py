@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -445,3 +446,23 @@ def test_resume_with_a_session_lifts_that_sessions_breakers(
     assert "recorded as done by dana" in output
     assert isinstance(ledger.hold(call, 1, 10**9, capped), HoldGranted)
     ledger.close()
+
+
+def test_status_says_when_an_agent_is_throttled_or_downgraded(config: Path, tmp_path: Path) -> None:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    now = datetime.now(UTC)
+    base = CallIntent(
+        agent="research-bot", session="", provider="openai", endpoint="/v1/chat/completions",
+        requested_model="gpt-4o", forwarded_model="gpt-4o-mini", stream=False,
+        day=now.date().isoformat(), started_at=now,
+    )  # fmt: skip
+    assert isinstance(ledger.hold(base, 1, 10**9), HoldGranted)
+    ledger.close()
+    [agent] = json.loads(run("status", "--json", "--config", str(config))[1])["agents"]
+    assert agent["state"] == "downgraded"
+
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    ledger.refuse(replace(base, forwarded_model="gpt-4o"), "rate_limited")
+    ledger.close()
+    [agent] = json.loads(run("status", "--json", "--config", str(config))[1])["agents"]
+    assert agent["state"] == "throttled"  # held back in the last minute comes first

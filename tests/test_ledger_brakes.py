@@ -8,6 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from ledger_hammer import intent, query
 from spendbrake.brakes import Brakes
 from spendbrake.ledger import (
@@ -248,3 +250,23 @@ def test_a_hold_settled_at_its_amount_keeps_its_tokens_in_the_windows(
     again = ledger.hold(replace(intent(), estimated_input_tokens=900), 1, BIG, cap)
     assert isinstance(again, HoldRefused)
     assert again.window == "session_tokens"
+
+
+@pytest.mark.parametrize("outcome", ["interrupted", "cut_short", "client_disconnected"])
+def test_only_the_providers_failures_count_toward_backoff(
+    ledger: SQLiteLedger, outcome: str
+) -> None:
+    backoff = Brakes(loop_repeats=None, backoff_steps_s=(60,))
+    for i in range(3):
+        held = ledger.hold(call(T0, str(i)), 1, BIG)
+        assert isinstance(held, HoldGranted)
+        ledger.settle(held.call_id, Settlement(0, TokenCounts(), outcome), BIG)
+    assert isinstance(hold(ledger, backoff, datetime.now(UTC), "next"), HoldGranted)
+
+
+def test_the_rate_window_reaches_across_a_local_midnight(ledger: SQLiteLedger) -> None:
+    per_minute = Brakes(loop_repeats=None, calls_per_minute=1)
+    before = replace(call(T0, "a"), day="2026-03-14", started_at=T0 - timedelta(seconds=20))
+    assert isinstance(ledger.hold(before, 1, BIG, Limits(), per_minute), HoldGranted)
+    after = replace(call(T0, "b"), day="2026-03-15")  # the next local day, 20 s later
+    assert braked(ledger.hold(after, 1, BIG, Limits(), per_minute)) == "rate_limited"

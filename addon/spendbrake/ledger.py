@@ -254,6 +254,11 @@ class Ledger(Protocol):
 
     def agents_with_activity(self, day: str) -> list[str]: ...
 
+    def held_back(self, agent: str, day: str, since: datetime) -> tuple[bool, bool]:
+        """(throttled, downgraded): a rate or backoff brake held the agent back since
+        ``since``; a call of the day went to a cheaper model than asked."""
+        ...
+
     def estimate_accuracy(self, since_day: str) -> list[EstimateAccuracy]:
         """Per model, the holds and estimates against actual costs and tokens since a day."""
         ...

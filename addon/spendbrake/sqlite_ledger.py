@@ -431,6 +431,21 @@ class SQLiteLedger:
         rows = self.db.conn.execute("SELECT agent, limit_nanos FROM limits WHERE window = 'daily'")
         return {agent: limit for agent, limit in rows}
 
+    def held_back(self, agent: str, day: str, since: datetime) -> tuple[bool, bool]:
+        row = self.db.conn.execute(
+            """
+            SELECT
+                EXISTS (SELECT 1 FROM calls WHERE agent = :agent AND day = :day
+                    AND started_at >= :since AND reason IN ('rate_limited', 'backoff'))
+                OR EXISTS (SELECT 1 FROM events WHERE agent = :agent AND kind = 'throttled'
+                    AND at >= :since),
+                EXISTS (SELECT 1 FROM calls WHERE agent = :agent AND day = :day
+                    AND forwarded_model <> requested_model AND state <> 'refused')
+            """,
+            {"agent": agent, "day": day, "since": _utc_iso(since)},
+        ).fetchone()
+        return bool(row[0]), bool(row[1])
+
     def agents_with_activity(self, day: str) -> list[str]:
         rows = self.db.conn.execute(
             "SELECT agent FROM day_totals WHERE day = ? ORDER BY agent", (day,)

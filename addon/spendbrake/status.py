@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from spendbrake.config import Config
@@ -16,6 +16,8 @@ from spendbrake.windows import day_window
 class AgentStatus:
     totals: DayTotals
     suspended_for: str | None = None  # the code of the brake that suspended the agent
+    throttled: bool = False  # a rate brake held it back in the last minute
+    downgraded: bool = False  # calls of the day went to a cheaper model
 
     @property
     def state(self) -> str:
@@ -24,6 +26,10 @@ class AgentStatus:
             return "suspended"
         if t.budget_blocked or t.remaining_nanos <= 0:
             return "exhausted"
+        if self.throttled:
+            return "throttled"
+        if self.downgraded:
+            return "downgraded"
         return "ok"
 
     def as_json(self) -> dict[str, Any]:
@@ -44,10 +50,13 @@ def agent_statuses(ledger: Ledger, config: Config, now: datetime) -> list[AgentS
     day = day_window(now, config.timezone).day
     suspended = ledger.suspended_agents()
     names = sorted(set(config.agents) | set(ledger.agents_with_activity(day)) | set(suspended))
-    return [
-        AgentStatus(ledger.day_totals(name, day, config.daily_limit(name)), suspended.get(name))
-        for name in names
-    ]
+    minute_ago = now - timedelta(seconds=60)
+    statuses = []
+    for name in names:
+        throttled, downgraded = ledger.held_back(name, day, minute_ago)
+        totals = ledger.day_totals(name, day, config.daily_limit(name))
+        statuses.append(AgentStatus(totals, suspended.get(name), throttled, downgraded))
+    return statuses
 
 
 def status_document(ledger: Ledger, config: Config, now: datetime) -> dict[str, Any]:
