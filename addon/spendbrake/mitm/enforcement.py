@@ -56,7 +56,6 @@ from spendbrake.providers.base import (
     CallRequest,
     Rewrite,
     UnreadableRequest,
-    request_fingerprint,
 )
 from spendbrake.quota import downgraded_model
 from spendbrake.refusals import Refusal
@@ -215,7 +214,7 @@ class Enforcement:
                 started_at=now,
                 estimated_input_tokens=estimate.prompt_tokens if estimate else 0,
                 estimated_output_tokens=estimate.output_tokens if estimate else 0,
-                fingerprint=request_fingerprint(request) if request else "",
+                fingerprint=request.fingerprint if request else "",
             )
 
         if ctx.options.spendbrake_block_all:

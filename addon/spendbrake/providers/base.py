@@ -75,10 +75,6 @@ def fingerprint_of(model: str, data: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def request_fingerprint(request: CallRequest) -> str:
-    return request.fingerprint
-
-
 @dataclass(frozen=True)
 class MeteredUsage:
     tokens: TokenCounts
