@@ -28,6 +28,7 @@ from pathlib import Path
 from spendbrake.ledger import (
     CallIntent,
     DayTotals,
+    HoldBraked,
     HoldGranted,
     HoldRefused,
     LedgerUnavailable,
@@ -55,6 +56,16 @@ def intent(agent: str = "research-bot", day: str = DAY, session: str = "s1") -> 
         day=day,
         started_at=datetime.now(UTC),
     )
+
+
+def granted(result: HoldGranted | HoldRefused | HoldBraked) -> HoldGranted:
+    assert isinstance(result, HoldGranted), f"expected a grant, got {result}"
+    return result
+
+
+def refused(result: HoldGranted | HoldRefused | HoldBraked) -> HoldRefused:
+    assert isinstance(result, HoldRefused), f"expected a refusal, got {result}"
+    return result
 
 
 def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

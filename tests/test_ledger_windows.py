@@ -12,11 +12,17 @@ import pytest
 import sqlite_utils
 
 import spendbrake.sqlite_ledger
-from ledger_hammer import assert_totals_match_calls, assert_windows_match_calls, intent, query
+from ledger_hammer import (
+    assert_totals_match_calls,
+    assert_windows_match_calls,
+    granted,
+    intent,
+    query,
+    refused,
+)
 from spendbrake.ledger import (
     CallIntent,
     HoldGranted,
-    HoldRefused,
     Limits,
     Settlement,
     TokenCounts,
@@ -31,16 +37,6 @@ def call(
     agent: str = "research-bot", day: str = NOV_30, session: str = "s1", tokens: int = 0
 ) -> CallIntent:
     return replace(intent(agent, day, session), estimated_input_tokens=tokens)
-
-
-def granted(result: HoldGranted | HoldRefused) -> HoldGranted:
-    assert isinstance(result, HoldGranted), f"expected a hold, got {result}"
-    return result
-
-
-def refused(result: HoldGranted | HoldRefused) -> HoldRefused:
-    assert isinstance(result, HoldRefused), f"expected a refusal, got {result}"
-    return result
 
 
 def settled(actual: int, tokens: int = 0) -> Settlement:

@@ -35,7 +35,17 @@ from hypothesis.stateful import (
 import ledger_hammer
 import spendbrake.processes
 import spendbrake.sqlite_ledger
-from ledger_hammer import DAY, LIMIT, assert_totals_match_calls, child, intent, query, stop
+from ledger_hammer import (
+    DAY,
+    LIMIT,
+    assert_totals_match_calls,
+    child,
+    granted,
+    intent,
+    query,
+    refused,
+    stop,
+)
 from spendbrake.ledger import (
     DayTotals,
     HoldGranted,
@@ -62,16 +72,6 @@ def call_row(path: Path, call_id: int) -> dict[str, object]:
         conn.close()
     assert row is not None, f"call {call_id} is not in the ledger"
     return dict(row)
-
-
-def granted(result: HoldGranted | HoldRefused) -> HoldGranted:
-    assert isinstance(result, HoldGranted), f"expected a grant, got {result}"
-    return result
-
-
-def refused(result: HoldGranted | HoldRefused) -> HoldRefused:
-    assert isinstance(result, HoldRefused), f"expected a refusal, got {result}"
-    return result
 
 
 def ok(actual: int, tokens: TokenCounts | None = None) -> Settlement:
