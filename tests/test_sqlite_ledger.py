@@ -106,6 +106,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m006_brakes"),
         ("spendbrake", "m007_window_resets"),
         ("spendbrake", "m008_no_index_on_start_times"),
+        ("spendbrake", "m009_windows_after_resets"),
     ]
 
     for _ in range(2):

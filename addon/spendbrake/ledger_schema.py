@@ -367,3 +367,24 @@ def m008_no_index_on_start_times(db: sqlite_utils.Database) -> None:
     """Every call's insert paid for an index only the optional rate brakes read; they find
     their minute through the (agent, day) index instead."""
     db.execute("DROP INDEX calls_agent_started")
+
+
+@migrations()
+def m009_windows_after_resets(db: sqlite_utils.Database) -> None:
+    """Every window as its limits see it: window_totals less what resets forgave. One
+    definition for every read that checks or reports a window."""
+    db.execute(
+        """
+        CREATE VIEW windows_after_resets AS
+        SELECT scope, name, period,
+            spent_nanos - COALESCE((SELECT SUM(forgiven_nanos) FROM window_resets AS r
+                WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0)
+                AS spent_nanos,
+            held_nanos,
+            spent_tokens - COALESCE((SELECT SUM(forgiven_tokens) FROM window_resets AS r
+                WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0)
+                AS spent_tokens,
+            held_tokens
+        FROM window_totals AS w
+        """
+    )

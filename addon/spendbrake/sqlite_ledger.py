@@ -248,14 +248,8 @@ class SQLiteLedger:
             (scope, name, period): (spent, held, spent_tokens, held_tokens)
             for scope, name, period, spent, held, spent_tokens, held_tokens in conn.execute(
                 f"""
-                SELECT scope, name, period,
-                    spent_nanos - COALESCE((SELECT SUM(forgiven_nanos) FROM window_resets AS r
-                        WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0),
-                    held_nanos,
-                    spent_tokens - COALESCE((SELECT SUM(forgiven_tokens) FROM window_resets AS r
-                        WHERE (r.scope, r.name, r.period) = (w.scope, w.name, w.period)), 0),
-                    held_tokens
-                FROM window_totals AS w WHERE (scope, name, period) IN
+                SELECT scope, name, period, spent_nanos, held_nanos, spent_tokens, held_tokens
+                FROM windows_after_resets WHERE (scope, name, period) IN
                     (VALUES {", ".join("(?, ?, ?)" for _ in keys)})
                 """,
                 [part for key in keys for part in key],
@@ -320,10 +314,7 @@ class SQLiteLedger:
         scope, name = ("group_month", group) if group else ("agent_month", agent)
         row = self.db.conn.execute(
             """
-            SELECT spent_tokens + held_tokens - COALESCE((SELECT SUM(forgiven_tokens)
-                FROM window_resets AS r WHERE r.scope = w.scope AND r.name = w.name
-                AND r.period = w.period), 0)
-            FROM window_totals AS w
+            SELECT spent_tokens + held_tokens FROM windows_after_resets
             WHERE scope = ? AND name = ? AND period = ?
             """,
             (scope, name, month),
@@ -390,12 +381,8 @@ class SQLiteLedger:
             else:
                 row = conn.execute(
                     """
-                    SELECT w.spent_nanos - COALESCE(SUM(r.forgiven_nanos), 0),
-                        w.spent_tokens - COALESCE(SUM(r.forgiven_tokens), 0)
-                    FROM window_totals AS w LEFT JOIN window_resets AS r
-                        ON (r.scope, r.name, r.period) = (w.scope, w.name, w.period)
-                    WHERE (w.scope, w.name, w.period) = (?, ?, ?)
-                    GROUP BY w.scope, w.name, w.period
+                    SELECT spent_nanos, spent_tokens FROM windows_after_resets
+                    WHERE (scope, name, period) = (?, ?, ?)
                     """,
                     (scope, name, period),
                 ).fetchone()
