@@ -12,8 +12,9 @@ from spendbrake.mitm.addon import Spendbrake
 from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.interception import Interception
+from spendbrake.mitm.local_api import LocalApi
 
-PARTS = (Interception, Identification, Enforcement)
+PARTS = (Interception, Identification, LocalApi, Enforcement)
 
 
 # Hooks register themselves as their modules are imported: these define all of them.
@@ -60,7 +61,9 @@ async def test_each_hook_reaches_every_part_that_has_it_in_order() -> None:
         addon = Spendbrake()
         addon.interception = Recorder(Interception, calls)  # type: ignore[assignment]
         addon.identification = Recorder(Identification, calls)  # type: ignore[assignment]
+        addon.local_api = Recorder(LocalApi, calls)  # type: ignore[assignment]
         addon.enforcement = Recorder(Enforcement, calls)  # type: ignore[assignment]
+        addon.share_what_enforcement_loaded = lambda: None  # type: ignore[method-assign]
         hook = getattr(addon, name)
         arguments = tuple(object() for _ in inspect.signature(hook).parameters)
         result = hook(*arguments)

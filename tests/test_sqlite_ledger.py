@@ -107,6 +107,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m007_window_resets"),
         ("spendbrake", "m008_no_index_on_start_times"),
         ("spendbrake", "m009_windows_after_resets"),
+        ("spendbrake", "m010_access"),
     ]
 
     for _ in range(2):
@@ -235,6 +236,9 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "suspensions",
         "events",
         "window_resets",
+        "agent_secrets",
+        "api_keys",
+        "settings",
         "_sqlite_migrations",
     }
     assert columns("calls") == CALL_COLUMNS
@@ -257,7 +261,11 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "spent_tokens",
         "held_tokens",
     }
-    everything = set().union(*(columns(t) for t in tables))
+    # Who may claim an agent is kept as hashes only (agent_keys makes and checks them).
+    assert columns("agent_secrets") == {"agent", "secret_sha256", "set_at", "actor"}
+    assert columns("api_keys") == {"key_hmac", "agent", "hint", "added_at", "actor"}
+    hashes = {"secret_sha256", "key_hmac"}
+    everything = set().union(*(columns(t) for t in tables)) - hashes
     for word in ("prompt", "key", "secret", "auth", "completion", "message", "content", "body"):
         assert not [c for c in everything if word in c], f"a column looks like it stores {word}"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendbrake.access import Access, AccessConfigError, IdentifyRules, parse_access, parse_identify
 from spendbrake.brakes import Brakes
 from spendbrake.ledger import Limits
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
@@ -50,7 +51,9 @@ _BRAKE_KEYS = frozenset(
     }
 )
 _AGENT_KEYS = (
-    frozenset({"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group"})
+    frozenset(
+        {"daily_usd", "monthly_usd", "session_usd", "session_tokens", "group", "secret_sha256"}
+    )
     | _BRAKE_KEYS
     | _QUOTA_KEYS
 )
@@ -65,6 +68,8 @@ _TOP_KEYS = frozenset(
         "prices",
         "allow_unmetered_routes",
         "allow_server_tools",
+        "access",
+        "identify",
     }
 )
 SERVER_TOOLS = frozenset(
@@ -82,6 +87,7 @@ SERVER_TOOLS = frozenset(
 )
 # Group names share the agent names' alphabet: they appear in messages and commands too.
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _PRICE_KEYS = frozenset(
     {
         "input_usd_per_mtok",
@@ -156,6 +162,10 @@ class Config:
     allow_unmetered_routes: tuple[str, ...] = ()
     # Server-side tools let through although their per-use fees and results are not held.
     allow_server_tools: frozenset[str] = frozenset()
+    access: Access = field(default_factory=Access)
+    identify: IdentifyRules = field(default_factory=IdentifyRules)
+    # agent → SHA-256 (hex) of its proxy secret; 'spendbrake agent add' keeps others in the ledger.
+    agent_secrets: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
 
     def allows_unmetered(self, method: str, path: str) -> bool:
@@ -332,6 +342,11 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         model: _parse_price(entry, where, f'prices."{model}"')
         for model, entry in prices_table.items()
     }
+    try:
+        access = parse_access(data.get("access"), where)
+        identify = parse_identify(data.get("identify"), where)
+    except AccessConfigError as e:
+        raise ConfigError(str(e)) from None
     return Config(
         timezone=timezone,
         ledger=ledger_path,
@@ -341,6 +356,9 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         prices=prices,
         allow_unmetered_routes=_parse_routes(data.get("allow_unmetered_routes", []), where),
         allow_server_tools=_parse_server_tools(data.get("allow_server_tools", []), where),
+        access=access,
+        identify=identify,
+        agent_secrets=_parse_secrets(agents_table, where),
         source=source,
     )
 
@@ -397,6 +415,21 @@ def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
         throttle=_flag(table, "throttle", where, section),
         **_parse_quota(table, where, section),
     )
+
+
+def _parse_secrets(agents_table: Mapping[str, Any], where: str) -> dict[str, str]:
+    secrets = {}
+    for name, table in agents_table.items():
+        value = table.get("secret_sha256")
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value.lower()):
+            raise ConfigError(
+                f"{where}: agents.{name}.secret_sha256 is the SHA-256 of the agent's secret in "
+                'hex (64 characters), e.g. from: printf %s "$SECRET" | sha256sum'
+            )
+        secrets[name] = value.lower()
+    return secrets
 
 
 def _flag(table: Mapping[str, Any], key: str, where: str, section: str) -> bool | None:

@@ -388,3 +388,34 @@ def m009_windows_after_resets(db: sqlite_utils.Database) -> None:
         FROM window_totals AS w
         """
     )
+
+
+@migrations()
+def m010_access(db: sqlite_utils.Database) -> None:
+    """Who may claim which agent: agents' proxy secrets and API-key fingerprints (hashes only),
+    and the proxy's own settings: the key API keys are hashed with, and the admin token's hash."""
+    db.execute(
+        """
+        CREATE TABLE agent_secrets (
+            agent TEXT PRIMARY KEY,
+            secret_sha256 TEXT NOT NULL,
+            set_at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE api_keys (
+            key_hmac TEXT PRIMARY KEY,  -- HMAC-SHA256 of the key with settings.api_key_hash_key
+            agent TEXT NOT NULL,
+            hint TEXT NOT NULL,  -- the key's last 4 characters, as providers show them
+            added_at TEXT NOT NULL,
+            actor TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        "INSERT INTO settings (name, value) VALUES ('api_key_hash_key', lower(hex(randomblob(32))))"
+    )

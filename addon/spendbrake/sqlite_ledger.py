@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,6 +127,10 @@ class SQLiteLedger:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def write_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """For modules that keep their own tables in this ledger (``access_book``)."""
+        return self._immediate()
 
     @contextmanager
     def _lock_errors(self) -> Iterator[None]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
+from spendbrake.access_book import SQLiteAccessBook
+from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.interception import Interception
+from spendbrake.mitm.local_api import LocalApi
 
 
 class Spendbrake:
@@ -20,6 +23,7 @@ class Spendbrake:
         self.interception = Interception()
         self.identification = Identification()
         self.enforcement = Enforcement()
+        self.local_api = LocalApi()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -32,6 +36,19 @@ class Spendbrake:
         self.interception.configure(updated)
         self.identification.configure(updated)
         self.enforcement.configure(updated)
+        self.share_what_enforcement_loaded()
+
+    def share_what_enforcement_loaded(self) -> None:
+        """Identification and the local API read what enforcement loaded: the configuration,
+        and the ledger (for its access records)."""
+        config, worker = self.enforcement.config, self.enforcement.worker
+        if worker is not self.local_api.worker:
+            ledger = worker.inline if worker else None
+            access = AccessCache(SQLiteAccessBook(ledger) if ledger else None)
+        else:
+            access = self.local_api.access
+        self.identification.use(config, access)
+        self.local_api.use(config, worker, access)
 
     def running(self) -> None:
         self.enforcement.running()
@@ -40,6 +57,9 @@ class Spendbrake:
         self.enforcement.done()
 
     # -- connections ---------------------------------------------------------------------------
+
+    async def client_connected(self, client: connection.Client) -> None:
+        await self.identification.client_connected(client)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         self.interception.tls_clienthello(data)
@@ -61,6 +81,7 @@ class Spendbrake:
         self.identification.requestheaders(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        await self.local_api.request(flow)
         await self.enforcement.request(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -1,4 +1,5 @@
-"""Which connections are opened up: only LLM hosts are TLS-intercepted.
+"""Which connections are opened up: only LLM hosts (and spendbrake's own local host) are
+TLS-intercepted.
 
 Every other host is tunnelled untouched, so its client sees the host's own certificate and
 spendbrake never reads traffic it has no business with.
@@ -11,6 +12,7 @@ import logging
 from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 
+from spendbrake.mitm.local_api import is_local
 from spendbrake.providers import provider_for_host
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class Interception:
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         requested = data.context.server.address[0] if data.context.server.address else None
         names = (data.client_hello.sni, requested)
-        if not any(name and provider_for_host(name) for name in names):
+        if not any(name and (provider_for_host(name) or is_local(name)) for name in names):
             data.ignore_connection = True
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:

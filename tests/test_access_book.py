@@ -1,0 +1,64 @@
+"""The ledger's access records: hashes in, hashes out, and an event for every change."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spendbrake.access_book import ApiKeyOwner, SQLiteAccessBook
+from spendbrake.agent_keys import secret_hash
+from spendbrake.sqlite_ledger import SQLiteLedger
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Iterator[SQLiteAccessBook]:
+    ledger = SQLiteLedger(tmp_path / "ledger.db")
+    yield SQLiteAccessBook(ledger)
+    ledger.close()
+
+
+def test_a_new_ledger_has_its_own_api_key_hash_key_and_no_admin_token(
+    book: SQLiteAccessBook, tmp_path: Path
+) -> None:
+    records = book.records()
+    assert len(records.api_key_hash_key) == 32
+    assert records.admin_token_sha256 is None
+    other = SQLiteLedger(tmp_path / "other.db")
+    assert SQLiteAccessBook(other).records().api_key_hash_key != records.api_key_hash_key
+    other.close()
+
+
+def test_secrets_are_set_rotated_and_removed_with_events(book: SQLiteAccessBook) -> None:
+    assert book.set_secret("research-bot", secret_hash("one"), actor="alice") is False
+    assert book.set_secret("research-bot", secret_hash("two"), actor="alice") is True
+    assert book.records().secrets == {"research-bot": secret_hash("two")}
+    assert book.remove_secret("research-bot", actor="bob") is True
+    assert book.remove_secret("research-bot", actor="bob") is False
+    assert book.records().secrets == {}
+    kinds = [(e.kind, e.actor) for e in book.ledger.events("research-bot")]
+    assert kinds == [
+        ("secret_removed", "bob"),
+        ("secret_rotated", "alice"),
+        ("secret_set", "alice"),
+    ]
+    assert all("one" not in e.detail and "two" not in e.detail for e in book.ledger.events())
+
+
+def test_api_key_fingerprints_map_to_agents(book: SQLiteAccessBook) -> None:
+    book.add_api_key("research-bot", "f" * 64, "…a1f3", actor="alice")
+    book.add_api_key("ci", "e" * 64, "…9b2c", actor="alice")
+    assert book.records().api_keys == {
+        "f" * 64: ApiKeyOwner("research-bot", "…a1f3"),
+        "e" * 64: ApiKeyOwner("ci", "…9b2c"),
+    }
+    [event] = book.ledger.events("ci")
+    assert event.detail == "calls made with API key …9b2c belong to ci"
+    assert book.remove_api_keys("research-bot", actor="alice") == 1
+    assert set(book.records().api_keys) == {"e" * 64}
+
+
+def test_the_admin_token_is_kept_as_its_hash(book: SQLiteAccessBook) -> None:
+    book.set_admin_token(secret_hash("tok"), actor="alice")
+    assert book.records().admin_token_sha256 == secret_hash("tok")
+    book.set_admin_token(secret_hash("tok2"), actor="alice")
+    assert book.records().admin_token_sha256 == secret_hash("tok2")
