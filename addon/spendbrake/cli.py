@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from spendbrake import certs
-from spendbrake.attribution import InvalidIdentity, identify
+from spendbrake.access import is_loopback_host
+from spendbrake.attribution import InvalidIdentity, identify, valid_agent_name
 from spendbrake.config import (
     LEDGER_ENV,
     Config,
@@ -122,35 +123,72 @@ def _usd_option(value: str | None, option: str) -> int | None:
         raise click.BadParameter(str(e), param_hint=option) from None
 
 
+def _parse_listeners(values: tuple[str, ...]) -> list[tuple[str, int, str | None]]:
+    """``HOST:PORT`` or ``HOST:PORT=AGENT`` each; the default address when none is given."""
+    listeners: list[tuple[str, int, str | None]] = []
+    for value in values or (DEFAULT_LISTEN,):
+        address, sep, agent = value.partition("=")
+        host, port = _parse_listen(address)
+        if sep and not valid_agent_name(agent):
+            raise click.BadParameter(
+                f"{agent!r} is not an agent name (1-64 letters, digits, '.', '_' or '-')",
+                param_hint="--listen",
+            )
+        if sep and port == 0:
+            raise click.BadParameter(
+                f"{value!r}: an agent's listener needs a fixed port", param_hint="--listen"
+            )
+        listeners.append((host, port, agent if sep else None))
+    return listeners
+
+
 @main.command()
 @_config_and_ledger_options
 @click.option(
-    "--listen", default=DEFAULT_LISTEN, show_default=True, help="Address the proxy listens on."
+    "--listen",
+    "listens",
+    multiple=True,
+    metavar="HOST:PORT[=AGENT]",
+    help=f"Address the proxy listens on (default {DEFAULT_LISTEN}). Repeatable; with =AGENT, "
+    "calls through that listener belong to AGENT, for clients that cannot name one.",
 )
 @_proxy_options
 def up(
     config_path: Path | None,
     ledger_path: Path | None,
-    listen: str,
+    listens: tuple[str, ...],
     sets: tuple[str, ...],
     scripts: tuple[str, ...],
 ) -> None:
     """Start the proxy.
 
     \b
-    Example:
+    Examples:
         spendbrake up --config spendbrake.toml
         export HTTPS_PROXY=http://research-bot@127.0.0.1:8080   # plus the lines it prints
+        spendbrake up --listen 127.0.0.1:8080 --listen 127.0.0.1:8081=research-bot
     """
     from spendbrake.proxy import mitmdump_arguments, run_proxy
 
-    host, port = _parse_listen(listen)
+    listeners = _parse_listeners(listens)
+    (host, port, _), more = listeners[0], listeners[1:]
     config = _load_config(config_path)
+    exposed = [h for h, _, _ in listeners if not is_loopback_host(h)]
+    if exposed and not config.access.open_to_the_network:
+        raise click.ClickException(
+            f"listening on {exposed[0] or 'every interface'} would let anyone on the network "
+            "spend through the proxy. Set [access] strict = true (every call needs its agent's "
+            "secret: 'spendbrake agent add') or [access] allow_clients = [...] in the "
+            "configuration, or listen on 127.0.0.1."
+        )
     ledger_file = resolve_ledger_path(ledger_path, config)
     _open_ledger(ledger_path, config).close()  # fail here, readably, not inside mitmproxy
     confdir = certs.certs_dir()
     bundle = certs.write_bundle(confdir)
     click.echo(f"spendbrake: proxy on {host}:{port}, ledger {ledger_file}")
+    for other_host, other_port, agent in more:
+        owner = f": calls through it belong to {agent}" if agent else ""
+        click.echo(f"spendbrake: also on {other_host}:{other_port}{owner}")
     click.echo("Route a shell through it (replace AGENT with the agent's name):")
     for line in _export_lines(certs.client_environment(_proxy_url(host, port, "AGENT"), bundle)):
         click.echo(f"  {line}")
@@ -164,6 +202,8 @@ def up(
             ledger=ledger_file,
             sets=sets,
             scripts=scripts,
+            more_listeners=[(h, p) for h, p, _ in more],
+            port_agents={p: agent for _, p, agent in listeners if agent},
         )
     )
 
@@ -703,3 +743,7 @@ def demo_runaway(limit: str, interval: float) -> None:
         sys.exit(runaway(_usd_option(limit, "--limit") or 0, interval, _console()))
     except RunError as e:
         raise click.ClickException(str(e)) from None
+
+
+# Commands kept in modules of their own register themselves on ``main`` when imported.
+from spendbrake import agent_commands  # noqa: E402, F401

@@ -8,7 +8,7 @@ either the addons load and accept their configuration, or the proxy does not sta
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -41,9 +41,14 @@ def mitmdump_arguments(
     sets: Sequence[str] = (),
     scripts: Sequence[str] = (),
     upstream_proxy: str | None = None,
+    more_listeners: Sequence[tuple[str, int]] = (),
+    port_agents: Mapping[int, str] | None = None,
 ) -> list[str]:
     """mitmdump's command line. A user's ``--set`` replaces spendbrake's own value of that
     option: mitmproxy refuses two values for one option, so both cannot be passed.
+
+    ``more_listeners`` opens more listen addresses beside the first (one mitmproxy mode each);
+    ``port_agents`` names the agent of calls through a listener's port.
 
     ``upstream_proxy`` (``http://[user:pass@]host:port``) sends every connection on through
     that proxy (mitmproxy's upstream mode). Its credentials are left out of the command line,
@@ -60,13 +65,26 @@ def mitmdump_arguments(
     }
     if config is not None:
         own["spendbrake_config"] = str(config)
-    if upstream_proxy:
-        own["mode"] = upstream_mode(upstream_proxy)
+    mode = upstream_mode(upstream_proxy) if upstream_proxy else "regular"
+    modes = [mode] if upstream_proxy else []
+    if more_listeners:
+        listeners = [(listen_host, listen_port), *more_listeners]
+        modes = [f"{mode}@{host}:{port}" for host, port in listeners]
+    own_lists = {
+        "mode": modes,
+        "spendbrake_port_agents": [
+            f"{port}={agent}" for port, agent in (port_agents or {}).items()
+        ],
+    }
     users = {setting.partition("=")[0].strip() for setting in sets}
     arguments = ["--listen-host", listen_host, "--listen-port", str(listen_port)]
     for name, value in own.items():
         if name not in users:
             arguments += ["--set", f"{name}={value}"]
+    for name, values in own_lists.items():
+        if name not in users:
+            for value in values:
+                arguments += ["--set", f"{name}={value}"]
     for setting in sets:
         arguments += ["--set", setting]
     for script in scripts:

@@ -155,11 +155,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], log: Path) -> int:
+def _wait_until_listening(
+    process: subprocess.Popen[bytes], log: Path, fixed_ports: Sequence[int] = ()
+) -> int:
+    """The port of the proxy's main listener, once every listener listens (the others, on
+    ``fixed_ports``, may come up in any order)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if match := _LISTENING.search(log.read_bytes()):
-            return int(match.group(1))
+        ports = [int(m.group(1)) for m in _LISTENING.finditer(log.read_bytes())]
+        main = [port for port in ports if port not in fixed_ports]
+        if main and len(ports) > len(fixed_ports):
+            return main[0]
         if process.poll() is not None:
             raise AssertionError(
                 f"the proxy exited with {process.returncode} before listening; its output:\n"
@@ -181,8 +187,9 @@ def running_proxy(
     config: Path | None,
     certs: Certs,
     env: Mapping[str, str],
+    fixed_ports: Sequence[int] = (),
 ) -> Iterator[Proxy]:
-    """Start ``command``, wait for its listening line, stop it strictly afterwards."""
+    """Start ``command``, wait for its listening lines, stop it strictly afterwards."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(part) for part in command],
@@ -192,7 +199,7 @@ def running_proxy(
             env=dict(env),
         )
     try:
-        port = _wait_until_listening(process, log)
+        port = _wait_until_listening(process, log, fixed_ports)
         proxy = Proxy(process, port, ledger, config, log, certs)
         proxy.assert_alive()
         yield proxy
@@ -222,13 +229,16 @@ def spendbrake_up(
     name: str = "proxy",
     cache_dir: Path,
     settings: Sequence[str] = (),
+    more_listens: Sequence[str] = (),
 ) -> Iterator[Proxy]:
     """``spendbrake up --listen 127.0.0.1:0`` against the fake provider, plus ``settings``
-    (``--set NAME=VALUE``) of the test's own."""
+    (``--set NAME=VALUE``) and more ``--listen`` addresses of the test's own."""
     workdir.mkdir(parents=True, exist_ok=True)
     ledger = ledger or workdir / "ledger.db"
     config: Path | None = None
     command: list[str | Path] = [SPENDBRAKE, "up", "--listen", "127.0.0.1:0", "--ledger", ledger]
+    for listen in more_listens:
+        command += ["--listen", listen]
     if config_toml is not None:
         config = workdir / "spendbrake.toml"
         config.write_text(config_toml)
@@ -243,6 +253,7 @@ def spendbrake_up(
         config=config,
         certs=certs,
         env=env,
+        fixed_ports=[int(listen.partition("=")[0].rpartition(":")[2]) for listen in more_listens],
     ) as proxy:
         yield proxy
 
