@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,37 @@ def test_a_client_outside_the_allowed_networks_is_disconnected(
             insider.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
             assert insider.recv(4096).startswith(b"HTTP/1.1 200")
         assert "client 127.0.0.1 is not in access.allow_clients" in allow_list.output()
+
+
+def test_no_secret_or_token_is_stored_or_logged(proxy: Proxy, keys: dict[str, Any]) -> None:
+    """After every test above: the ledger's files and values and the proxy's output hold the
+    secrets and the admin token only as hashes."""
+    needles = {"the admin token": keys["token"]}
+    for agent, secret in keys["secrets"].items():
+        needles[f"{agent}'s secret"] = secret
+        needles[f"{agent}'s Proxy-Authorization"] = basic_auth(agent, secret).removeprefix("Basic ")
+    haystacks = {"the proxy's output": proxy.output().encode()}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{proxy.ledger}{suffix}")
+        if path.exists():
+            haystacks[path.name] = path.read_bytes()
+    conn = sqlite3.connect(f"file:{proxy.ledger}?mode=ro", uri=True)
+    try:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        values = [
+            str(value)
+            for table in tables
+            for row in conn.execute(f"SELECT * FROM {table}")
+            for value in row
+        ]
+    finally:
+        conn.close()
+    haystacks["the ledger's values"] = "\n".join(values).encode()
+    found = [
+        f"{name} in {where}"
+        for where, data in haystacks.items()
+        for name, needle in needles.items()
+        if needle.encode() in data
+    ]
+    assert found == []
+    assert len(values) > 0  # the scan saw the ledger's rows
