@@ -28,13 +28,13 @@ def since_day(text: str, today: date) -> str:
     if match := _DAYS.fullmatch(text.strip()):
         days = int(match[1])
         if days < 1:
-            raise ValueError(f"--since counts at least one day (1d is today), not {text!r}")
+            raise ValueError(f"at least one day (1d is today), not {text!r}")
         return (today - timedelta(days=days - 1)).isoformat()
     try:
         return date.fromisoformat(text.strip()).isoformat()
     except ValueError:
         raise ValueError(
-            f"--since takes a number of days (7d) or a date (2026-03-01), not {text!r}"
+            f"expected a number of days (7d) or a date (2026-03-01), not {text!r}"
         ) from None
 
 
