@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from spendbrake import certs
+from spendbrake import certs, reports
 from spendbrake.access import is_loopback_host
 from spendbrake.attribution import InvalidIdentity, identify, valid_agent_name
 from spendbrake.config import (
@@ -26,11 +26,18 @@ from spendbrake.config import (
     resolve_config_path,
     resolve_ledger_path,
 )
+from spendbrake.export import FORMATS as EXPORT_FORMATS
+from spendbrake.export import TABLES as EXPORT_TABLES
+from spendbrake.export import export
 from spendbrake.ledger import LedgerUnavailable, TokenCounts
-from spendbrake.money import MoneyError, format_usd, format_usd_exact, parse_usd
+from spendbrake.ledger_reads import ReadOnlyLedger
+from spendbrake.money import MoneyError, format_usd, parse_usd
 from spendbrake.pricing import Pricer, UnknownModel
+from spendbrake.reports import BY as REPORT_BY
+from spendbrake.reports import since_day
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.status import agent_statuses, status_document
+from spendbrake.top import SORTS
 from spendbrake.windows import day_window, utc_now
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -284,75 +291,214 @@ def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) ->
         ledger.close()
 
 
+def _open_reader(ledger_path: Path | None, config: Config) -> ReadOnlyLedger:
+    try:
+        return ReadOnlyLedger(resolve_ledger_path(ledger_path, config))
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _since_day(since: str | None, days: int | None, config: Config) -> str:
+    if since is not None and days is not None:
+        raise click.UsageError("give --since or --days, not both")
+    today = utc_now().astimezone(config.timezone).date()
+    try:
+        return since_day(since or f"{days or 7}d", today)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--since") from None
+
+
+def _since_options[F: Callable[..., Any]](command: F) -> F:
+    command = click.option(
+        "--days", type=click.IntRange(min=1), help="How many calendar days back (as --since Nd)."
+    )(command)
+    return click.option(
+        "--since",
+        metavar="7d|DATE",
+        help="From how many calendar days back, today included (7d), or from a date "
+        "(2026-03-01). Default: 7d.",
+    )(command)
+
+
 @main.command()
 @_config_and_ledger_options
+@_since_options
 @click.option(
-    "--days",
-    type=click.IntRange(min=1),
-    default=7,
+    "--by",
+    type=click.Choice(REPORT_BY),
+    default="model",
     show_default=True,
-    help="How many calendar days back, today included.",
+    help="One row per agent, model, calendar day or session.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def report(config_path: Path | None, ledger_path: Path | None, days: int, as_json: bool) -> None:
-    """Show how the estimates behind the holds compare with what was billed, per model.
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one line per row.")
+def report(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    since: str | None,
+    days: int | None,
+    by: str,
+    as_json: bool,
+    as_csv: bool,
+) -> None:
+    """Show what was spent, with totals, per agent, model, day or session.
 
-    A hold is the worst case, so actual/held is at most 1; the input ratio is the billed input
-    tokens over the estimated ones, and above 1 it means an estimate ran low.
+    Per model it also compares the estimates behind the holds with what was billed: a hold is
+    the worst case, so actual/held is at most 1; the input ratio is the billed input tokens over
+    the estimated ones, and above 1 it means an estimate ran low.
 
     \b
-    Example:
-        spendbrake report --days 30
+    Examples:
+        spendbrake report --since 30d
+        spendbrake report --by agent --since 2026-03-01 --csv > spend.csv
     """
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
     config = _load_config(config_path)
-    ledger = _open_ledger(ledger_path, config)
-    since = (utc_now().astimezone(config.timezone).date() - timedelta(days=days - 1)).isoformat()
+    first_day = _since_day(since, days, config)
+    ledger = _open_reader(ledger_path, config)
     try:
-        rows = ledger.estimate_accuracy(since)
+        spend = reports.build(ledger, by, first_day, config.timezone.key)
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
     finally:
         ledger.close()
     if as_json:
-        document = {
-            "since": since,
-            "models": [
-                {
-                    "provider": r.provider,
-                    "model": r.model,
-                    "calls": r.calls,
-                    "held_usd": format_usd_exact(r.held_nanos),
-                    "actual_usd": format_usd_exact(r.actual_nanos),
-                    "estimated_input_tokens": r.estimated_input_tokens,
-                    "actual_input_tokens": r.actual_input_tokens,
-                    "max_input_ratio": round(r.max_input_ratio, 4),
-                }
-                for r in rows
-            ],
-        }
-        click.echo(json.dumps(document, indent=2))
-        return
-    table = Table(title=f"spendbrake: estimates against actuals since {since}")
-    for column in (
-        "provider",
-        "model",
-        "calls",
-        "actual / held",
-        "input actual / estimated",
-        "worst call",
-    ):
-        table.add_column(column, justify="left" if column in ("provider", "model") else "right")
-    for r in rows:
-        table.add_row(
-            r.provider,
-            r.model,
-            str(r.calls),
-            f"{r.actual_nanos / max(r.held_nanos, 1):.1%}",
-            f"{r.actual_input_tokens / max(r.estimated_input_tokens, 1):.1%}",
-            f"{r.max_input_ratio:.1%}",
-        )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    console.print(table)
+        click.echo(json.dumps(reports.as_json(spend), indent=2))
+    elif as_csv:
+        reports.write_csv(spend, sys.stdout)
+    else:
+        _console().print(reports.table(spend))
+
+
+@main.command()
+@_config_and_ledger_options
+@click.option(
+    "--sort",
+    type=click.Choice(SORTS),
+    default="burn",
+    show_default=True,
+    help="The first order (the 's' key cycles through them).",
+)
+@click.option(
+    "--red-above",
+    metavar="USD",
+    help="Show a burn rate above this many dollars a minute in red. Default: each agent's "
+    "burn_usd_per_min brake, else 1.00.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time between redraws.",
+)
+@click.option("--once", is_flag=True, help="Print one plain table and exit (as in a pipe).")
+def top(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    sort: str,
+    red_above: str | None,
+    interval: float,
+    once: bool,
+) -> None:
+    """Watch every agent's spend, burn rate and brakes, live, beside a running proxy.
+
+    Keys: s cycles the order, up/down (or j/k) select an agent, r resumes it if it is
+    suspended, q quits. Not on a terminal (or with --once) it prints one plain table.
+
+    \b
+    Example:
+        spendbrake top --config spendbrake.toml
+    """
+    from spendbrake import top as live
+
+    config = _load_config(config_path)
+    threshold = _usd_option(red_above, "--red-above")
+    ledger = _open_reader(ledger_path, config)
+    tz = config.timezone
+
+    def read() -> tuple[datetime, list[live.AgentLine]]:
+        now = utc_now()
+        try:
+            return now, live.gather(ledger, config, now, threshold)
+        except LedgerUnavailable as e:
+            raise click.ClickException(str(e)) from None
+
+    console = _console()
+    try:
+        if once or not console.is_terminal:
+            now, lines = read()
+            console.print(live.render(live.sorted_lines(lines, sort), now, tz, None))
+            return
+        actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+        keys = live.TerminalKeys() if sys.stdin.isatty() else live.NoKeys()
+        with keys:
+            live.watch(
+                read,
+                lambda agent: live.resume_agent(ledger.path, agent, actor),
+                keys,
+                console,
+                tz,
+                interval=interval,
+                sort=sort,
+            )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ledger.close()
+
+
+@main.command("export")
+@_config_and_ledger_options
+@click.argument("table", type=click.Choice(EXPORT_TABLES), default="calls")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(EXPORT_FORMATS),
+    default="csv",
+    show_default=True,
+    help="CSV with a header line, or one JSON object a line.",
+)
+@_since_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write. Default: standard output.",
+)
+def export_rows(
+    config_path: Path | None,
+    ledger_path: Path | None,
+    table: str,
+    fmt: str,
+    since: str | None,
+    days: int | None,
+    output: Path | None,
+) -> None:
+    """Write the ledger's calls (default) or events as CSV or JSON lines, columns as in the
+    ledger (docs/ledger.md), plus each call's money in exact dollars.
+
+    \b
+    Examples:
+        spendbrake export calls --since 30d -o calls.csv
+        spendbrake export events --format jsonl --since 2026-03-01
+    """
+    config = _load_config(config_path)
+    first_day = _since_day(since, days, config)
+    ledger = _open_reader(ledger_path, config)
+    try:
+        if output is None:
+            export(ledger, table, first_day, config.timezone, fmt, sys.stdout)
+            return
+        with output.open("w", encoding="utf-8", newline="") as file:
+            written = export(ledger, table, first_day, config.timezone, fmt, file)
+        click.echo(f"{output}: {written:,} {table} since {first_day}", err=True)
+    except (LedgerUnavailable, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        ledger.close()
 
 
 @main.group()
