@@ -51,6 +51,7 @@ class Spendbrake:
         self.local_api.use(config, worker, access)
 
     def running(self) -> None:
+        self.identification.running()
         self.enforcement.running()
 
     def done(self) -> None:
