@@ -270,3 +270,25 @@ def test_a_node_agent_with_fetch_through_undicis_env_proxy_agent(
     assert_counted_as(proxy, report, "secret-bot", "proxy-auth")
     assert report["whoami"]["session"] == "node-run"
     assert ledger_calls(proxy.ledger, "secret-bot")[-1]["session"] == "node-run"
+
+
+def test_the_registered_api_key_and_secret_are_nowhere_in_the_ledger_or_the_output(
+    proxy: Proxy, secret: dict[str, Any]
+) -> None:
+    """After every call above: the key and the secret are only hashes (and the key's last 4
+    characters) in the ledger's files, and nowhere in what the proxy printed."""
+    core = API_KEY.removeprefix("sk-e2e-key-bot-")
+    haystacks = {"the proxy's output": proxy.output().encode()}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{proxy.ledger}{suffix}")
+        if path.exists():
+            haystacks[path.name] = path.read_bytes()
+    needles = {"the API key": API_KEY, "its random part": core, "the secret": secret["secret"]}
+    found = [
+        f"{name} in {where}"
+        for where, data in haystacks.items()
+        for name, needle in needles.items()
+        if needle.encode() in data
+    ]
+    assert found == []
+    assert ledger_calls(proxy.ledger, "key-bot")  # calls made with the key were recorded
