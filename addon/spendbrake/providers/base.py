@@ -70,7 +70,8 @@ def fingerprint_of(model: str, data: dict[str, Any]) -> str:
     compares."""
     asked = {key: value for key, value in data.items() if key not in _VOLATILE_FIELDS}
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(model.encode())
+    # JSON may carry a lone surrogate ("\\ud83d", half an emoji): valid there, not in UTF-8.
+    digest.update(model.encode("utf-8", "surrogatepass"))
     digest.update(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode("utf-8", "replace"))
     return digest.hexdigest()
 
