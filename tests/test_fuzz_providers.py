@@ -110,6 +110,7 @@ CHAT = BY_NAME["openai chat"]
 @given(case=on_every_route(lambda route: hostile_bodies(route.body)))
 # Regressions, each an exception other than UnreadableRequest before its fix:
 @example(case=(CHAT, b'{"model": "\\ud800", "messages": [{"role": "user"}]}'))
+@example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{"content": "\\ud83d"}]}'))
 def test_a_hostile_request_body_is_metered_or_refused_as_unreadable(
     case: tuple[Route, bytes],
 ) -> None:
