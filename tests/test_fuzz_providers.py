@@ -111,6 +111,8 @@ CHAT = BY_NAME["openai chat"]
 # Regressions, each an exception other than UnreadableRequest before its fix:
 @example(case=(CHAT, b'{"model": "\\ud800", "messages": [{"role": "user"}]}'))
 @example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{"content": "\\ud83d"}]}'))
+@example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{}], "x": "\\ud83d", "stream": true}'))
+@example(case=(BY_NAME["gemini generate"], b'{"contents": [{"parts": [{"text": "\\ud83d"}]}]}'))
 def test_a_hostile_request_body_is_metered_or_refused_as_unreadable(
     case: tuple[Route, bytes],
 ) -> None:

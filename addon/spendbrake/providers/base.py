@@ -164,7 +164,17 @@ def rewrite_json(
         used = [field for field in output_fields if data.get(field) is not None]
         for field in used or [default_field]:
             data[field] = change.max_output
-    return json.dumps(data, ensure_ascii=False).encode()
+    return json_body(data)
+
+
+def json_body(data: Any) -> bytes:
+    """A rewritten request body: UTF-8 as clients send it, unless the client escaped a lone
+    surrogate ("\\ud83d"), which UTF-8 cannot carry; then escaped as the client had it."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data).encode()
 
 
 class ReportsUsageUnasked:

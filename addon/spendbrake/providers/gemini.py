@@ -26,6 +26,7 @@ from spendbrake.providers.base import (
     count,
     fingerprint_of,
     int_at_least,
+    json_body,
     load_json_object,
 )
 from spendbrake.providers.server_tools import gemini_server_tools
@@ -265,7 +266,7 @@ class Generate(ReportsUsageUnasked):
                 **(config if isinstance(config, dict) else {}),
                 "maxOutputTokens": change.max_output,
             }
-            body = json.dumps(data, ensure_ascii=False).encode()
+            body = json_body(data)
         if change.model is not None:
             route, sep, query = path.partition("?")
             match = ROUTE.match(unquote(route))

@@ -26,6 +26,7 @@ from spendbrake.providers.base import (
     fingerprint_of,
     generated_text_bytes,
     int_at_least,
+    json_body,
     load_json_object,
     required_model,
     rewrite_json,
@@ -183,7 +184,7 @@ def with_include_usage(body: bytes) -> bytes:
         **(options if isinstance(options, dict) else {}),
         "include_usage": True,
     }
-    return json.dumps(data, ensure_ascii=False).encode()
+    return json_body(data)
 
 
 def usage_from_completion(obj: Any) -> MeteredUsage | None:
