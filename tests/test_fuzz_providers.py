@@ -113,6 +113,7 @@ CHAT = BY_NAME["openai chat"]
 @example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{"content": "\\ud83d"}]}'))
 @example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{}], "x": "\\ud83d", "stream": true}'))
 @example(case=(BY_NAME["gemini generate"], b'{"contents": [{"parts": [{"text": "\\ud83d"}]}]}'))
+@example(case=(CHAT, b'{"model": "gpt-4o-mini", "messages": [{}], "modalities": 5}'))
 def test_a_hostile_request_body_is_metered_or_refused_as_unreadable(
     case: tuple[Route, bytes],
 ) -> None:

@@ -80,7 +80,8 @@ def parse_chat_request(body: bytes) -> CallRequest:
         if data.get(key) is not None:
             texts.append(as_json_text(data[key]))
             fixed += _TOOLS_MARGIN
-    if "audio" in (data.get("modalities") or []):
+    modalities = data.get("modalities")
+    if isinstance(modalities, list | str) and "audio" in modalities:  # never trust its type
         fixed += _AUDIO_ALLOWANCE
     if isinstance(data.get("prediction"), dict):
         texts.append(as_json_text(data["prediction"]))
