@@ -194,8 +194,8 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        usage = (obj.get("x_groq") or {}).get("usage")  # older Groq streams
+    if not isinstance(usage, dict) and isinstance(obj.get("x_groq"), dict):
+        usage = obj["x_groq"].get("usage")  # older Groq streams
     if not isinstance(usage, dict):
         return None
     prompt = count(usage, "prompt_tokens")
