@@ -173,6 +173,7 @@ def response_json(route: Route) -> st.SearchStrategy[Any]:
 @given(case=on_every_route(response_json))
 # Regressions, each an exception before its fix:
 @example(case=(CHAT, {"x_groq": "not an object"}))
+@example(case=(CHAT, {"usage": {"cost": float("inf")}}))
 def test_usage_from_a_hostile_answer_is_none_or_never_negative(case: tuple[Route, Any]) -> None:
     route, obj = case
     assert_usage_sane(route, route.api.usage_from_json(obj))

@@ -245,8 +245,10 @@ def _reported_cost(usage: dict[str, Any]) -> int | None:
 
 
 def _dollars(value: Any) -> Decimal | None:
+    """A cost the host reported, if it is one: JSON's NaN and Infinity parse, but are none."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return Decimal(str(value))
+        amount = Decimal(str(value))
+        return amount if amount.is_finite() else None
     return None
 
 
