@@ -191,12 +191,17 @@ def hostile_bodies(draw: st.DrawFn, valid: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class Route:
+    """A metered route: its API, a valid request and a valid answer."""
+
     name: str
     api: Api = field(repr=False)
     host: str = field(repr=False)
     path: str = field(repr=False)
     body: dict[str, Any] = field(repr=False)
     response: Any = field(repr=False)  # a valid response body with usage, as parsed JSON
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self.name))  # hypothesis prints failing cases with this: the name only
 
 
 def _api(provider: Any, path: str) -> Api:
@@ -377,6 +382,7 @@ ROUTE_IDS = [route.name for route in ROUTES]
 BY_NAME = {route.name: route for route in ROUTES}
 # A property drawn over every route runs its examples over all of them.
 ALL_ROUTES = settings(FUZZ, max_examples=FUZZ.max_examples * len(ROUTES))
+
 
 def on_every_route[T](
     strategy_for: Callable[[Route], st.SearchStrategy[T]],
