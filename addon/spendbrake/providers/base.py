@@ -212,7 +212,7 @@ def event_json(raw_event: bytes) -> dict[str, Any] | None:
     data = event_data(raw_event)
     try:
         obj = json.loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return obj if isinstance(obj, dict) else None
 

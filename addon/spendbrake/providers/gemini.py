@@ -188,7 +188,7 @@ class GenerateStreamMeter(UsageTap):
             if _HAS_USAGE.search(element):
                 try:
                     obj = json.loads(element)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep to read
                     continue
                 if isinstance(obj, dict):
                     self.on_event(obj)
