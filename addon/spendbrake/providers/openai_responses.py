@@ -177,7 +177,8 @@ class ResponsesStreamMeter(UsageTap):
         self._sizes = sizes
 
     def on_event(self, obj: dict[str, Any]) -> None:
-        if obj.get("type") in _TERMINAL_EVENTS:
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind in _TERMINAL_EVENTS:  # a list type is unhashable
             usage = usage_from_response(obj.get("response"), self._sizes)
             if usage is not None:
                 self.usage = usage
