@@ -197,10 +197,20 @@ def int_at_least(value: Any, key: str, *, minimum: int) -> int:
     return value
 
 
+# No call is billed anywhere near this many tokens (the largest context windows hold about two
+# million). A provider that reports more is wrong; its figure is capped so that, priced, it still
+# fits the ledger's 64-bit integers instead of failing the settlement (which left the hold held).
+MAX_TOKEN_COUNT = 2**32
+# The same for a cost the provider reports itself: $1,000,000 for one call.
+MAX_REPORTED_NANOS = 10**15
+
+
 def count(mapping: Any, key: str) -> int:
     """A token count from a usage object; anything that is not a positive int counts 0."""
     value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 0
+    return min(value, MAX_TOKEN_COUNT)
 
 
 def as_json_text(value: Any) -> str:

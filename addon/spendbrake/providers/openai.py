@@ -15,6 +15,7 @@ from typing import Any
 from spendbrake.ledger import TokenCounts
 from spendbrake.money import usd_to_nanos
 from spendbrake.providers.base import (
+    MAX_REPORTED_NANOS,
     CallRequest,
     MeteredUsage,
     Rewrite,
@@ -200,11 +201,9 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
         return None
     prompt = count(usage, "prompt_tokens")
     completion = count(usage, "completion_tokens")
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
-        # total_tokens; taking the larger never double-counts OpenAI, where it is included.
-        completion = max(completion, total - prompt)
+    # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
+    # total_tokens; taking the larger never double-counts OpenAI, where it is included.
+    completion = max(completion, count(usage, "total_tokens") - prompt)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     cached = count(prompt_details, "cached_tokens") or count(usage, "prompt_cache_hit_tokens")
@@ -233,15 +232,15 @@ def _reported_cost(usage: dict[str, Any]) -> int | None:
     """
     ticks = usage.get("cost_in_usd_ticks")
     if isinstance(ticks, int) and not isinstance(ticks, bool) and ticks >= 0:
-        return -(-ticks // 10)
+        return min(-(-ticks // 10), MAX_REPORTED_NANOS)
     cost = _dollars(usage.get("cost"))
     if cost is None or usage.get("is_byok") is not True:
-        return None if cost is None else usd_to_nanos(cost)
+        return None if cost is None else min(usd_to_nanos(cost), MAX_REPORTED_NANOS)
     details = usage.get("cost_details")
     upstream = (
         _dollars(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
     )
-    return None if upstream is None else usd_to_nanos(cost + upstream)
+    return None if upstream is None else min(usd_to_nanos(cost + upstream), MAX_REPORTED_NANOS)
 
 
 def _dollars(value: Any) -> Decimal | None:
