@@ -194,3 +194,17 @@ def test_every_sample_answer_has_usage() -> None:
         assert usage is not None, route.name
         assert usage.tokens.input_tokens > 0, route.name
         assert_usage_sane(route, usage)
+
+
+def test_a_deployment_body_that_mentions_model_without_naming_one_is_read() -> None:
+    """Found while writing these tests: a body without a model whose text said "model" (a tool's
+    parameter, here) was refused as having no model."""
+    route = BY_NAME["azure deployment chat"]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"model": {}}}}
+    body = dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [tool]})
+    assert route.api.parse(body, route.path).model == "gpt-4o-mini"  # the deployment
+
+
+def test_a_v1_body_keeps_the_model_it_names() -> None:
+    route = BY_NAME["azure v1 responses"]
+    assert route.api.parse(dumps(route.body), route.path).model == "gpt-4.1"
