@@ -176,6 +176,12 @@ def response_json(route: Route) -> st.SearchStrategy[Any]:
     return st.one_of(JSON_VALUES, mutated_answer, mutated_answer)
 
 
+# Found by the stream fuzzing: priced at a negative cost before usage was made billable.
+RESPONSES_MORE_CACHED_THAN_INPUT = {
+    "usage": {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 50}},
+}
+
+
 @ALL_ROUTES
 @given(case=on_every_route(response_json))
 # Regressions, each an exception before its fix:
@@ -183,6 +189,10 @@ def response_json(route: Route) -> st.SearchStrategy[Any]:
 @example(case=(CHAT, {"usage": {"cost": float("inf")}}))
 @example(case=(CHAT, {"usage": {"prompt_tokens": 10**30, "total_tokens": 10**40}}))
 @example(case=(BY_NAME["openrouter chat"], {"usage": {"cost_in_usd_ticks": 10**40}}))
+@example(case=(BY_NAME["openai responses"], RESPONSES_MORE_CACHED_THAN_INPUT))
+@example(
+    case=(CHAT, {"usage": {"prompt_tokens": 0, "prompt_tokens_details": {"cached_tokens": 9}}})
+)
 def test_usage_from_a_hostile_answer_is_none_or_never_negative(case: tuple[Route, Any]) -> None:
     route, obj = case
     assert_usage_sane(route, route.api.usage_from_json(obj))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from spendbrake.ledger import TokenCounts
@@ -211,6 +211,14 @@ def count(mapping: Any, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return 0
     return min(value, MAX_TOKEN_COUNT)
+
+
+def billed(tokens: TokenCounts) -> TokenCounts:
+    """Usage a price can be put on. Every API counts its cache reads and writes inside its input,
+    so a provider reporting more of them than input is wrong, and priced as it stands that
+    would cost less than nothing: the input is raised to their sum (the dearer reading)."""
+    least = tokens.cached_input_tokens + tokens.cache_write_tokens
+    return replace(tokens, input_tokens=max(tokens.input_tokens, least))
 
 
 def as_json_text(value: Any) -> str:

@@ -23,6 +23,7 @@ from spendbrake.providers.base import (
     UnreadableRequest,
     UsageTap,
     as_json_text,
+    billed,
     count,
     fingerprint_of,
     int_at_least,
@@ -144,7 +145,7 @@ def usage_from_metadata(metadata: Any, model: str | None) -> MeteredUsage | None
         output_tokens=count(metadata, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
     )
-    return MeteredUsage(tokens=tokens, model=model, service_tier=None)
+    return MeteredUsage(tokens=billed(tokens), model=model, service_tier=None)
 
 
 def usage_from_response(obj: Any) -> MeteredUsage | None:

@@ -21,6 +21,7 @@ from spendbrake.providers.base import (
     Rewrite,
     UnreadableRequest,
     as_json_text,
+    billed,
     content_blocks,
     count,
     event_json,
@@ -217,8 +218,9 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
     tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
     return MeteredUsage(
-        tokens=tokens, model=model, service_tier=tier, reported_cost_nanos=_reported_cost(usage)
-    )
+        tokens=billed(tokens), model=model, service_tier=tier,
+        reported_cost_nanos=_reported_cost(usage),
+    )  # fmt: skip
 
 
 def _reported_cost(usage: dict[str, Any]) -> int | None:
