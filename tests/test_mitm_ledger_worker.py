@@ -1,6 +1,8 @@
 """Ledger operations run inline when they cannot wait, and on a thread when they must."""
 
 import asyncio
+import os
+import socket
 import sqlite3
 import threading
 from pathlib import Path
@@ -121,3 +123,22 @@ def test_a_settlement_still_refused_at_close_is_tried_before_the_hold_is_kept(
     )
     running.close()
     assert state_of(path, call_id) == ("settled", "ok", 250)
+
+
+async def test_holds_of_a_proxy_that_died_beside_this_one_are_settled_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "l.db"
+    monkeypatch.setattr(ledger_worker, "SWEEP_EVERY_S", 0.0)
+    running = worker(path)
+    # This pid with another start time: the owner is a process that has ended.
+    dead = SQLiteLedger(path, owner=f"{socket.gethostname()}:{os.getpid()}:0")
+    orphan = granted(dead.hold(intent(), 700, LIMIT)).call_id
+    dead.close()
+    own = granted(await running.run(lambda ledger: ledger.hold(intent(), 300, LIMIT))).call_id
+    running.run_blocking(lambda ledger: None)  # the sweep the hold set off has run
+    try:
+        assert state_of(path, orphan) == ("settled", "crashed", 700)
+        assert state_of(path, own) == ("held", None, None)  # its own live hold: left alone
+    finally:
+        running.close()

@@ -7,7 +7,8 @@ retried on a dedicated thread, which may wait. WAL checkpoints (several ms) also
 thread, never inline.
 
 The thread also repairs what a fault left behind, once the ledger works again: settlements that
-could not be written (a full disk, a lock held past the busy timeout) are written then.
+could not be written (a full disk, a lock held past the busy timeout) are written then, and
+holds of a proxy that died beside this one on the same ledger are settled at their held amount.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 # Inline writes between checkpoints: SQLite's own automatic checkpoint is at ~1,000 pages, and a
 # call writes a few pages.
 CHECKPOINT_EVERY = 300
+# How often, at most, a proxy with traffic looks for holds of a proxy that died beside it: they
+# count against their windows all along, so this only decides how soon they show as settled.
+SWEEP_EVERY_S = 2.0
 
 
 class LedgerWorker:
@@ -38,6 +43,7 @@ class LedgerWorker:
         self._inline_runs = 0
         self._lock = threading.Lock()  # guards _retries: the loop adds, the thread takes
         self._retries: list[Callable[[Ledger], object]] = []
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._sweeping = False
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
@@ -76,14 +82,21 @@ class LedgerWorker:
     def _sweep_if_due(self) -> None:
         """After an operation that worked: the ledger works, so repairs can be tried."""
         with self._lock:
-            due = bool(self._retries)
+            due = bool(self._retries) or time.monotonic() >= self._next_sweep
         if due and not self._sweeping:
             self._sweeping = True
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
             self._executor.submit(self._sweep, self.ledger)
 
     def _sweep(self, ledger: Ledger) -> None:
         try:
             self._retry(ledger)
+            if recovered := ledger.recover_orphaned_holds():
+                log.warning(
+                    "spendbrake: settled %d hold(s) left by a proxy that ended, at their held "
+                    "amount",
+                    recovered,
+                )
         except LedgerUnavailable as e:
             log.warning("spendbrake: the ledger is not writable yet (%s); retried later", e)
         except Exception:
