@@ -221,7 +221,7 @@ def spendbrake_up(
     fake: FakeProvider,
     pki: TestPKI,
     certs: Certs,
-    config_toml: str | None,
+    config_toml: str | None = None,
     ledger: Path | None = None,
     name: str = "proxy",
     cache_dir: Path,

@@ -23,20 +23,17 @@ import httpx2
 import pytest
 from e2e_support import (
     TEST_ID_HEADER,
-    Certs,
     Proxy,
     assert_ledger_sound,
     ledger_calls,
     raw_client,
     requests_of,
     spendbrake_cli,
-    spendbrake_up,
     wait_for,
 )
 
 from spendbrake.money import format_usd_exact
 from spendbrake.testing.fake_provider import FakeProvider
-from spendbrake.testing.tls import TestPKI
 
 pytestmark = pytest.mark.e2e
 
@@ -157,21 +154,12 @@ def assert_limit_still_holds(proxy: Proxy, test_id: str, margin_calls: int) -> N
 
 @pytest.fixture
 def start(
-    tmp_path: Path, fake: FakeProvider, pki: TestPKI, certs: Certs, cache_dir: Path
+    start_proxy: Callable[..., AbstractContextManager[Proxy]],
 ) -> Callable[[str], AbstractContextManager[Proxy]]:
     """Start a proxy on this test's one ledger."""
 
     def starting(name: str) -> AbstractContextManager[Proxy]:
-        return spendbrake_up(
-            tmp_path,
-            fake=fake,
-            pki=pki,
-            certs=certs,
-            config_toml=CONFIG,
-            ledger=tmp_path / "ledger.db",
-            name=name,
-            cache_dir=cache_dir,
-        )
+        return start_proxy(config_toml=CONFIG, name=name)
 
     return starting
 

@@ -14,8 +14,8 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,18 +23,15 @@ import httpx2
 import pytest
 from e2e_support import (
     TEST_ID_HEADER,
-    Certs,
     Proxy,
     assert_ledger_sound,
     ledger_calls,
     raw_client,
     requests_of,
-    spendbrake_up,
     wait_for,
 )
 
 from spendbrake.testing.fake_provider import STREAM_DELTAS, FakeProvider
-from spendbrake.testing.tls import TestPKI
 
 pytestmark = pytest.mark.e2e
 
@@ -153,22 +150,6 @@ def fault(request: pytest.FixtureRequest) -> Iterator[Fault]:
         yield ReadOnly() if request.param == "read_only" else Locked()
 
 
-@contextmanager
-def proxy_on(
-    directory: Path, tmp_path: Path, fake: FakeProvider, pki: TestPKI, certs: Certs, cache: Path
-) -> Iterator[Proxy]:
-    with spendbrake_up(
-        tmp_path / "proxy",
-        fake=fake,
-        pki=pki,
-        certs=certs,
-        config_toml=None,
-        ledger=directory / "ledger.db",
-        cache_dir=cache,
-    ) as proxy:
-        yield proxy
-
-
 def chat(client: httpx2.Client, test_id: str, **extra: Any) -> httpx2.Response:
     body = {"model": "gpt-4o-mini", "max_tokens": 9, **extra}
     body["messages"] = [{"role": "user", "content": "Say hello."}]
@@ -179,15 +160,12 @@ def chat(client: httpx2.Client, test_id: str, **extra: Any) -> httpx2.Response:
 def test_a_ledger_fault_refuses_new_calls_spares_the_stream_in_flight_and_heals(
     fault: Fault,
     tmp_path: Path,
+    start_proxy: Callable[..., AbstractContextManager[Proxy]],
     fake: FakeProvider,
-    pki: TestPKI,
-    certs: Certs,
-    cache_dir: Path,
     test_id: str,
 ) -> None:
-    directory = fault.ledger_dir(tmp_path)
     with (
-        proxy_on(directory, tmp_path, fake, pki, certs, cache_dir) as proxy,
+        start_proxy(ledger=fault.ledger_dir(tmp_path) / "ledger.db") as proxy,
         raw_client(proxy, CALLING) as calling,
         raw_client(proxy, STREAMING) as streaming,
     ):

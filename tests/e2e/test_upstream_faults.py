@@ -9,33 +9,31 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx2
 import pytest
 from e2e_support import (
     TEST_ID_HEADER,
-    Certs,
     Proxy,
     raw_client,
     requests_of,
     settled_calls,
-    spendbrake_up,
     wait_for,
 )
 
 from spendbrake.proxy import TCP_TIMEOUT_S
 from spendbrake.testing.fake_provider import FakeProvider
-from spendbrake.testing.tls import TestPKI
 
 pytestmark = pytest.mark.e2e
 
 OPENAI_CHAT = "https://api.openai.com/v1/chat/completions"
 ANTHROPIC_MESSAGES = "https://api.anthropic.com/v1/messages"
-# A user script that reports the timeout the running proxy applies to silent connections.
-REPORT_TCP_TIMEOUT = """
+# A user's addon script, loaded beside spendbrake: it reports the timeout the running proxy
+# applies to silent connections.
+SPENDBRAKE_SCRIPT = """
 import logging
 
 from mitmproxy import ctx
@@ -48,27 +46,12 @@ _TCP_TIMEOUT_LINE = re.compile(r"tcp_timeout in force: (\d+) s")
 SILENCE_MS = 2500  # longer than the control's tcp_timeout of 1 s
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory,
-    fake: FakeProvider,
-    pki: TestPKI,
-    certs: Certs,
-    cache_dir: Path,
-) -> Iterator[Proxy]:
-    """``spendbrake up`` as a user starts it, plus the script that reports its tcp_timeout."""
-    workdir = tmp_path_factory.mktemp("upstream_faults")
-    script = workdir / "report_tcp_timeout.py"
-    script.write_text(REPORT_TCP_TIMEOUT)
-    with spendbrake_up(
-        workdir, fake=fake, pki=pki, certs=certs, config_toml=None, cache_dir=cache_dir,
-        scripts=[script],
-    ) as running:  # fmt: skip
-        yield running
-
-
 def chat(
-    client: httpx2.Client, test_id: str, *, stream: bool = False, **fault: str
+    client: httpx2.Client,
+    test_id: str,
+    *,
+    stream: bool = False,
+    fault: dict[str, str] | None = None,
 ) -> httpx2.Response:
     body = {
         "model": "gpt-4o-mini",
@@ -76,7 +59,7 @@ def chat(
         "stream": stream,
         "messages": [{"role": "user", "content": "Say hello."}],
     }
-    return client.post(OPENAI_CHAT, json=body, headers={TEST_ID_HEADER: test_id, **fault})
+    return client.post(OPENAI_CHAT, json=body, headers={TEST_ID_HEADER: test_id, **(fault or {})})
 
 
 def the_call(proxy: Proxy, agent: str) -> dict[str, Any]:
@@ -101,7 +84,7 @@ def test_a_reset_before_the_answer_is_settled_at_the_hold(
 ) -> None:
     agent = "uf-reset"
     with raw_client(proxy, agent) as client:
-        reset = chat(client, test_id, **{"x-fake-reset": "before-headers"})
+        reset = chat(client, test_id, fault={"x-fake-reset": "before-headers"})
         assert reset.status_code == 502
         assert "x-spendbrake-reason" not in reset.headers  # the provider's failure, not ours
         assert_settled_at_the_hold(the_call(proxy, agent))
@@ -116,7 +99,7 @@ def test_a_reset_mid_stream_is_charged_the_usage_seen_and_the_text_relayed(
     agent = "uf-reset-stream"
     with raw_client(proxy, agent) as client:
         with pytest.raises(httpx2.RemoteProtocolError):
-            chat(client, test_id, stream=True, **{"x-fake-reset": "mid-stream"})
+            chat(client, test_id, stream=True, fault={"x-fake-reset": "mid-stream"})
         assert_charged_what_was_relayed(the_call(proxy, agent))
         assert chat(client, test_id, stream=True).status_code == 200
 
@@ -130,7 +113,7 @@ def test_a_stalled_stream_the_client_gives_up_on_is_settled_while_others_are_ser
     def stalled_call() -> None:
         with raw_client(proxy, agent, timeout=1.5) as client:
             try:
-                chat(client, test_id, stream=True, **{"x-fake-stall-ms": "5000"})
+                chat(client, test_id, stream=True, fault={"x-fake-stall-ms": "5000"})
             except httpx2.ReadTimeout as e:
                 gave_up.append(e)
 
@@ -178,26 +161,18 @@ def test_a_long_silent_call_is_not_cut(proxy: Proxy, test_id: str) -> None:
     (in_force,) = _TCP_TIMEOUT_LINE.findall(proxy.output())
     assert int(in_force) == TCP_TIMEOUT_S >= 3600
     with raw_client(proxy, "uf-thinking") as client:
-        thought = chat(client, test_id, **{"x-fake-silence-ms": str(SILENCE_MS)})
+        thought = chat(client, test_id, fault={"x-fake-silence-ms": str(SILENCE_MS)})
     assert thought.status_code == 200
 
 
 def test_control_a_silence_longer_than_tcp_timeout_cuts_the_call_and_it_is_held(
-    tmp_path: Path,
-    fake: FakeProvider,
-    pki: TestPKI,
-    certs: Certs,
-    cache_dir: Path,
-    test_id: str,
+    start_proxy: Callable[..., AbstractContextManager[Proxy]], test_id: str
 ) -> None:
     agent = "uf-cut-by-timeout"
     with (
-        spendbrake_up(
-            tmp_path, fake=fake, pki=pki, certs=certs, config_toml=None, cache_dir=cache_dir,
-            settings=["tcp_timeout=1"],
-        ) as impatient,
+        start_proxy(settings=["tcp_timeout=1"]) as impatient,
         raw_client(impatient, agent) as client,
-    ):  # fmt: skip
+    ):
         with pytest.raises(httpx2.RemoteProtocolError):
-            chat(client, test_id, **{"x-fake-silence-ms": str(SILENCE_MS)})
+            chat(client, test_id, fault={"x-fake-silence-ms": str(SILENCE_MS)})
         assert_settled_at_the_hold(the_call(impatient, agent))
