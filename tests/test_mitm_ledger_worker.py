@@ -125,6 +125,24 @@ def test_a_settlement_still_refused_at_close_is_tried_before_the_hold_is_kept(
     assert state_of(path, call_id) == ("settled", "ok", 250)
 
 
+async def test_a_retried_settlement_that_fails_for_another_reason_does_not_block_the_rest(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+    running = worker(path)
+    call_id = granted(running.ledger.hold(intent(), 700, LIMIT)).call_id
+    running.retry_later(lambda ledger: ledger.settle(10**9, Settlement(1, TokenCounts(), "ok"), 0))
+    running.retry_later(
+        lambda ledger: ledger.settle(call_id, Settlement(250, TokenCounts(), "ok"), LIMIT)
+    )
+    try:
+        await running.run(lambda ledger: ledger.day_totals("research-bot", DAY, LIMIT))
+        running.run_blocking(lambda ledger: None)
+        assert state_of(path, call_id) == ("settled", "ok", 250)
+    finally:
+        running.close()
+
+
 async def test_holds_of_a_proxy_that_died_beside_this_one_are_settled_while_it_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -114,6 +114,10 @@ class LedgerWorker:
                 with self._lock:  # still failing: keep it, and the ones not tried yet
                     self._retries[:0] = retries[i:]
                 raise
+            except Exception:
+                # Not the ledger's state but a bug: retrying would fail forever. Its hold stays
+                # and is settled at its amount when the proxy stops.
+                log.exception("spendbrake: a settlement failed again; its hold stays")
         if retries:
             log.warning("spendbrake: wrote %d settlement(s) the ledger had refused", len(retries))
 
