@@ -691,8 +691,7 @@ def test_every_write_fails_closed_under_a_held_lock(
             ledger.refuse(intent(), "unknown_model")
         with pytest.raises(LedgerUnavailable):
             ledger.set_daily_limit("research-bot", 5)
-        with pytest.raises(LedgerUnavailable):
-            ledger.recover_orphaned_holds()
+        assert ledger.recover_orphaned_holds() == 0  # no orphan: a read alone, no lock needed
         with pytest.raises(LedgerUnavailable):
             ledger.settle_own_holds("shutdown")
     finally:

@@ -459,11 +459,15 @@ class SQLiteLedger:
         return [EstimateAccuracy(*row) for row in rows]
 
     def recover_orphaned_holds(self) -> int:
+        # Looked for without the write lock, so that a running proxy can look often: an owner
+        # found dead stays dead (a new process is a new owner), so the answer cannot go stale.
+        with self._lock_errors():
+            held = self.db.conn.execute("SELECT DISTINCT owner FROM calls WHERE state = 'held'")
+            owners = [owner for (owner,) in held]
+        dead = [o for o in owners if o != self.owner and not owner_is_alive(o)]
+        if not dead:
+            return 0
         with self._immediate() as conn:
-            owners = [
-                o for (o,) in conn.execute("SELECT DISTINCT owner FROM calls WHERE state = 'held'")
-            ]
-            dead = [o for o in owners if o != self.owner and not owner_is_alive(o)]
             return sum(self._settle_held_at_hold(conn, owner, "crashed") for owner in dead)
 
     def settle_own_holds(self, outcome: str) -> int:

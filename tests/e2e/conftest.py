@@ -7,7 +7,9 @@ one module share that proxy and keep out of each other's way with distinct agent
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -53,11 +55,23 @@ def proxy(
     certs: Certs,
     cache_dir: Path,
 ) -> Iterator[Proxy]:
-    """``spendbrake up`` for this module, configured by the module's ``SPENDBRAKE_CONFIG``."""
+    """``spendbrake up`` for this module, configured by the module's ``SPENDBRAKE_CONFIG``,
+    with the module's ``SPENDBRAKE_SCRIPT`` (an addon script's text) loaded if it has one."""
     config_toml: str | None = getattr(request.module, "SPENDBRAKE_CONFIG", None)
+    script_text: str | None = getattr(request.module, "SPENDBRAKE_SCRIPT", None)
     workdir = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    scripts = []
+    if script_text is not None:
+        scripts.append(workdir / "script.py")
+        scripts[0].write_text(script_text)
     with spendbrake_up(
-        workdir, fake=fake, pki=pki, certs=certs, config_toml=config_toml, cache_dir=cache_dir
+        workdir,
+        fake=fake,
+        pki=pki,
+        certs=certs,
+        config_toml=config_toml,
+        cache_dir=cache_dir,
+        scripts=scripts,
     ) as running:
         yield running
 
@@ -66,3 +80,13 @@ def proxy(
 def test_id(request: pytest.FixtureRequest) -> str:
     """A value for the x-e2e-test header that tells this test's requests apart at the fake."""
     return re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.nodeid)
+
+
+@pytest.fixture
+def start_proxy(
+    tmp_path: Path, fake: FakeProvider, pki: TestPKI, certs: Certs, cache_dir: Path
+) -> Callable[..., AbstractContextManager[Proxy]]:
+    """``spendbrake_up`` in this test's own directory: ``start_proxy(config_toml=..., name=...,
+    ledger=..., settings=..., scripts=...)``. Proxies a test starts share its ledger unless
+    given another."""
+    return partial(spendbrake_up, tmp_path, fake=fake, pki=pki, certs=certs, cache_dir=cache_dir)

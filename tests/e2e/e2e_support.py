@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
+from ledger_hammer import assert_windows_match_calls, totals_from_calls
 from spendbrake.testing.fake_provider import FakeProvider, RecordedRequest
 from spendbrake.testing.tls import TestPKI
 
@@ -224,15 +228,17 @@ def spendbrake_up(
     fake: FakeProvider,
     pki: TestPKI,
     certs: Certs,
-    config_toml: str | None,
+    config_toml: str | None = None,
     ledger: Path | None = None,
     name: str = "proxy",
     cache_dir: Path,
     settings: Sequence[str] = (),
     more_listens: Sequence[str] = (),
+    scripts: Sequence[Path] = (),
 ) -> Iterator[Proxy]:
     """``spendbrake up --listen 127.0.0.1:0`` against the fake provider, plus ``settings``
-    (``--set NAME=VALUE``) and more ``--listen`` addresses of the test's own."""
+    (``--set NAME=VALUE``), more ``--listen`` addresses and addon ``scripts`` (``--script
+    FILE``) of the test's own."""
     workdir.mkdir(parents=True, exist_ok=True)
     ledger = ledger or workdir / "ledger.db"
     config: Path | None = None
@@ -245,6 +251,8 @@ def spendbrake_up(
         command += ["--config", config]
     for setting in [*upstream_settings(fake, pki), *settings]:
         command += ["--set", setting]
+    for script in scripts:
+        command += ["--script", script]
     env = clean_environment(SPENDBRAKE_CERTS=str(certs.directory), XDG_CACHE_HOME=str(cache_dir))
     with running_proxy(
         command,
@@ -296,6 +304,21 @@ def background_client(
         yield process
     finally:
         _stop(process)
+
+
+@contextmanager
+def raw_client(
+    proxy: Proxy, agent: str | None, session: str = "raw", timeout: float = 15
+) -> Iterator[httpx2.Client]:
+    """Plain httpx2 through the proxy, trusting only the proxy's CA."""
+    context = ssl.create_default_context(cafile=str(proxy.certs.ca_cert))
+    with httpx2.Client(
+        proxy=proxy.proxy_url(agent, session if agent else None),
+        verify=context,
+        trust_env=False,
+        timeout=timeout,
+    ) as client:
+        yield client
 
 
 def spendbrake_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -362,3 +385,23 @@ def settled_calls(ledger: Path, agent: str, count: int) -> list[dict[str, Any]]:
         return rows if done else None
 
     return wait_for(probe, what=f"{count} settled ledger row(s) of agent {agent!r}")
+
+
+def assert_ledger_sound(ledger: Path) -> None:
+    """The file passes SQLite's own check, and every total the ledger keeps (days, months,
+    groups, sessions) is exactly the sum of its call rows: nothing a crash or a fault cut
+    short was half written."""
+    conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        days = conn.execute(
+            "SELECT agent, day, spent_nanos, held_nanos, calls, blocked, budget_blocked "
+            "FROM day_totals"
+        ).fetchall()
+    finally:
+        conn.close()
+    for agent, day, *kept in days:
+        assert tuple(kept) == totals_from_calls(ledger, agent, day), (
+            f"day_totals of {agent} on {day} drifted from the calls table"
+        )
+    assert_windows_match_calls(ledger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -10,19 +11,16 @@ from typing import Any
 import pytest
 from e2e_support import (
     TEST_ID_HEADER,
-    Certs,
     Proxy,
     background_client,
     ledger_calls,
     requests_of,
     spendbrake_cli,
-    spendbrake_up,
     wait_for,
 )
 
 from spendbrake.money import format_usd_exact
 from spendbrake.testing.fake_provider import FakeProvider
-from spendbrake.testing.tls import TestPKI
 
 pytestmark = pytest.mark.e2e
 
@@ -33,25 +31,14 @@ LIMIT_NANOS = 1_000_000_000
 
 def test_hold_of_a_killed_proxy_is_settled_at_its_amount_on_the_next_start(
     tmp_path: Path,
+    start_proxy: Callable[..., AbstractContextManager[Proxy]],
     fake: FakeProvider,
-    pki: TestPKI,
-    certs: Certs,
-    cache_dir: Path,
     test_id: str,
 ) -> None:
     ledger = tmp_path / "ledger.db"
 
     def start(name: str) -> AbstractContextManager[Proxy]:
-        return spendbrake_up(
-            tmp_path,
-            fake=fake,
-            pki=pki,
-            certs=certs,
-            config_toml=CONFIG,
-            ledger=ledger,
-            name=name,
-            cache_dir=cache_dir,
-        )
+        return start_proxy(config_toml=CONFIG, name=name)
 
     def held_rows() -> list[dict[str, Any]]:
         return [r for r in ledger_calls(ledger, AGENT) if r["state"] == "held"]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-import ssl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx2
 import pytest
-from e2e_support import TEST_ID_HEADER, Proxy, ledger_calls, requests_of, run_client
+from e2e_support import (
+    TEST_ID_HEADER,
+    Proxy,
+    ledger_calls,
+    raw_client,
+    requests_of,
+    run_client,
+)
 
 from spendbrake.testing.fake_provider import FakeProvider
 
@@ -23,19 +26,6 @@ daily_usd = 0.000001
 
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
 LEDGER_BUSY_TIMEOUT_S = 2.0
-
-
-@contextmanager
-def raw_client(proxy: Proxy, agent: str | None) -> Iterator[httpx2.Client]:
-    """Plain httpx2 through the proxy, trusting only the proxy's CA."""
-    context = ssl.create_default_context(cafile=str(proxy.certs.ca_cert))
-    with httpx2.Client(
-        proxy=proxy.proxy_url(agent, "raw" if agent else None),
-        verify=context,
-        trust_env=False,
-        timeout=15,
-    ) as client:
-        yield client
 
 
 def assert_refusal(status: int, headers: Any, body: Any, code: str, expected_status: int) -> None:

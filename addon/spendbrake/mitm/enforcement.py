@@ -475,14 +475,22 @@ class Enforcement:
         if self.worker is None:
             log.error("spendbrake: call %d finished after shutdown; its hold stays", call.call_id)
             return None
+
+        def settle(ledger: Ledger) -> DayTotals:
+            return ledger.settle(call.call_id, settlement, call.configured_limit)
+
         try:
-            return await self.worker.run(
-                lambda ledger: ledger.settle(call.call_id, settlement, call.configured_limit)
+            return await self.worker.run(settle)
+        except LedgerUnavailable as e:
+            # Meanwhile the hold counts as spent; the settlement is written once the ledger
+            # works again (or the hold is settled at its amount if this proxy stops first).
+            log.warning(
+                "spendbrake: could not settle call %d (%s); its hold stands until the ledger "
+                "takes the settlement",
+                call.call_id,
+                e,
             )
-        except LedgerUnavailable:
-            # The hold stays in the ledger and counts as spent; it is settled at its held amount
-            # when this proxy stops.
-            log.exception("spendbrake: could not settle call %d; its hold stays", call.call_id)
+            self.worker.retry_later(settle)
             return None
 
 

@@ -5,16 +5,22 @@ to a thread and back, so it runs inline on a connection that never waits: if ano
 holds the write lock, that connection fails at once (nothing written) and the operation is
 retried on a dedicated thread, which may wait. WAL checkpoints (several ms) also run on that
 thread, never inline.
+
+The thread also repairs what a fault left behind, once the ledger works again: settlements that
+could not be written (a full disk, a lock held past the busy timeout) are written then, and
+holds of a proxy that died beside this one on the same ledger are settled at their held amount.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from spendbrake.ledger import Ledger, LedgerBusy
+from spendbrake.ledger import Ledger, LedgerBusy, LedgerUnavailable
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 log = logging.getLogger(__name__)
@@ -22,6 +28,9 @@ log = logging.getLogger(__name__)
 # Inline writes between checkpoints: SQLite's own automatic checkpoint is at ~1,000 pages, and a
 # call writes a few pages.
 CHECKPOINT_EVERY = 300
+# How often, at most, a proxy with traffic looks for holds of a proxy that died beside it: they
+# count against their windows all along, so this only decides how soon they show as settled.
+SWEEP_EVERY_S = 2.0
 
 
 class LedgerWorker:
@@ -32,6 +41,10 @@ class LedgerWorker:
             inline.never_wait()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendbrake-ledger")
         self._inline_runs = 0
+        self._lock = threading.Lock()  # guards _retries: the loop adds, the thread takes
+        self._retries: list[Callable[[Ledger], object]] = []
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        self._sweeping = False
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
         if self.inline is not None:
@@ -41,9 +54,18 @@ class LedgerWorker:
                 pass  # another process is writing: wait for it on the thread, not on the loop
             else:
                 self._count_inline_run()
+                self._sweep_if_due()
                 return result
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, operation, self.ledger)
+        result = await loop.run_in_executor(self._executor, operation, self.ledger)
+        self._sweep_if_due()
+        return result
+
+    def retry_later(self, operation: Callable[[Ledger], object]) -> None:
+        """A write that failed: it is tried again once the ledger works, and at the latest when
+        this worker closes (before the holds it leaves are settled at their held amount)."""
+        with self._lock:
+            self._retries.append(operation)
 
     def _count_inline_run(self) -> None:
         self._inline_runs += 1
@@ -57,14 +79,61 @@ class LedgerWorker:
         except Exception:
             log.exception("spendbrake: WAL checkpoint failed; it is retried later")
 
+    def _sweep_if_due(self) -> None:
+        """After an operation that worked: the ledger works, so repairs can be tried."""
+        with self._lock:
+            due = bool(self._retries) or time.monotonic() >= self._next_sweep
+        if due and not self._sweeping:
+            self._sweeping = True
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+            self._executor.submit(self._sweep, self.ledger)
+
+    def _sweep(self, ledger: Ledger) -> None:
+        try:
+            self._retry(ledger)
+            if recovered := ledger.recover_orphaned_holds():
+                log.warning(
+                    "spendbrake: settled %d hold(s) left by a proxy that ended, at their held "
+                    "amount",
+                    recovered,
+                )
+        except LedgerUnavailable as e:
+            log.warning("spendbrake: the ledger is not writable yet (%s); retried later", e)
+        except Exception:
+            log.exception("spendbrake: repairing the ledger failed; it is retried later")
+        finally:
+            self._sweeping = False
+
+    def _retry(self, ledger: Ledger) -> None:
+        with self._lock:
+            retries, self._retries = self._retries, []
+        for i, operation in enumerate(retries):
+            try:
+                operation(ledger)
+            except LedgerUnavailable:
+                with self._lock:  # still failing: keep it, and the ones not tried yet
+                    self._retries[:0] = retries[i:]
+                raise
+            except Exception:
+                # Not the ledger's state but a bug: retrying would fail forever. Its hold stays
+                # and is settled at its amount when the proxy stops.
+                log.exception("spendbrake: a settlement failed again; its hold stays")
+        if retries:
+            log.warning("spendbrake: wrote %d settlement(s) the ledger had refused", len(retries))
+
     def run_blocking[T](self, operation: Callable[[Ledger], T]) -> T:
         return self._executor.submit(operation, self.ledger).result()
 
     def close(self, outcome: str = "proxy_stopped") -> None:
-        """Settle what this process still holds (conservatively), then close the ledger."""
+        """Write what failed before if it can be written now; settle what this process still
+        holds (conservatively); then close the ledger."""
 
         def finish(ledger: Ledger) -> None:
             try:
+                try:
+                    self._retry(ledger)
+                except LedgerUnavailable:
+                    log.exception("spendbrake: settlements still not written; settled at the hold")
                 ledger.settle_own_holds(outcome)
             finally:
                 ledger.close()

@@ -95,6 +95,15 @@ Test controls (request headers, so SDK clients can send them via `extra_headers`
                                 "completed"; streams then end with response.incomplete or
                                 response.failed (still carrying usage)
 
+Faults (request headers too; a header an SDK cannot keep from retrying is the test's to use):
+  x-fake-silence-ms: N          say nothing for N ms before the response headers, as a reasoning
+                                model thinks before its first byte
+  x-fake-reset: before-headers | mid-stream
+                                reset the connection (TCP RST, no TLS close) instead of answering,
+                                or after half of a stream's events
+  x-fake-stall-ms: N            stream: stop for N ms after half of the events, then go on (a
+                                write to a peer that went away in the meantime ends the stream)
+
 Out-of-band endpoints (never recorded): GET /_fake/requests, POST /_fake/reset, GET /_fake/hello.
 """
 
@@ -141,6 +150,9 @@ ANTHROPIC_STREAM_ERRORS: dict[str, tuple[str, str]] = {
 }
 # The stream error is sent after this many text deltas.
 ANTHROPIC_STREAM_ERROR_AFTER = 2
+
+# Values of x-fake-reset ("" for none): where the connection is reset.
+RESET_POINTS = ("", "before-headers", "mid-stream")
 
 # Responses API: the text of every answer, and how a stream splits it.
 RESPONSES_DELTAS: tuple[str, ...] = ("Hi", " there!")
@@ -220,7 +232,24 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], provider: FakeProvider) -> None:
         self.provider = provider
+        self._resets: set[socket.socket] = set()
+        self._resets_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def reset_on_close(self, conn: socket.socket) -> None:
+        """Close ``conn`` with an RST when its handler is done, without a FIN first."""
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self._resets_lock:
+            self._resets.add(conn)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._resets_lock:
+            reset = request in self._resets
+            self._resets.discard(request)
+        if reset:
+            self.close_request(request)  # no shutdown(SHUT_WR): that would send a FIN
+            return
+        super().shutdown_request(request)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) we neither need nor want.
@@ -395,6 +424,23 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
             )
         )
+
+        silence = _int_header_or(self.headers.get("x-fake-silence-ms"), 0)
+        if silence > 0:
+            time.sleep(silence / 1000)
+        reset = (self.headers.get("x-fake-reset") or "").strip().lower()
+        if reset not in RESET_POINTS:
+            self._send_json(
+                400,
+                _error(
+                    f"x-fake-reset: unknown value {reset!r}; use one of {RESET_POINTS[1:]}",
+                    "invalid_request_error",
+                ),
+            )
+            return
+        if reset == "before-headers":
+            self._reset()
+            return
 
         status = _int_header(self.headers.get("x-fake-status"))
         if status is not None:
@@ -1179,6 +1225,9 @@ class _Handler(BaseHTTPRequestHandler):
         Also streams other chunked bodies (Gemini's streamed JSON array) given `content_type`.
         """
         delay = max(_int_header_or(self.headers.get("x-fake-delay-ms"), 0), 0) / 1000
+        stall = max(_int_header_or(self.headers.get("x-fake-stall-ms"), 0), 0) / 1000
+        reset = (self.headers.get("x-fake-reset") or "").strip().lower() == "mid-stream"
+        halfway = len(events) // 2
 
         self.send_response(200)
         self.send_header("Content-Type", content_type)
@@ -1188,6 +1237,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for i, event in enumerate(events):
+                if i == halfway and reset:
+                    self._reset()
+                    return
+                if i == halfway and stall:
+                    time.sleep(stall)
                 if i and delay:
                     time.sleep(delay)
                 # One HTTP chunk per SSE event, written in one go and unbuffered (wbufsize=0).
@@ -1198,6 +1252,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ssl.SSLError, TimeoutError):
             # The client (or proxy) cut the stream short; that's a scenario tests provoke.
             self.close_connection = True
+
+    def _reset(self) -> None:
+        self.close_connection = True
+        self.server.reset_on_close(self.connection)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
