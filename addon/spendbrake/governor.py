@@ -24,6 +24,11 @@ _PUBLISHED_PRICES = Pricer()  # no overrides: genai-prices and pricing/ alone
 _HOLD_TIER: dict[str, str] = {"auto": "priority", "priority": "priority", "fast": "priority"}
 
 
+# A worst case beyond this (nanos, $4.6 billion; or tokens) is held as this: it is above any limit
+# anyway, and the ledger's 64-bit integers cannot hold more (max_tokens: 10**30 would overflow).
+HOLD_CEILING = 2**62
+
+
 @dataclass(frozen=True)
 class Estimate:
     prompt_tokens: int
@@ -131,7 +136,11 @@ def estimate_with_output(
         service_tier=hold_tier(request.service_tier),
         at=at,
     )
-    return Estimate(prompt_tokens=prompt, output_tokens=output, cost_nanos=cost)
+    return Estimate(
+        prompt_tokens=min(prompt, HOLD_CEILING),
+        output_tokens=min(output, HOLD_CEILING),
+        cost_nanos=min(cost, HOLD_CEILING),
+    )
 
 
 def affordable_max_output(

@@ -28,7 +28,7 @@ def from_response(call: HeldCall, response: http.Response, pricer: Pricer) -> Se
     if call.meter is None:
         try:
             usage = call.api.usage_from_json(json.loads(response.content or b""))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what json can read
             usage = None
     if usage is not None:
         return priced(call, usage, outcome, "", pricer)
