@@ -17,7 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from spendbrake.mitm.state import flow_state
+from spendbrake.providers.openai import ChatCompletions
 from spendbrake.tokens import TokenEstimator
 from test_mitm_enforcement import chat_flow, configured_proxy
 
@@ -137,3 +140,38 @@ async def test_a_50_mb_prompt_is_tokenized_while_other_calls_are_admitted(
             assert state is not None
             assert state.call is not None  # held and forwarded
         assert [row["state"] for row in proxy.rows()] == ["held", "held"]
+
+
+async def test_a_50_mb_body_is_parsed_while_other_calls_are_admitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing the JSON of a giant body runs off the event loop too (half a second for 50 MB)."""
+    started, gate, waited_in_vain = threading.Event(), threading.Event(), threading.Event()
+    parse = ChatCompletions.parse
+
+    def gated_parse(self: ChatCompletions, body: bytes, path: str = "") -> Any:
+        if len(body) > 1_000_000:
+            started.set()
+            # Opened once the small call is through, which needs the event loop. Parsing on
+            # the loop would block it here until the timeout.
+            if not gate.wait(timeout=10):
+                waited_in_vain.set()
+        return parse(self, body, path)
+
+    monkeypatch.setattr(ChatCompletions, "parse", gated_parse)
+    with configured_proxy(tmp_path, "[defaults]\ndaily_usd = 1000\n") as proxy:
+        loop = asyncio.get_running_loop()
+        finished: list[str] = []
+
+        def send(name: str, body: Any) -> asyncio.Future[Any]:
+            future = asyncio.ensure_future(proxy.send(chat_flow(body)))
+            future.add_done_callback(lambda _: finished.append(name))
+            return future
+
+        big = send("big", giant_body())
+        await loop.run_in_executor(None, started.wait, 60)
+        await send("small", None)
+        gate.set()
+        await big
+        assert not waited_in_vain.is_set()  # the small call went through during the parse
+        assert finished == ["small", "big"]

@@ -53,6 +53,7 @@ from spendbrake.providers import (
     provider_for_host,
 )
 from spendbrake.providers.base import (
+    Api,
     CallRequest,
     Rewrite,
     UnreadableRequest,
@@ -67,6 +68,14 @@ log = logging.getLogger(__name__)
 
 # Tokenizing ~100 kB takes milliseconds; beyond that it would stall every other agent's flow.
 _TOKENIZE_ON_LOOP_MAX_CHARS = 100_000
+# Parsing JSON is faster, but a 50 MB body still takes half a second.
+_PARSE_ON_LOOP_MAX_BYTES = 100_000
+
+
+async def _parse(api: Api, body: bytes, path: str) -> CallRequest:
+    if len(body) > _PARSE_ON_LOOP_MAX_BYTES:
+        return await asyncio.to_thread(api.parse, body, path)
+    return api.parse(body, path)
 
 
 class Enforcement:
@@ -226,7 +235,7 @@ class Enforcement:
             return await self._refuse_recorded(intent(), blocked)
         try:
             body, path = flow.request.content or b"", flow.request.path
-            request = api.parse(body, path)
+            request = await _parse(api, body, path)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent(), Refusal("unreadable_request", f"spendbrake: {e}")
@@ -244,7 +253,7 @@ class Enforcement:
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
                 body, path = api.rewritten(body, path, Rewrite(model=cheaper))
-                request = api.parse(body, path)
+                request = await _parse(api, body, path)
             estimate = await self._estimate(request, provider, now)
             if (minimum := policy.cap_output_minimum) is not None:
                 room = await self.worker.run(
@@ -261,7 +270,7 @@ class Enforcement:
                     )
                 ):
                     body, path = api.rewritten(body, path, Rewrite(max_output=capped))
-                    request = api.parse(body, path)
+                    request = await _parse(api, body, path)
                     estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
             message = (
