@@ -12,7 +12,8 @@ import re
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -197,16 +198,9 @@ def test_whoami_in_strict_mode_says_why_a_client_is_refused(proxy: Proxy) -> Non
 
 
 def test_a_client_outside_the_allowed_networks_is_disconnected(
-    tmp_path: Path, fake: FakeProvider, pki: TestPKI, certs: Certs, cache_dir: Path
+    start_proxy: Callable[..., AbstractContextManager[Proxy]],
 ) -> None:
-    with spendbrake_up(
-        tmp_path,
-        fake=fake,
-        pki=pki,
-        certs=certs,
-        config_toml=ALLOW_ONLY_127_0_0_2,
-        cache_dir=cache_dir,
-    ) as allow_list:
+    with start_proxy(config_toml=ALLOW_ONLY_127_0_0_2) as allow_list:
         with socket.create_connection(("127.0.0.1", allow_list.port), timeout=10) as outsider:
             outsider.sendall(
                 b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n"
