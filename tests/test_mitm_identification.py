@@ -6,7 +6,10 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow
 
+from spendbrake.access import Access
 from spendbrake.attribution import Identity
+from spendbrake.config import Config
+from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.state import flow_state
 
@@ -158,3 +161,26 @@ def test_a_call_that_names_no_agent_gets_the_proxys_default_agent_and_session() 
     assert state.identity == Identity("ci-run", "r-7", "default")
     assert (state := flow_state(named)) is not None
     assert state.identity == Identity("bot", "r-7", "header")
+
+
+def test_a_listener_beyond_loopback_stops_the_start_unless_access_allows_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    identification = Identification()
+    with taddons.context(identification) as tctx:
+        tctx.configure(identification, listen_host="")
+        identification.running()
+        assert "would listen on every interface" in caplog.text
+        assert caplog.records[-1].levelname == "ERROR"  # mitmdump exits on it
+        caplog.clear()
+        tctx.configure(identification, listen_host="127.0.0.1", mode=["regular@0.0.0.0:8081"])
+        identification.running()
+        assert "would listen on 0.0.0.0" in caplog.text
+        caplog.clear()
+        identification.use(Config(access=Access(strict=True)), AccessCache())
+        identification.running()
+        assert caplog.text == ""
+        tctx.configure(identification, listen_host="127.0.0.1", mode=["regular"])
+        identification.use(Config(), AccessCache())
+        identification.running()
+        assert caplog.text == ""

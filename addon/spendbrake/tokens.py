@@ -129,7 +129,8 @@ class TokenEstimator:
     def count(self, text: str, model: str) -> int:
         encoder = self._encoder(encoding_for_model(model))
         if encoder is None:
-            return len(text.encode("utf-8"))
+            # surrogatepass: a lone surrogate from JSON's "\\ud83d" counts its 3 bytes, not fails.
+            return len(text.encode("utf-8", "surrogatepass"))
         # encode_ordinary: prompts may contain "<|endoftext|>", which encode() would reject.
         return len(encoder.encode_ordinary(text))
 

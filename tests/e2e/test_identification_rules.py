@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from e2e_support import (
+    CLIENTS_DIR,
     SPENDBRAKE,
     TEST_ID_HEADER,
     Certs,
@@ -239,3 +241,54 @@ def test_spendbrake_whoami_asks_through_the_proxy(proxy: Proxy, secret: dict[str
     )
     assert result.returncode == 1
     assert "is not the secret of agent 'secret-bot'" in result.stderr
+
+
+NODE_MODULES = Path(__file__).resolve().parents[2] / ".venv" / "node" / "node_modules"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_MODULES / "undici").is_dir(),
+    reason="needs node and undici in .venv/node (scripts/test installs it with npm)",
+)
+def test_a_node_agent_with_fetch_through_undicis_env_proxy_agent(
+    proxy: Proxy, secret: dict[str, Any], test_id: str
+) -> None:
+    env = proxy.client_env("secret-bot", f"{secret['secret']}.node-run")
+    env.update(NODE_EXTRA_CA_CERTS=str(proxy.certs.bundle), NODE_PATH=str(NODE_MODULES))
+    spec = {"headers": {TEST_ID_HEADER: test_id}}
+    result = subprocess.run(
+        ["node", str(CLIENTS_DIR / "node_fetch.cjs"), json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == 200, report
+    assert_counted_as(proxy, report, "secret-bot", "proxy-auth")
+    assert report["whoami"]["session"] == "node-run"
+    assert ledger_calls(proxy.ledger, "secret-bot")[-1]["session"] == "node-run"
+
+
+def test_the_registered_api_key_and_secret_are_nowhere_in_the_ledger_or_the_output(
+    proxy: Proxy, secret: dict[str, Any]
+) -> None:
+    """After every call above: the key and the secret are only hashes (and the key's last 4
+    characters) in the ledger's files, and nowhere in what the proxy printed."""
+    core = API_KEY.removeprefix("sk-e2e-key-bot-")
+    haystacks = {"the proxy's output": proxy.output().encode()}
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{proxy.ledger}{suffix}")
+        if path.exists():
+            haystacks[path.name] = path.read_bytes()
+    needles = {"the API key": API_KEY, "its random part": core, "the secret": secret["secret"]}
+    found = [
+        f"{name} in {where}"
+        for where, data in haystacks.items()
+        for name, needle in needles.items()
+        if needle.encode() in data
+    ]
+    assert found == []
+    assert ledger_calls(proxy.ledger, "key-bot")  # calls made with the key were recorded

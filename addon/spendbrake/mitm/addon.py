@@ -60,6 +60,7 @@ class Spendbrake:
         self.local_api.use(config, worker, access)
 
     def running(self) -> None:
+        self.identification.running()
         self.enforcement.running()
         self.status_server.running()
 

@@ -86,7 +86,15 @@ class Identification:
         """The configuration and the ledger's access records (set once both are loaded)."""
         self.config, self.access = config, access
         self.rules = config.identify.with_ports(self.port_agents)
-        check_listeners(config.access)
+
+    def running(self) -> None:
+        # Only now are all options applied (mitmproxy sets --set options before --listen-host).
+        # An error logged during start-up makes mitmdump exit; until then, clients outside
+        # the allowed networks are disconnected anyway.
+        try:
+            check_listeners(self.config.access)
+        except exceptions.OptionsError as e:
+            log.error("%s", e)
 
     def load(self, loader: object) -> None:
         add = loader.add_option  # type: ignore[attr-defined]

@@ -208,7 +208,8 @@ class MessagesStreamMeter(UsageTap):
     def on_event(self, obj: dict[str, Any]) -> None:
         if obj.get("type") == "message_start" and isinstance(obj.get("message"), dict):
             message = obj["message"]
-            self._fields = dict(message.get("usage") or {})
+            usage = message.get("usage")
+            self._fields = dict(usage) if isinstance(usage, dict) else {}
             if isinstance(message.get("model"), str):
                 self._model = message["model"]
         elif obj.get("type") == "message_delta" and isinstance(obj.get("usage"), dict):

@@ -86,9 +86,9 @@ class DeploymentStreamMeter:
 
 
 def _with_model(body: bytes) -> bytes:
-    """Deployment bodies carry no model, which the OpenAI parsers require: lend them one."""
-    if b'"model"' in body:
-        return body
+    """Deployment bodies carry no model, which the OpenAI parsers require: lend them one. It
+    goes first, so a model the body names itself wins (the last of a repeated key does); no
+    search for "model" in the body, whose text may well say it (a tool's parameter)."""
     stripped = body.lstrip()
     if not stripped.startswith(b"{"):
         return body  # not an object: the parser says so

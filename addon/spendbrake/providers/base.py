@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from spendbrake.ledger import TokenCounts
@@ -70,7 +70,8 @@ def fingerprint_of(model: str, data: dict[str, Any]) -> str:
     compares."""
     asked = {key: value for key, value in data.items() if key not in _VOLATILE_FIELDS}
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(model.encode())
+    # JSON may carry a lone surrogate ("\\ud83d", half an emoji): valid there, not in UTF-8.
+    digest.update(model.encode("utf-8", "surrogatepass"))
     digest.update(json.dumps(asked, sort_keys=True, ensure_ascii=False).encode("utf-8", "replace"))
     return digest.hexdigest()
 
@@ -163,7 +164,17 @@ def rewrite_json(
         used = [field for field in output_fields if data.get(field) is not None]
         for field in used or [default_field]:
             data[field] = change.max_output
-    return json.dumps(data, ensure_ascii=False).encode()
+    return json_body(data)
+
+
+def json_body(data: Any) -> bytes:
+    """A rewritten request body: UTF-8 as clients send it, unless the client escaped a lone
+    surrogate ("\\ud83d"), which UTF-8 cannot carry; then escaped as the client had it."""
+    text = json.dumps(data, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(data).encode()
 
 
 class ReportsUsageUnasked:
@@ -186,10 +197,28 @@ def int_at_least(value: Any, key: str, *, minimum: int) -> int:
     return value
 
 
+# No call is billed anywhere near this many tokens (the largest context windows hold about two
+# million). A provider that reports more is wrong; its figure is capped so that, priced, it still
+# fits the ledger's 64-bit integers instead of failing the settlement (which left the hold held).
+MAX_TOKEN_COUNT = 2**32
+# The same for a cost the provider reports itself: $1,000,000 for one call.
+MAX_REPORTED_NANOS = 10**15
+
+
 def count(mapping: Any, key: str) -> int:
     """A token count from a usage object; anything that is not a positive int counts 0."""
     value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return 0
+    return min(value, MAX_TOKEN_COUNT)
+
+
+def billed(tokens: TokenCounts) -> TokenCounts:
+    """Usage a price can be put on. Every API counts its cache reads and writes inside its input,
+    so a provider reporting more of them than input is wrong, and priced as it stands that
+    would cost less than nothing: the input is raised to their sum (the dearer reading)."""
+    least = tokens.cached_input_tokens + tokens.cache_write_tokens
+    return replace(tokens, input_tokens=max(tokens.input_tokens, least))
 
 
 def as_json_text(value: Any) -> str:
@@ -201,7 +230,7 @@ def event_json(raw_event: bytes) -> dict[str, Any] | None:
     data = event_data(raw_event)
     try:
         obj = json.loads(data) if data else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     return obj if isinstance(obj, dict) else None
 

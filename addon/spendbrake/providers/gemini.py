@@ -23,9 +23,11 @@ from spendbrake.providers.base import (
     UnreadableRequest,
     UsageTap,
     as_json_text,
+    billed,
     count,
     fingerprint_of,
     int_at_least,
+    json_body,
     load_json_object,
 )
 from spendbrake.providers.server_tools import gemini_server_tools
@@ -143,7 +145,7 @@ def usage_from_metadata(metadata: Any, model: str | None) -> MeteredUsage | None
         output_tokens=count(metadata, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
     )
-    return MeteredUsage(tokens=tokens, model=model, service_tier=None)
+    return MeteredUsage(tokens=billed(tokens), model=model, service_tier=None)
 
 
 def usage_from_response(obj: Any) -> MeteredUsage | None:
@@ -187,7 +189,7 @@ class GenerateStreamMeter(UsageTap):
             if _HAS_USAGE.search(element):
                 try:
                     obj = json.loads(element)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deep to read
                     continue
                 if isinstance(obj, dict):
                     self.on_event(obj)
@@ -265,7 +267,7 @@ class Generate(ReportsUsageUnasked):
                 **(config if isinstance(config, dict) else {}),
                 "maxOutputTokens": change.max_output,
             }
-            body = json.dumps(data, ensure_ascii=False).encode()
+            body = json_body(data)
         if change.model is not None:
             route, sep, query = path.partition("?")
             match = ROUTE.match(unquote(route))

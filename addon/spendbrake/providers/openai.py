@@ -15,17 +15,20 @@ from typing import Any
 from spendbrake.ledger import TokenCounts
 from spendbrake.money import usd_to_nanos
 from spendbrake.providers.base import (
+    MAX_REPORTED_NANOS,
     CallRequest,
     MeteredUsage,
     Rewrite,
     UnreadableRequest,
     as_json_text,
+    billed,
     content_blocks,
     count,
     event_json,
     fingerprint_of,
     generated_text_bytes,
     int_at_least,
+    json_body,
     load_json_object,
     required_model,
     rewrite_json,
@@ -79,7 +82,8 @@ def parse_chat_request(body: bytes) -> CallRequest:
         if data.get(key) is not None:
             texts.append(as_json_text(data[key]))
             fixed += _TOOLS_MARGIN
-    if "audio" in (data.get("modalities") or []):
+    modalities = data.get("modalities")
+    if isinstance(modalities, list | str) and "audio" in modalities:  # never trust its type
         fixed += _AUDIO_ALLOWANCE
     if isinstance(data.get("prediction"), dict):
         texts.append(as_json_text(data["prediction"]))
@@ -183,7 +187,7 @@ def with_include_usage(body: bytes) -> bytes:
         **(options if isinstance(options, dict) else {}),
         "include_usage": True,
     }
-    return json.dumps(data, ensure_ascii=False).encode()
+    return json_body(data)
 
 
 def usage_from_completion(obj: Any) -> MeteredUsage | None:
@@ -192,17 +196,15 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        usage = (obj.get("x_groq") or {}).get("usage")  # older Groq streams
+    if not isinstance(usage, dict) and isinstance(obj.get("x_groq"), dict):
+        usage = obj["x_groq"].get("usage")  # older Groq streams
     if not isinstance(usage, dict):
         return None
     prompt = count(usage, "prompt_tokens")
     completion = count(usage, "completion_tokens")
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool):
-        # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
-        # total_tokens; taking the larger never double-counts OpenAI, where it is included.
-        completion = max(completion, total - prompt)
+    # Some OpenAI-compatible hosts leave reasoning out of completion_tokens but not out of
+    # total_tokens; taking the larger never double-counts OpenAI, where it is included.
+    completion = max(completion, count(usage, "total_tokens") - prompt)
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     cached = count(prompt_details, "cached_tokens") or count(usage, "prompt_cache_hit_tokens")
@@ -216,8 +218,9 @@ def usage_from_completion(obj: Any) -> MeteredUsage | None:
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
     tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
     return MeteredUsage(
-        tokens=tokens, model=model, service_tier=tier, reported_cost_nanos=_reported_cost(usage)
-    )
+        tokens=billed(tokens), model=model, service_tier=tier,
+        reported_cost_nanos=_reported_cost(usage),
+    )  # fmt: skip
 
 
 def _reported_cost(usage: dict[str, Any]) -> int | None:
@@ -231,20 +234,22 @@ def _reported_cost(usage: dict[str, Any]) -> int | None:
     """
     ticks = usage.get("cost_in_usd_ticks")
     if isinstance(ticks, int) and not isinstance(ticks, bool) and ticks >= 0:
-        return -(-ticks // 10)
+        return min(-(-ticks // 10), MAX_REPORTED_NANOS)
     cost = _dollars(usage.get("cost"))
     if cost is None or usage.get("is_byok") is not True:
-        return None if cost is None else usd_to_nanos(cost)
+        return None if cost is None else min(usd_to_nanos(cost), MAX_REPORTED_NANOS)
     details = usage.get("cost_details")
     upstream = (
         _dollars(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
     )
-    return None if upstream is None else usd_to_nanos(cost + upstream)
+    return None if upstream is None else min(usd_to_nanos(cost + upstream), MAX_REPORTED_NANOS)
 
 
 def _dollars(value: Any) -> Decimal | None:
+    """A cost the host reported, if it is one: JSON's NaN and Infinity parse, but are none."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return Decimal(str(value))
+        amount = Decimal(str(value))
+        return amount if amount.is_finite() else None
     return None
 
 

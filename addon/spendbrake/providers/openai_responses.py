@@ -21,6 +21,7 @@ from spendbrake.providers.base import (
     UnreadableRequest,
     UsageTap,
     as_json_text,
+    billed,
     count,
     fingerprint_of,
     int_at_least,
@@ -161,7 +162,7 @@ def usage_from_response(obj: Any, sizes: ResponseSizes) -> MeteredUsage | None:
         sizes.remember(obj["id"], tokens.input_tokens + tokens.output_tokens)
     model = obj.get("model") if isinstance(obj.get("model"), str) and obj.get("model") else None
     tier = obj.get("service_tier") if isinstance(obj.get("service_tier"), str) else None
-    return MeteredUsage(tokens=tokens, model=model, service_tier=tier)
+    return MeteredUsage(tokens=billed(tokens), model=model, service_tier=tier)
 
 
 # Only the terminal events carry a usage object; the others say "usage":null or nothing.
@@ -177,7 +178,8 @@ class ResponsesStreamMeter(UsageTap):
         self._sizes = sizes
 
     def on_event(self, obj: dict[str, Any]) -> None:
-        if obj.get("type") in _TERMINAL_EVENTS:
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind in _TERMINAL_EVENTS:  # a list type is unhashable
             usage = usage_from_response(obj.get("response"), self._sizes)
             if usage is not None:
                 self.usage = usage
