@@ -51,7 +51,10 @@ class _Frame:
         return HEIGHT - _TOP - _BOTTOM
 
     def x(self, at: datetime) -> float:
-        share = (at - self.start) / (self.end - self.start)
+        # Timestamps, not datetime subtraction: between two times of one zone, that ignores a
+        # daylight-saving change and would draw a 23-hour day 24 hours wide.
+        start = self.start.timestamp()
+        share = (at.timestamp() - start) / (self.end.timestamp() - start)
         return _LEFT + min(max(share, 0.0), 1.0) * self.plot_width
 
     def y(self, nanos: int) -> float:

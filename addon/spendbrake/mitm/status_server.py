@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 
 import h11
 from mitmproxy import ctx, exceptions
@@ -181,11 +182,18 @@ async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> W
             return None
 
 
+def _reason(answer: WebResponse) -> bytes:
+    try:
+        return HTTPStatus(answer.status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 def _response_bytes(conn: h11.Connection, answer: WebResponse) -> bytes:
     headers = [(name, value) for name, value in answer.headers.items()]
     headers.append(("content-length", str(len(answer.body))))
     parts = [
-        conn.send(h11.Response(status_code=answer.status, headers=headers)),
+        conn.send(h11.Response(status_code=answer.status, headers=headers, reason=_reason(answer))),
         conn.send(h11.Data(data=answer.body)) if answer.body else b"",
         conn.send(h11.EndOfMessage()),
     ]
