@@ -11,7 +11,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 START = datetime(2026, 3, 14, tzinfo=UTC)
 END = START + timedelta(days=1)
 NOW = START + timedelta(hours=12)
-_LEFT, _PLOT_WIDTH = 70, WIDTH - 70 - 170
+_LEFT, _PLOT_WIDTH = 80, WIDTH - 80 - 230
 
 
 def parsed(svg: str) -> ET.Element:
@@ -72,7 +72,14 @@ def test_a_day_without_spend_says_so_on_a_readable_axis() -> None:
     root = parsed(spend_chart({}, START, END, NOW, ZoneInfo("UTC")))
     texts = [t.text for t in root.iter(f"{SVG}text")]
     assert "no spend yet today" in texts
-    assert "$0.01" in texts  # the smallest scale: one cent
+    assert "$0.01" in texts  # an axis to a cent
+
+
+def test_the_axis_fits_the_biggest_spender_however_small() -> None:
+    series = {"a": [(NOW, 13_500)], "b": [(NOW, 112_500)]}  # $0.0000135 and $0.0001125
+    root = parsed(spend_chart(series, START, END, NOW, ZoneInfo("UTC")))
+    labels = [t.text for t in root.iter(f"{SVG}text") if t.text and t.text.startswith("$")]
+    assert labels == ["$0.00", "$0.00005", "$0.0001", "$0.00015"]
 
 
 def test_on_a_23_hour_day_the_hour_ticks_follow_the_local_clock() -> None:

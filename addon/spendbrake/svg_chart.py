@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 from spendbrake.burn import Point
 from spendbrake.money import format_usd
 
-WIDTH, HEIGHT = 760, 300
-_LEFT, _RIGHT, _TOP, _BOTTOM = 70, 170, 16, 34  # margins: y labels, legend, x labels
+WIDTH, HEIGHT = 820, 300
+_LEFT, _RIGHT, _TOP, _BOTTOM = 80, 230, 16, 34  # margins: y labels, legend, x labels
 # Distinguishable on white and for the common colour blindnesses (Okabe-Ito, then darker kin).
 PALETTE = (
     "#0072b2",
@@ -32,7 +32,7 @@ PALETTE = (
     "#7f7f7f",
     "#bcbd22",
 )
-_MIN_SCALE = 10_000_000  # $0.01: an idle day's chart still has a readable axis
+_IDLE_SCALE = 10_000_000  # $0.01: the axis of a day without spend
 _LEGEND_ROWS = 14  # agents named in the legend; the rest are in the table beside the chart
 
 
@@ -82,8 +82,10 @@ def spend_chart(
     next one), up to ``now``. ``series``: agent → its settled calls, oldest first; the agents
     keep this order in the legend and the colours."""
     totals = {agent: sum(nanos for _, nanos in points) for agent, points in series.items()}
-    step = nice_step(max([_MIN_SCALE, *totals.values()]))
-    frame = _Frame(start, end, -(-max([_MIN_SCALE, *totals.values()]) // step) * step)
+    # Scaled to the biggest spender, however small: a day of fractions of a cent still shows.
+    biggest = max(totals.values(), default=0) or _IDLE_SCALE
+    step = nice_step(biggest)
+    frame = _Frame(start, end, -(-biggest // step) * step)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="spend-chart" viewBox="0 0 {WIDTH} '
         f'{HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
@@ -164,7 +166,7 @@ def _legend(series: Mapping[str, Sequence[Point]], totals: Mapping[str, int]) ->
     parts = []
     for i, agent in enumerate(list(series)[:_LEGEND_ROWS]):
         y = _TOP + 8 + i * 18
-        name = agent if len(agent) <= 14 else agent[:13] + "…"
+        name = agent if len(agent) <= 18 else agent[:17] + "…"
         parts.append(
             f'<rect x="{x}" y="{y - 8}" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
             f'<text class="legend" x="{x + 15}" y="{y + 1}" fill="#222222">'
