@@ -6,6 +6,7 @@ import mitmproxy.addonmanager
 import mitmproxy.proxy.layers
 import mitmproxy.proxy.server_hooks
 from mitmproxy import hooks
+from mitmproxy.test import tflow
 
 from spendbrake.mitm import spendbrake_addons
 from spendbrake.mitm.addon import Spendbrake
@@ -13,8 +14,9 @@ from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.interception import Interception
 from spendbrake.mitm.local_api import LocalApi
+from spendbrake.mitm.status_server import StatusServer
 
-PARTS = (Interception, Identification, LocalApi, Enforcement)
+PARTS = (Interception, Identification, LocalApi, Enforcement, StatusServer)
 
 
 # Hooks register themselves as their modules are imported: these define all of them.
@@ -63,9 +65,12 @@ async def test_each_hook_reaches_every_part_that_has_it_in_order() -> None:
         addon.identification = Recorder(Identification, calls)  # type: ignore[assignment]
         addon.local_api = Recorder(LocalApi, calls)  # type: ignore[assignment]
         addon.enforcement = Recorder(Enforcement, calls)  # type: ignore[assignment]
+        addon.status_server = Recorder(StatusServer, calls)  # type: ignore[assignment]
         addon.share_what_enforcement_loaded = lambda: None  # type: ignore[method-assign]
         hook = getattr(addon, name)
-        arguments = tuple(object() for _ in inspect.signature(hook).parameters)
+        # A real flow where a hook takes one: the addon reads it to time metered calls.
+        parameters = inspect.signature(hook).parameters
+        arguments = tuple(tflow.tflow() if p == "flow" else object() for p in parameters)
         result = hook(*arguments)
         if inspect.isawaitable(result):
             await result

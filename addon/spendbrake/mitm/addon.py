@@ -7,15 +7,20 @@ separate classes, each with one concern and its own tests.
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from spendbrake.access_book import SQLiteAccessBook
+from spendbrake.metrics import AddedLatency
 from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.interception import Interception
 from spendbrake.mitm.local_api import LocalApi
+from spendbrake.mitm.state import flow_state
+from spendbrake.mitm.status_server import StatusServer
 
 
 class Spendbrake:
@@ -23,7 +28,9 @@ class Spendbrake:
         self.interception = Interception()
         self.identification = Identification()
         self.enforcement = Enforcement()
-        self.local_api = LocalApi()
+        self.latency = AddedLatency()
+        self.local_api = LocalApi(self.latency)
+        self.status_server = StatusServer(lambda: self.local_api.app)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -31,12 +38,14 @@ class Spendbrake:
         self.interception.load(loader)
         self.identification.load(loader)
         self.enforcement.load(loader)
+        self.status_server.load(loader)
 
     def configure(self, updated: set[str]) -> None:
         self.interception.configure(updated)
         self.identification.configure(updated)
         self.enforcement.configure(updated)
         self.share_what_enforcement_loaded()
+        self.status_server.configure(updated)
 
     def share_what_enforcement_loaded(self) -> None:
         """Identification and the local API read what enforcement loaded: the configuration,
@@ -53,9 +62,12 @@ class Spendbrake:
     def running(self) -> None:
         self.identification.running()
         self.enforcement.running()
+        self.status_server.running()
 
     def done(self) -> None:
+        self.local_api.done()
         self.enforcement.done()
+        self.status_server.done()
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -81,15 +93,38 @@ class Spendbrake:
         # Identification runs before enforcement reads who is calling.
         self.identification.requestheaders(flow)
 
+    # The latency spendbrake adds to a metered call: one clock read before and after each hook.
+
     async def request(self, flow: http.HTTPFlow) -> None:
-        await self.local_api.request(flow)
+        if await self.local_api.request(flow):
+            return
+        started = time.perf_counter()
         await self.enforcement.request(flow)
+        if _metered(flow):
+            self.latency.observe("request", time.perf_counter() - started)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self.enforcement.responseheaders(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        started = time.perf_counter()
         await self.enforcement.response(flow)
+        if _held(flow):
+            self.latency.observe("response", time.perf_counter() - started)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        started = time.perf_counter()
         await self.enforcement.error(flow)
+        if _held(flow):
+            self.latency.observe("error", time.perf_counter() - started)
+
+
+def _held(flow: http.HTTPFlow) -> bool:
+    state = flow_state(flow)
+    return state is not None and state.call is not None
+
+
+def _metered(flow: http.HTTPFlow) -> bool:
+    """Held for, or refused by spendbrake (not merely passed by, as a free route is)."""
+    refused = flow.response is not None and "x-spendbrake-reason" in flow.response.headers
+    return refused or _held(flow)

@@ -3,32 +3,29 @@ through the proxy): nothing is forwarded anywhere.
 
 - ``GET /whoami``: which agent and session the caller is counted as, and why. Anyone may ask
   about themselves.
-- ``GET /api/status``: every agent's spend (``spendbrake status --json``), and
-  ``POST /api/agents/NAME/resume``: lift a suspension. Both read or change other agents'
-  affairs, so both need the admin token (``Authorization: Bearer TOKEN``, set with
-  ``spendbrake admin-token``); an agent's proxy secret is not an admin token.
+- Everything else is the status app (``status_app``): the status page, per-agent pages, the
+  JSON API (``/api/status``, ``/api/calls``, ``/api/events``, ``POST /api/agents/NAME/resume``)
+  and ``/metrics``. They read or change other agents' affairs, so they need the admin token
+  (``Authorization: Bearer TOKEN``, or the browser's cookie; set with ``spendbrake admin-token``);
+  an agent's proxy secret is not an admin token.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import re
 from typing import Any
 
 from mitmproxy import http
 
-from spendbrake.agent_keys import secret_hash
 from spendbrake.config import Config
-from spendbrake.ledger import Ledger
-from spendbrake.mitm.access_cache import AccessCache, AccessUnavailable
+from spendbrake.metrics import AddedLatency
+from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.state import flow_state
-from spendbrake.status import status_document
-from spendbrake.windows import utc_now
+from spendbrake.mitm.status_app import StatusApp, WebRequest, without_token
+from spendbrake.sqlite_ledger import SQLiteLedger
 
 LOCAL_HOST = "spendbrake.local"
-_RESUME = re.compile(r"/api/agents/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/resume")
 
 
 def is_local(host: str) -> bool:
@@ -36,28 +33,47 @@ def is_local(host: str) -> bool:
 
 
 class LocalApi:
-    def __init__(self) -> None:
+    def __init__(self, latency: AddedLatency | None = None) -> None:
         self.config = Config()
         self.worker: LedgerWorker | None = None
         self.access = AccessCache()
+        self.latency = latency or AddedLatency()
+        self.app = StatusApp(self.config, None, self.access, self.latency, None)
 
     def use(self, config: Config, worker: LedgerWorker | None, access: AccessCache) -> None:
+        if config is self.config and worker is self.worker and access is self.access:
+            return
         self.config, self.worker, self.access = config, worker, access
+        self.app.close()
+        ledger = worker.ledger if worker else None
+        path = ledger.path if isinstance(ledger, SQLiteLedger) else None
+        self.app = StatusApp(config, worker, access, self.latency, path)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def done(self) -> None:
+        self.app.close()
+
+    async def request(self, flow: http.HTTPFlow) -> bool:
+        """Answer a request to ``spendbrake.local``; True if it was one."""
         if flow.response or flow.error or not flow.live:
-            return
+            return False
         if not is_local(flow.request.pretty_host):
-            return
-        method, path = flow.request.method, flow.request.path.split("?", 1)[0]
-        if path == "/whoami" and method == "GET":
+            return False
+        request = WebRequest(
+            method=flow.request.method,
+            target=flow.request.path,
+            headers={name.lower(): value for name, value in flow.request.headers.items()},
+            body=flow.request.content or b"",
+            secure=flow.request.scheme == "https",
+        )
+        if "token" in request.query:
+            # A login link's token must not reach mitmproxy's flow log: keep the rest of the URL.
+            flow.request.path = without_token(flow.request.path)
+        if request.path == "/whoami" and request.method == "GET":
             flow.response = self._whoami(flow)
-        elif path == "/api/status" and method == "GET":
-            flow.response = self._unless_unauthorised(flow) or await self._status()
-        elif (match := _RESUME.fullmatch(path)) and method == "POST":
-            flow.response = self._unless_unauthorised(flow) or await self._resume(match[1])
-        else:
-            flow.response = _json(404, {"error": f"no {method} {path} on {LOCAL_HOST}"})
+            return True
+        answer = await self.app.handle(request)
+        flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+        return True
 
     def _whoami(self, flow: http.HTTPFlow) -> http.Response:
         state = flow_state(flow)
@@ -78,48 +94,10 @@ class LocalApi:
             },
         )
 
-    def _unless_unauthorised(self, flow: http.HTTPFlow) -> http.Response | None:
-        try:
-            expected = self.access.records().admin_token_sha256
-        except AccessUnavailable as e:
-            return _json(503, {"error": str(e)})
-        if not expected:
-            return _json(
-                403,
-                {"error": "no admin token is set: run 'spendbrake admin-token' to make one"},
-            )
-        scheme, _, token = flow.request.headers.get("authorization", "").partition(" ")
-        given = secret_hash(token.strip()) if scheme.lower() == "bearer" else ""
-        if not given or not hmac.compare_digest(given, expected):
-            return _json(
-                401,
-                {"error": "this needs the admin token: Authorization: Bearer TOKEN"},
-                {"www-authenticate": 'Bearer realm="spendbrake"'},
-            )
-        return None
 
-    async def _status(self) -> http.Response:
-        if self.worker is None:
-            return _json(503, {"error": "spendbrake has no ledger"})
-        config, now = self.config, utc_now()
-        document = await self.worker.run(lambda ledger: status_document(ledger, config, now))
-        return _json(200, document)
-
-    async def _resume(self, agent: str) -> http.Response:
-        if self.worker is None:
-            return _json(503, {"error": "spendbrake has no ledger"})
-
-        def resume(ledger: Ledger) -> bool:
-            return ledger.resume(agent, actor="admin-api")
-
-        return _json(200, {"agent": agent, "resumed": await self.worker.run(resume)})
-
-
-def _json(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> http.Response:
+def _json(status: int, body: dict[str, Any]) -> http.Response:
     return http.Response.make(
         status,
         json.dumps(body, indent=2) + "\n",
-        {"content-type": "application/json", "cache-control": "no-store", **(headers or {})},
+        {"content-type": "application/json", "cache-control": "no-store"},
     )
