@@ -49,19 +49,13 @@ def postgres_server() -> Iterator[str]:
         yield url
 
 
-def schema_url(server: str, schema: str) -> PostgresUrl:
-    """The server's URL with a search path: the ledger's tables go into ``schema``."""
-    joiner = "&" if "?" in server else "?"
-    return PostgresUrl(f"{server}{joiner}options=-csearch_path%3D{schema}")
-
-
 @pytest.fixture
 def postgres_location(postgres_server: str) -> Iterator[PostgresUrl]:
     """A fresh, empty schema: a new ledger, as a new file is for SQLite."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    yield schema_url(postgres_server, schema)
+    yield pg_cluster.schema_url(postgres_server, schema)
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute("SET lock_timeout = '5s'")
         # A test that left a transaction open keeps its schema; the cluster goes at the end.

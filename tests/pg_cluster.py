@@ -20,12 +20,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from spendbrake.ledger_url import PostgresUrl
+
 URL_ENV = "SPENDBRAKE_TEST_POSTGRES"
 HOW_TO_RUN = (
     "PostgreSQL tests need a server: run scripts/test as root (it installs the 'postgresql' "
     "package), put PostgreSQL's bin directory (initdb, pg_ctl) on PATH, or set "
     f"{URL_ENV}=postgresql://USER@HOST:PORT/DB to a database you may create schemas in"
 )
+
+
+def schema_url(server: str, schema: str) -> PostgresUrl:
+    """The server's URL with a search path: the ledger's tables go into ``schema``."""
+    joiner = "&" if "?" in server else "?"
+    return PostgresUrl(f"{server}{joiner}options=-csearch_path%3D{schema}")
 
 
 class NoPostgres(RuntimeError):

@@ -24,11 +24,16 @@ SQLITE_PREFIX = "sqlite://"
 
 @dataclass(frozen=True)
 class PostgresUrl:
-    """A ``postgresql://`` ledger. ``str()`` hides the password, so it can be logged."""
+    """A ``postgresql://`` ledger. ``str()`` is the URL itself (it is passed on to mitmdump);
+    ``redacted()`` hides a password, for messages and logs. Better still, keep the password out
+    of the URL (``PGPASSWORD``, ``~/.pgpass``): command lines are visible to every local user."""
 
     url: str
 
     def __str__(self) -> str:
+        return self.url
+
+    def redacted(self) -> str:
         parts = urlsplit(self.url)
         if parts.password is None:
             return self.url
@@ -66,6 +71,11 @@ def parse_location(value: str | os.PathLike[str]) -> LedgerLocation:
     raise BadLedgerLocation(
         f"ledger {text!r}: expected a file path, sqlite:///PATH or postgresql://HOST/DB"
     )
+
+
+def describe(location: LedgerLocation) -> str:
+    """The location as messages name it (no password)."""
+    return location.redacted() if isinstance(location, PostgresUrl) else str(location)
 
 
 def open_ledger(

@@ -83,9 +83,9 @@ class PostgresLedger:
         migrate: bool = True,
     ) -> None:
         self.location = location
-        self.path = location  # what log lines and messages name
+        self.path = location.redacted()  # what log lines and messages name
         self.owner = owner or current_owner()
-        self._lease_stop = threading.Event()
+        self.closed = threading.Event()  # set by close(): the threads of this ledger end
         self._lease_thread: threading.Thread | None = None
         self.pool: ConnectionPool[Conn] = ConnectionPool(
             location.url,
@@ -105,12 +105,12 @@ class PostgresLedger:
                     postgres_schema.apply(conn)
                 elif postgres_schema.pending(conn):
                     raise LedgerUnavailable(
-                        f"the ledger {location} was written by an older spendbrake; bring it up "
+                        f"the ledger {self.path} was written by an older spendbrake; bring it up "
                         "to date with spendbrake migrate (the proxy does so when it starts)"
                     )
         except (psycopg.Error, PoolTimeout) as e:
             self.pool.close()
-            raise LedgerUnavailable(f"cannot open the ledger {location}: {e}") from e
+            raise LedgerUnavailable(f"cannot open the ledger {self.path}: {e}") from e
         except BaseException:
             self.pool.close()
             raise
@@ -123,9 +123,9 @@ class PostgresLedger:
             with self.pool.connection() as conn:
                 yield conn
         except PoolTimeout as e:
-            raise LedgerUnavailable(f"ledger {self.location} is unreachable: {e}") from e
+            raise LedgerUnavailable(f"ledger {self.path} is unreachable: {e}") from e
         except psycopg.Error as e:
-            raise LedgerUnavailable(f"ledger {self.location} failed: {e}") from e
+            raise LedgerUnavailable(f"ledger {self.path} failed: {e}") from e
 
     def _write[T](self, work: Callable[[Conn], T]) -> T:
         """``work`` in one transaction, run again if PostgreSQL aborted it to break a deadlock
@@ -589,7 +589,7 @@ class PostgresLedger:
         self.renew_lease()
 
         def loop() -> None:
-            while not self._lease_stop.wait(every_s):
+            while not self.closed.wait(every_s):
                 try:
                     self.renew_lease()
                     if recovered := self.recover_orphaned_holds():
@@ -607,7 +607,7 @@ class PostgresLedger:
         self._lease_thread.start()
 
     def close(self) -> None:
-        self._lease_stop.set()
+        self.closed.set()
         if self._lease_thread is not None:
             self._lease_thread.join()
         self.pool.close()

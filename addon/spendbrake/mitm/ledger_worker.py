@@ -25,12 +25,17 @@ CHECKPOINT_EVERY = 300
 
 
 class LedgerWorker:
-    def __init__(self, ledger: Ledger, inline: SQLiteLedger | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, inline: SQLiteLedger | None = None, threads: int = 1
+    ) -> None:
         self.ledger = ledger
         self.inline = inline
         if inline is not None:
             inline.never_wait()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendbrake-ledger")
+        # threads > 1 only for a ledger that is safe to share between them (PostgreSQL's pool).
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="spendbrake-ledger"
+        )
         self._inline_runs = 0
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
