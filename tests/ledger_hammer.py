@@ -20,10 +20,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
+
+import psycopg
 
 from spendbrake.ledger import (
     CallIntent,
@@ -35,7 +38,11 @@ from spendbrake.ledger import (
     Settlement,
     TokenCounts,
 )
+from spendbrake.ledger_url import LedgerLocation, PostgresUrl, open_ledger, parse_location
+from spendbrake.postgres_ledger import PostgresLedger
 from spendbrake.sqlite_ledger import SQLiteLedger
+
+type AnyLedger = SQLiteLedger | PostgresLedger
 
 SPAWN = multiprocessing.get_context("spawn")
 DAY = "2026-03-14"
@@ -68,8 +75,25 @@ def refused(result: HoldGranted | HoldRefused | HoldBraked) -> HoldRefused:
     return result
 
 
-def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Read the file through a connection of its own: only committed data is visible."""
+def open_at(where: LedgerLocation | str, owner: str | None = None) -> AnyLedger:
+    """The ledger at a file or PostgreSQL schema (``str``: as passed to a worker process)."""
+    return open_ledger(parse_location(where) if isinstance(where, str) else where, owner=owner)
+
+
+def where(location: LedgerLocation) -> str:
+    """A location as a worker process gets it: a string it parses back."""
+    return location.url if isinstance(location, PostgresUrl) else str(location)
+
+
+def query(
+    path: LedgerLocation, sql: str, params: tuple[object, ...] = ()
+) -> list[tuple[object, ...]]:
+    """Read the ledger through a connection of its own: only committed data is visible. The SQL
+    is SQLite's (``?`` placeholders); on PostgreSQL, exact sums come back as ints too."""
+    if isinstance(path, PostgresUrl):
+        with psycopg.connect(path.url, autocommit=True) as pg:
+            rows = pg.execute(sql.replace("?", "%s"), params).fetchall()
+        return [tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in rows]
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return conn.execute(sql, params).fetchall()
@@ -77,7 +101,7 @@ def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[o
         conn.close()
 
 
-def totals_from_calls(path: Path, agent: str, day: str) -> tuple[int, int, int, int, int]:
+def totals_from_calls(path: LedgerLocation, agent: str, day: str) -> tuple[int, int, int, int, int]:
     """(spent, held, calls, blocked, budget_blocked) summed from the ``calls`` rows alone."""
     [row] = query(
         path,
@@ -98,7 +122,7 @@ def totals_from_calls(path: Path, agent: str, day: str) -> tuple[int, int, int, 
 
 
 def assert_totals_match_calls(
-    ledger: SQLiteLedger, path: Path, agent: str, day: str, limit: int = LIMIT
+    ledger: AnyLedger, path: LedgerLocation, agent: str, day: str, limit: int = LIMIT
 ) -> DayTotals:
     """The window the ledger reports is exactly the sum of its call rows."""
     totals = ledger.day_totals(agent, day, limit)
@@ -116,7 +140,7 @@ def assert_totals_match_calls(
     return totals
 
 
-def assert_windows_match_calls(path: Path) -> None:
+def assert_windows_match_calls(path: LedgerLocation) -> None:
     """Every month, group and session window is exactly the sum of its call rows."""
     recomputed = query(
         path,
@@ -184,7 +208,7 @@ def tokens_for(call_id: int, actual: int) -> TokenCounts:
 
 def hold_then_die(path: str, agent: str, amount: int, limit: int, pipe: Connection) -> None:
     """Take one hold and die without settling or closing, like a proxy killed mid-call."""
-    ledger = SQLiteLedger(Path(path))
+    ledger = open_at(path)
     result = ledger.hold(intent(agent), amount, limit)
     pipe.send((type(result).__name__, result.call_id, ledger.owner))
     os._exit(CRASH_EXIT)
@@ -192,7 +216,7 @@ def hold_then_die(path: str, agent: str, amount: int, limit: int, pipe: Connecti
 
 def hold_then_wait(path: str, agent: str, amount: int, limit: int, pipe: Connection) -> None:
     """Take one hold, stay alive until told what to settle, settle it, report the totals."""
-    ledger = SQLiteLedger(Path(path))
+    ledger = open_at(path)
     result = ledger.hold(intent(agent), amount, limit)
     pipe.send((type(result).__name__, result.call_id, ledger.owner))
     actual = pipe.recv()
@@ -257,7 +281,7 @@ def hammer(
     rng = random.Random(seed)
     fd = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        ledger = SQLiteLedger(Path(path))
+        ledger = open_at(path)
         if start is not None:
             start.wait()
         refusals = 0

@@ -6,11 +6,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
-from ledger_hammer import intent, query
+from ledger_hammer import AnyLedger, intent, open_at, query
 from spendbrake.brakes import Brakes
 from spendbrake.ledger import (
     CallIntent,
@@ -21,8 +20,9 @@ from spendbrake.ledger import (
     Settlement,
     TokenCounts,
 )
-from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.ledger_url import LedgerLocation
 
+BOTH_BACKENDS = True  # each test runs on SQLite and on PostgreSQL (conftest)
 BIG = 10**12
 T0 = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 LOOP = Brakes(loop_repeats=3, loop_window_s=60, backoff_steps_s=())
@@ -33,7 +33,7 @@ def call(at: datetime = T0, fingerprint: str = "same", tokens: int = 10) -> Call
 
 
 def hold(
-    ledger: SQLiteLedger, brakes: Brakes, at: datetime = T0, fingerprint: str = "same"
+    ledger: AnyLedger, brakes: Brakes, at: datetime = T0, fingerprint: str = "same"
 ) -> HoldGranted | HoldRefused | HoldBraked:
     return ledger.hold(call(at, fingerprint), 1, BIG, Limits(), brakes)
 
@@ -44,7 +44,7 @@ def braked(result: HoldGranted | HoldRefused | HoldBraked) -> str:
 
 
 def test_a_loop_suspends_the_agent_until_a_person_resumes_it(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     start = datetime.now(UTC) - timedelta(seconds=30)
     for second in (0, 10):
@@ -74,20 +74,20 @@ def test_a_loop_suspends_the_agent_until_a_person_resumes_it(
 
 
 def test_identical_requests_spread_wider_than_the_window_are_no_loop(
-    ledger: SQLiteLedger,
+    ledger: AnyLedger,
 ) -> None:
     for minute in range(5):
         assert isinstance(hold(ledger, LOOP, T0 + timedelta(minutes=minute)), HoldGranted)
 
 
-def failed(ledger: SQLiteLedger, at: datetime) -> None:
+def failed(ledger: AnyLedger, at: datetime) -> None:
     granted = ledger.hold(call(at, fingerprint=at.isoformat()), 1, BIG)
     assert isinstance(granted, HoldGranted)
     ledger.settle(granted.call_id, Settlement(0, TokenCounts(), "upstream_error"), BIG)
 
 
 def test_upstream_failures_back_off_then_suspend_and_a_success_resets(
-    ledger: SQLiteLedger,
+    ledger: AnyLedger,
 ) -> None:
     backoff = Brakes(loop_repeats=None, backoff_steps_s=(1, 5))
     failed(ledger, T0)
@@ -106,20 +106,20 @@ def test_upstream_failures_back_off_then_suspend_and_a_success_resets(
     assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
 
 
-def test_spendbrakes_own_refusals_never_count_as_failures(ledger: SQLiteLedger) -> None:
+def test_spendbrakes_own_refusals_never_count_as_failures(ledger: AnyLedger) -> None:
     backoff = Brakes(loop_repeats=None, backoff_steps_s=(1,))
     for _ in range(5):
         assert isinstance(ledger.hold(call(), BIG + 1, BIG), HoldRefused)  # over budget
     assert isinstance(hold(ledger, backoff, fingerprint="fresh"), HoldGranted)
 
 
-def test_calls_per_minute_hold_across_processes(path: Path) -> None:
-    SQLiteLedger(path).close()
+def test_calls_per_minute_hold_across_processes(path: LedgerLocation) -> None:
+    open_at(path).close()
     limit = Brakes(loop_repeats=None, calls_per_minute=7)
     now = datetime.now(UTC)
 
     def one(i: int) -> bool:
-        own = SQLiteLedger(path)  # a connection per caller, as proxies on one file have
+        own = open_at(path)  # a connection per caller, as proxies on one file have
         try:
             result = own.hold(call(now, fingerprint=str(i)), 1, BIG, Limits(), limit)
             return isinstance(result, HoldGranted)
@@ -133,7 +133,7 @@ def test_calls_per_minute_hold_across_processes(path: Path) -> None:
     assert reasons == [("", 7), ("rate_limited", 13)]
 
 
-def test_the_rate_window_slides(ledger: SQLiteLedger) -> None:
+def test_the_rate_window_slides(ledger: AnyLedger) -> None:
     limit = Brakes(loop_repeats=None, calls_per_minute=2)
     assert isinstance(hold(ledger, limit, T0, "a"), HoldGranted)
     assert isinstance(hold(ledger, limit, T0 + timedelta(seconds=30), "b"), HoldGranted)
@@ -144,7 +144,7 @@ def test_the_rate_window_slides(ledger: SQLiteLedger) -> None:
     assert isinstance(hold(ledger, limit, T0 + timedelta(seconds=61), "d"), HoldGranted)
 
 
-def test_calls_in_flight_are_capped(ledger: SQLiteLedger) -> None:
+def test_calls_in_flight_are_capped(ledger: AnyLedger) -> None:
     cap = Brakes(loop_repeats=None, max_concurrent=2)
     first = hold(ledger, cap, T0, "a")
     assert isinstance(first, HoldGranted)
@@ -154,7 +154,7 @@ def test_calls_in_flight_are_capped(ledger: SQLiteLedger) -> None:
     assert isinstance(hold(ledger, cap, T0, "d"), HoldGranted)
 
 
-def test_a_burn_rate_above_the_brake_suspends(ledger: SQLiteLedger) -> None:
+def test_a_burn_rate_above_the_brake_suspends(ledger: AnyLedger) -> None:
     burn = Brakes(loop_repeats=None, burn_nanos_per_min=2_500)
     now = datetime.now(UTC)
     for i in range(3):
@@ -166,7 +166,7 @@ def test_a_burn_rate_above_the_brake_suspends(ledger: SQLiteLedger) -> None:
     assert ledger.suspended_agents() == {"research-bot": "agent_suspended"}
 
 
-def test_brakes_set_at_run_time_bind_the_next_hold(ledger: SQLiteLedger) -> None:
+def test_brakes_set_at_run_time_bind_the_next_hold(ledger: AnyLedger) -> None:
     configured = Brakes(loop_repeats=3, calls_per_minute=None)
     ledger.set_limit("calls_per_minute", "research-bot", 1)
     ledger.set_limit("loop_repeats", "research-bot", 0)  # off, though the config has it on
@@ -178,7 +178,7 @@ def test_brakes_set_at_run_time_bind_the_next_hold(ledger: SQLiteLedger) -> None
 
 
 def test_a_reset_day_forgives_its_spend_and_keeps_the_calls(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     day = intent().day
     first = ledger.hold(intent(), 600, 1_000)
@@ -198,7 +198,7 @@ def test_a_reset_day_forgives_its_spend_and_keeps_the_calls(
     assert ledger.reset_window("research-bot", "day", day, actor="alice") == 0  # nothing left
 
 
-def test_a_reset_month_or_session_forgives_money_and_tokens(ledger: SQLiteLedger) -> None:
+def test_a_reset_month_or_session_forgives_money_and_tokens(ledger: AnyLedger) -> None:
     limits = Limits(monthly_nanos=1_000, session_nanos=1_000, session_tokens=100)
     spent = ledger.hold(replace(intent(), estimated_input_tokens=90), 900, BIG, limits)
     assert isinstance(spent, HoldGranted)
@@ -216,7 +216,7 @@ def test_a_reset_month_or_session_forgives_money_and_tokens(ledger: SQLiteLedger
 
 
 def test_in_throttle_mode_a_rate_brake_records_nothing_so_the_call_can_wait(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     throttled = Brakes(loop_repeats=None, calls_per_minute=1, throttle=True)
     assert isinstance(hold(ledger, throttled, T0, "a"), HoldGranted)
@@ -231,7 +231,7 @@ def test_in_throttle_mode_a_rate_brake_records_nothing_so_the_call_can_wait(
     assert suspended.call_id is not None
 
 
-def test_retries_of_a_refused_call_are_no_loop(ledger: SQLiteLedger) -> None:
+def test_retries_of_a_refused_call_are_no_loop(ledger: AnyLedger) -> None:
     rate_and_loop = Brakes(loop_repeats=3, calls_per_minute=1, backoff_steps_s=())
     assert isinstance(hold(ledger, rate_and_loop, T0, "same"), HoldGranted)
     for second in range(1, 8):  # an SDK retrying through 429s, the same request each time
@@ -241,7 +241,7 @@ def test_retries_of_a_refused_call_are_no_loop(ledger: SQLiteLedger) -> None:
 
 
 def test_a_hold_settled_at_its_amount_keeps_its_tokens_in_the_windows(
-    ledger: SQLiteLedger,
+    ledger: AnyLedger,
 ) -> None:
     cap = Limits(session_tokens=1_000)
     first = ledger.hold(replace(intent(), estimated_input_tokens=900), 1, BIG, cap)
@@ -253,9 +253,7 @@ def test_a_hold_settled_at_its_amount_keeps_its_tokens_in_the_windows(
 
 
 @pytest.mark.parametrize("outcome", ["interrupted", "cut_short", "client_disconnected"])
-def test_only_the_providers_failures_count_toward_backoff(
-    ledger: SQLiteLedger, outcome: str
-) -> None:
+def test_only_the_providers_failures_count_toward_backoff(ledger: AnyLedger, outcome: str) -> None:
     backoff = Brakes(loop_repeats=None, backoff_steps_s=(60,))
     for i in range(3):
         held = ledger.hold(call(T0, str(i)), 1, BIG)
@@ -264,7 +262,7 @@ def test_only_the_providers_failures_count_toward_backoff(
     assert isinstance(hold(ledger, backoff, datetime.now(UTC), "next"), HoldGranted)
 
 
-def test_the_rate_window_reaches_across_a_local_midnight(ledger: SQLiteLedger) -> None:
+def test_the_rate_window_reaches_across_a_local_midnight(ledger: AnyLedger) -> None:
     per_minute = Brakes(loop_repeats=None, calls_per_minute=1)
     before = replace(call(T0, "a"), day="2026-03-14", started_at=T0 - timedelta(seconds=20))
     assert isinstance(ledger.hold(before, 1, BIG, Limits(), per_minute), HoldGranted)

@@ -1,6 +1,7 @@
-"""Several proxy processes share one ledger file: together they never record spend above a limit.
+"""Several proxy processes share one ledger (a SQLite file, or a PostgreSQL database as proxies
+on several hosts do): together they never record spend above a limit.
 
-Real OS processes (``spawn``), one ``SQLiteLedger`` each, on one file, hammering the same daily
+Real OS processes (``spawn``), one ledger each, on one file or database, hammering the same daily
 window. Some of them are "killed" (``os._exit``) while they hold money; the survivors or a
 restarted proxy must settle those holds at their held amount, and nothing a worker was granted
 may be lost, invented or counted twice.
@@ -15,9 +16,22 @@ from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 
 import ledger_hammer
-from ledger_hammer import CRASH_EXIT, DAY, SPAWN, assert_totals_match_calls, child, query, stop
+from ledger_hammer import (
+    CRASH_EXIT,
+    DAY,
+    SPAWN,
+    AnyLedger,
+    assert_totals_match_calls,
+    child,
+    open_at,
+    query,
+    stop,
+    where,
+)
 from spendbrake.ledger import DayTotals
-from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.ledger_url import LedgerLocation
+
+BOTH_BACKENDS = True  # each test runs on SQLite and on PostgreSQL (conftest)
 
 TIGHT = 2_000_000  # nanos: about 200 calls' worth, so the window fills and refusals pile up
 ROOMY = 10**15  # never reached
@@ -109,7 +123,7 @@ class Crew:
         return reports
 
 
-def crew(ledger: Path, tmp_path: Path, plan: list[tuple[str, int, bool]]) -> Crew:
+def crew(ledger: LedgerLocation, tmp_path: Path, plan: list[tuple[str, int, bool]]) -> Crew:
     """One hammer per (agent, limit, crashes) in ``plan``, all on the ``ledger`` file."""
     start: Barrier = SPAWN.Barrier(len(plan), timeout=30)
     go = SPAWN.Event()
@@ -119,7 +133,7 @@ def crew(ledger: Path, tmp_path: Path, plan: list[tuple[str, int, bool]]) -> Cre
         process = SPAWN.Process(
             daemon=True,
             target=ledger_hammer.hammer,
-            args=(str(ledger), str(report_path)),
+            args=(where(ledger), str(report_path)),
             kwargs={
                 "agent": agent,
                 "limit": limit,
@@ -138,7 +152,7 @@ def crew(ledger: Path, tmp_path: Path, plan: list[tuple[str, int, bool]]) -> Cre
 
 
 def check_agent(
-    ledger: SQLiteLedger, path: Path, agent: str, limit: int, reports: list[Report]
+    ledger: AnyLedger, path: LedgerLocation, agent: str, limit: int, reports: list[Report]
 ) -> DayTotals:
     """Every invariant that must hold for one agent's window once all workers are gone."""
     granted = {cid: held for r in reports for cid, held in r.granted.items()}
@@ -180,9 +194,10 @@ def check_agent(
     return totals
 
 
-def test_processes_sharing_one_ledger_never_spend_past_the_limit(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    SQLiteLedger(path).close()  # created once, as `spendbrake up` would before its workers
+def test_processes_sharing_one_ledger_never_spend_past_the_limit(
+    path: LedgerLocation, tmp_path: Path
+) -> None:
+    open_at(path).close()  # created once, as `spendbrake up` would before its workers
     hammers = crew(path, tmp_path, [("research-bot", TIGHT, n < 2) for n in range(WORKERS)])
 
     hammers.run()
@@ -192,7 +207,7 @@ def test_processes_sharing_one_ledger_never_spend_past_the_limit(tmp_path: Path)
     assert abandoned == 2
     # The survivors, still running, settled the dead workers' holds: once, and only those.
     assert sum(r.recovered for r in reports) == abandoned
-    restarted = SQLiteLedger(path)
+    restarted = open_at(path)
     assert restarted.recover_orphaned_holds() == 0
     assert query(path, "SELECT COUNT(*) FROM calls WHERE state = 'held'") == [(0,)]
     [(spent,)] = query(path, "SELECT SUM(actual_nanos) FROM calls WHERE state = 'settled'")
@@ -207,9 +222,10 @@ def test_processes_sharing_one_ledger_never_spend_past_the_limit(tmp_path: Path)
     restarted.close()
 
 
-def test_two_agents_in_parallel_keep_their_own_windows(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    SQLiteLedger(path).close()
+def test_two_agents_in_parallel_keep_their_own_windows(
+    path: LedgerLocation, tmp_path: Path
+) -> None:
+    open_at(path).close()
     plan = [
         ("research-bot", TIGHT, True),
         ("triage-bot", ROOMY, True),
@@ -222,7 +238,7 @@ def test_two_agents_in_parallel_keep_their_own_windows(tmp_path: Path) -> None:
 
     tight_reports = hammers.reports("research-bot")
     roomy_reports = hammers.reports("triage-bot")
-    restarted = SQLiteLedger(path)
+    restarted = open_at(path)
     restarted.recover_orphaned_holds()
     assert query(path, "SELECT COUNT(*) FROM calls WHERE state = 'held'") == [(0,)]
     tight_totals = check_agent(restarted, path, "research-bot", TIGHT, tight_reports)

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 import spendbrake.sqlite_ledger
 from ledger_hammer import (
+    AnyLedger,
     assert_totals_match_calls,
     assert_windows_match_calls,
     granted,
     intent,
+    open_at,
     query,
     refused,
 )
@@ -27,8 +28,9 @@ from spendbrake.ledger import (
     Settlement,
     TokenCounts,
 )
-from spendbrake.sqlite_ledger import SQLiteLedger
+from spendbrake.ledger_url import LedgerLocation
 
+BOTH_BACKENDS = True  # each test runs on SQLite and on PostgreSQL (conftest)
 BIG_DAY = 1_000_000  # a day with room to spare, so other windows decide
 NOV_30, DEC_1 = "2026-11-30", "2026-12-01"
 
@@ -43,13 +45,13 @@ def settled(actual: int, tokens: int = 0) -> Settlement:
     return Settlement(actual, TokenCounts(input_tokens=tokens), "ok")
 
 
-def reason_of(path: Path, call_id: int) -> str:
+def reason_of(path: LedgerLocation, call_id: int) -> str:
     [(reason,)] = query(path, "SELECT reason FROM calls WHERE id = ?", (call_id,))
     return str(reason)
 
 
 def test_a_call_that_fits_the_day_but_not_the_month_is_refused_by_the_month(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     month = Limits(monthly_nanos=500)
     granted(ledger.hold(call(day="2026-11-02"), 300, BIG_DAY, month))
@@ -65,13 +67,13 @@ def test_a_call_that_fits_the_day_but_not_the_month_is_refused_by_the_month(
     assert_windows_match_calls(path)
 
 
-def test_the_day_is_named_first_when_several_windows_are_full(ledger: SQLiteLedger) -> None:
+def test_the_day_is_named_first_when_several_windows_are_full(ledger: AnyLedger) -> None:
     limits = Limits(monthly_nanos=100, session_nanos=100)
     granted(ledger.hold(call(), 100, 100, limits))
     assert refused(ledger.hold(call(), 1, 100, limits)).window == "daily"
 
 
-def test_agents_of_a_group_share_its_day_and_month(ledger: SQLiteLedger, path: Path) -> None:
+def test_agents_of_a_group_share_its_day_and_month(ledger: AnyLedger, path: LedgerLocation) -> None:
     research = Limits(group="research", group_daily_nanos=300, group_monthly_nanos=400)
     granted(ledger.hold(call("bot-a"), 200, BIG_DAY, research))
     granted(ledger.hold(call("bot-b"), 100, BIG_DAY, research))
@@ -87,7 +89,7 @@ def test_agents_of_a_group_share_its_day_and_month(ledger: SQLiteLedger, path: P
     assert_windows_match_calls(path)
 
 
-def test_a_sessions_dollars_are_its_own(ledger: SQLiteLedger, path: Path) -> None:
+def test_a_sessions_dollars_are_its_own(ledger: AnyLedger, path: LedgerLocation) -> None:
     session = Limits(session_nanos=250)
     first = granted(ledger.hold(call(session="run-1"), 200, BIG_DAY, session))
     ledger.settle(first.call_id, settled(150), BIG_DAY)  # gives 50 back to the session
@@ -105,7 +107,7 @@ def test_a_sessions_dollars_are_its_own(ledger: SQLiteLedger, path: Path) -> Non
 
 
 def test_session_tokens_hold_the_estimate_then_count_what_was_used(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     cap = Limits(session_tokens=1_000)
     first = granted(ledger.hold(call(tokens=800), 1, BIG_DAY, cap))
@@ -120,7 +122,7 @@ def test_session_tokens_hold_the_estimate_then_count_what_was_used(
 
 
 def test_run_time_limits_bind_at_once_and_win_over_the_config(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     ledger.set_limit("monthly", "research-bot", 100)  # no monthly limit in the config at all
     granted(ledger.hold(call(), 100, BIG_DAY))
@@ -137,7 +139,7 @@ def test_run_time_limits_bind_at_once_and_win_over_the_config(
 
 
 def test_setting_a_limit_of_an_unknown_window_or_below_zero_is_refused(
-    ledger: SQLiteLedger,
+    ledger: AnyLedger,
 ) -> None:
     with pytest.raises(ValueError, match="no window 'weekly'"):
         ledger.set_limit("weekly", "research-bot", 1)
@@ -145,12 +147,12 @@ def test_setting_a_limit_of_an_unknown_window_or_below_zero_is_refused(
         ledger.set_limit("monthly", "research-bot", -1)
 
 
-def test_fifty_concurrent_calls_never_pass_a_session_token_cap(path: Path) -> None:
-    SQLiteLedger(path).close()
+def test_fifty_concurrent_calls_never_pass_a_session_token_cap(path: LedgerLocation) -> None:
+    open_at(path).close()
     cap = Limits(session_tokens=10_000)
 
     def one_call(_: int) -> bool:
-        own = SQLiteLedger(path)  # a connection per caller, as proxies on one file have
+        own = open_at(path)  # a connection per caller, as proxies on one file have
         try:
             return isinstance(own.hold(call(tokens=1_000), 1, BIG_DAY, cap), HoldGranted)
         finally:
@@ -164,7 +166,8 @@ def test_fifty_concurrent_calls_never_pass_a_session_token_cap(path: Path) -> No
     assert_windows_match_calls(path)
 
 
-def test_a_ledger_from_before_these_windows_counts_its_calls_in_them(path: Path) -> None:
+@pytest.mark.sqlite_only
+def test_a_ledger_from_before_these_windows_counts_its_calls_in_them(path: LedgerLocation) -> None:
     db = sqlite_utils.Database(path)
     spendbrake.sqlite_ledger.migrations.apply(
         db, stop_before="m005_monthly_group_and_session_windows"
@@ -182,7 +185,7 @@ def test_a_ledger_from_before_these_windows_counts_its_calls_in_them(path: Path)
                 """,
                 (day, held, actual, state),
             )
-    ledger = SQLiteLedger(path)
+    ledger = open_at(path)
     assert_windows_match_calls(path)
     assert refused(ledger.hold(call(), 181, BIG_DAY, Limits(monthly_nanos=500))).window == (
         "monthly"
@@ -190,7 +193,7 @@ def test_a_ledger_from_before_these_windows_counts_its_calls_in_them(path: Path)
     ledger.close()
 
 
-def test_a_token_limit_set_to_zero_at_run_time_is_off(ledger: SQLiteLedger) -> None:
+def test_a_token_limit_set_to_zero_at_run_time_is_off(ledger: AnyLedger) -> None:
     ledger.set_limit("session_tokens", "research-bot", 0)
     ledger.set_limit("monthly_tokens", "research-bot", 0)
     capped = Limits(session_tokens=10, monthly_tokens=10)
@@ -198,7 +201,7 @@ def test_a_token_limit_set_to_zero_at_run_time_is_off(ledger: SQLiteLedger) -> N
 
 
 def test_a_bucket_set_at_run_time_never_refuses_an_agent_that_keeps_the_cheaper_model(
-    ledger: SQLiteLedger,
+    ledger: AnyLedger,
 ) -> None:
     ledger.set_limit("monthly_tokens", "research-bot", 10)
     keeps = Limits(keep_downgraded_when_empty=True)
@@ -206,12 +209,14 @@ def test_a_bucket_set_at_run_time_never_refuses_an_agent_that_keeps_the_cheaper_
     assert refused(ledger.hold(call(tokens=5_000), 1, BIG_DAY)).window == "monthly_tokens"
 
 
-def test_limits_set_together_are_written_all_or_none(ledger: SQLiteLedger, path: Path) -> None:
+def test_limits_set_together_are_written_all_or_none(
+    ledger: AnyLedger, path: LedgerLocation
+) -> None:
     with pytest.raises(ValueError, match="negative"):
         ledger.set_limits([("monthly", "research-bot", 5), ("session_usd", "research-bot", -1)])
     assert query(path, "SELECT * FROM limits") == []
     ledger.set_limits([("monthly", "research-bot", 5), ("session_usd", "research-bot", 7)])
-    assert sorted(query(path, "SELECT window, limit_nanos FROM limits")) == [
+    assert sorted(query(path, 'SELECT "window", limit_nanos FROM limits')) == [
         ("monthly", 5),
         ("session_usd", 7),
     ]

@@ -1,4 +1,5 @@
-"""The SQLite ledger, on real files: holds, refusals, settlement, windows, limits, recovery, faults.
+"""The ledger on both back ends (a real SQLite file, a real PostgreSQL schema): holds, refusals,
+settlement, windows, limits, recovery, faults. Tests about SQLite itself are ``sqlite_only``.
 
 Every amount is integer nanos (1e-9 USD). ``assert_totals_match_calls`` (in ``ledger_hammer``)
 checks the ledger's central invariant, used throughout: the running totals in ``day_totals``
@@ -18,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlite_utils
 from hypothesis import HealthCheck, settings
@@ -31,6 +33,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from psycopg.rows import dict_row
 
 import ledger_hammer
 import spendbrake.processes
@@ -38,14 +41,18 @@ import spendbrake.sqlite_ledger
 from ledger_hammer import (
     DAY,
     LIMIT,
+    AnyLedger,
     assert_totals_match_calls,
     child,
     granted,
     intent,
+    open_at,
     query,
     refused,
     stop,
+    where,
 )
+from spendbrake import postgres_schema
 from spendbrake.ledger import (
     DayTotals,
     HoldGranted,
@@ -55,15 +62,22 @@ from spendbrake.ledger import (
     Settlement,
     TokenCounts,
 )
+from spendbrake.ledger_url import LedgerLocation, PostgresUrl
 from spendbrake.sqlite_ledger import SQLiteLedger
 
+BOTH_BACKENDS = True  # each test runs on SQLite and on PostgreSQL (conftest)
 NEXT_DAY = "2026-03-15"
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def call_row(path: Path, call_id: int) -> dict[str, object]:
+def call_row(path: LedgerLocation, call_id: int) -> dict[str, object]:
+    if isinstance(path, PostgresUrl):
+        with psycopg.connect(path.url, row_factory=dict_row) as pg:
+            found = pg.execute("SELECT * FROM calls WHERE id = %s", (call_id,)).fetchone()
+        assert found is not None, f"call {call_id} is not in the ledger"
+        return found
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
@@ -72,6 +86,19 @@ def call_row(path: Path, call_id: int) -> dict[str, object]:
         conn.close()
     assert row is not None, f"call {call_id} is not in the ledger"
     return dict(row)
+
+
+def update_is_refused_as_final(path: LedgerLocation, sql: str, call_id: int) -> None:
+    """The database itself (a trigger) refuses the update, whoever sends it."""
+    if isinstance(path, PostgresUrl):
+        with (
+            psycopg.connect(path.url) as pg,
+            pytest.raises(psycopg.errors.IntegrityError, match="final"),
+        ):
+            pg.execute(sql.replace("?", "%s"), (call_id,))
+        return
+    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="final"):
+        db.execute(sql, (call_id,))
 
 
 def ok(actual: int, tokens: TokenCounts | None = None) -> Settlement:
@@ -83,7 +110,7 @@ def ok(actual: int, tokens: TokenCounts | None = None) -> Settlement:
 
 def test_a_new_ledger_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "not-yet" / "ledger.db"  # the directory is created too
-    ledger = SQLiteLedger(path)
+    ledger = open_at(path)
     ledger.hold(intent(), 1, LIMIT)  # the WAL and shared-memory files now exist as well
     for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
         mode = stat.S_IMODE((path.parent / name).stat().st_mode)
@@ -92,12 +119,17 @@ def test_a_new_ledger_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
-    first = SQLiteLedger(path)
+def migrations_table(path: LedgerLocation) -> str:
+    return "spendbrake_migrations" if isinstance(path, PostgresUrl) else "_sqlite_migrations"
+
+
+def test_migrations_are_recorded_and_never_applied_twice(path: LedgerLocation) -> None:
+    first = open_at(path)
     call_id = granted(first.hold(intent(), 400, LIMIT)).call_id
     first.close()
-    applied = query(path, "SELECT migration_set, name, applied_at FROM _sqlite_migrations")
-    assert [(s, n) for s, n, _ in applied] == [
+    table = migrations_table(path)
+    applied = query(path, f"SELECT migration_set, name, applied_at FROM {table} ORDER BY name")
+    both = [
         ("spendbrake", "m001_calls_and_totals"),
         ("spendbrake", "m002_one_hour_cache_writes"),
         ("spendbrake", "m003_estimates_beside_actuals"),
@@ -109,17 +141,27 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m009_windows_after_resets"),
         ("spendbrake", "m010_access"),
     ]
+    # PostgreSQL's own: the leases that tell a live proxy on another host from a dead one.
+    own = [("spendbrake", "pg001_proxy_leases")] if isinstance(path, PostgresUrl) else []
+    assert [(s, n) for s, n, _ in applied] == both + own
 
     for _ in range(2):
-        SQLiteLedger(path).close()
+        open_at(path).close()
 
-    assert query(path, "SELECT migration_set, name, applied_at FROM _sqlite_migrations") == applied
-    reopened = SQLiteLedger(path)
-    assert spendbrake.sqlite_ledger.migrations.pending(reopened.db) == []
-    reopened.close()
+    assert query(path, f"SELECT migration_set, name, applied_at FROM {table} ORDER BY name") == (
+        applied
+    )
+    if isinstance(path, PostgresUrl):
+        with psycopg.connect(path.url) as pg:
+            assert postgres_schema.pending(pg) == []
+    else:
+        reopened = SQLiteLedger(path)
+        assert spendbrake.sqlite_ledger.migrations.pending(reopened.db) == []
+        reopened.close()
     assert call_row(path, call_id)["held_nanos"] == 400  # reopening kept the data
 
 
+@pytest.mark.sqlite_only
 def test_a_ledger_written_before_the_triggers_keeps_exact_totals_after_upgrade(
     path: Path,
 ) -> None:
@@ -142,7 +184,7 @@ def test_a_ledger_written_before_the_triggers_keeps_exact_totals_after_upgrade(
     db.conn.commit()
     db.close()
 
-    ledger = SQLiteLedger(path)
+    ledger = open_at(path)
     [(old_call,)] = query(path, "SELECT id FROM calls")
     ledger.settle(old_call, ok(120), LIMIT)
     granted(ledger.hold(intent(), 50, LIMIT))
@@ -162,12 +204,11 @@ def test_a_ledger_written_before_the_triggers_keeps_exact_totals_after_upgrade(
     ],
 )
 def test_a_settled_calls_money_cannot_be_rewritten(
-    ledger: SQLiteLedger, path: Path, change: str
+    ledger: AnyLedger, path: LedgerLocation, change: str
 ) -> None:
     call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
     ledger.settle(call_id, ok(80), LIMIT)
-    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="final"):
-        db.execute(f"UPDATE calls SET {change} WHERE id = ?", (call_id,))
+    update_is_refused_as_final(path, f"UPDATE calls SET {change} WHERE id = ?", call_id)
     assert call_row(path, call_id)["actual_nanos"] == 80
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
@@ -182,11 +223,10 @@ def test_a_settled_calls_money_cannot_be_rewritten(
     ],
 )
 def test_a_hold_moves_only_to_settled_with_its_actual_cost(
-    ledger: SQLiteLedger, path: Path, change: str
+    ledger: AnyLedger, path: LedgerLocation, change: str
 ) -> None:
     call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
-    with sqlite3.connect(path) as db, pytest.raises(sqlite3.IntegrityError, match="final"):
-        db.execute(f"UPDATE calls SET {change} WHERE id = ?", (call_id,))
+    update_is_refused_as_final(path, f"UPDATE calls SET {change} WHERE id = ?", call_id)
     assert call_row(path, call_id)["state"] == "held"
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
@@ -222,12 +262,30 @@ CALL_COLUMNS = {
 }
 
 
-def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -> None:
+def table_names(path: LedgerLocation) -> set[str]:
+    if isinstance(path, PostgresUrl):
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        return {str(t) for (t,) in query(path, sql)}
+    return {str(t) for (t,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def test_the_schema_holds_call_metadata_only(ledger: AnyLedger, path: LedgerLocation) -> None:
     def columns(table: str) -> set[str]:
+        if isinstance(path, PostgresUrl):
+            sql = """
+                SELECT column_name FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = ?
+            """
+            return {str(name) for (name,) in query(path, sql, (table,))}
         return {str(name) for _, name, *_ in query(path, f"PRAGMA table_info({table})")}
 
-    tables = {str(t) for (t,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {
+    tables = table_names(path)
+    bookkeeping = (
+        {"spendbrake_migrations", "proxy_leases"}
+        if isinstance(path, PostgresUrl)
+        else {"_sqlite_migrations"}
+    )
+    assert tables == bookkeeping | {
         "calls",
         "day_totals",
         "window_totals",
@@ -239,7 +297,6 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "agent_secrets",
         "api_keys",
         "settings",
-        "_sqlite_migrations",
     }
     assert columns("calls") == CALL_COLUMNS
     assert columns("day_totals") == {
@@ -295,7 +352,7 @@ def test_opening_a_file_that_is_not_a_ledger_fails_closed(tmp_path: Path) -> Non
     ],
 )
 def test_a_hold_is_granted_only_while_spent_plus_held_stays_within_the_limit(
-    ledger: SQLiteLedger, path: Path, earlier_holds: list[int], amount: int, grants: bool
+    ledger: AnyLedger, path: LedgerLocation, earlier_holds: list[int], amount: int, grants: bool
 ) -> None:
     for earlier in earlier_holds:
         granted(ledger.hold(intent(), earlier, LIMIT))
@@ -305,7 +362,7 @@ def test_a_hold_is_granted_only_while_spent_plus_held_stays_within_the_limit(
 
 
 def test_granted_totals_count_the_new_hold_against_what_remains(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     first = granted(ledger.hold(intent(), 300, LIMIT))
     ledger.settle(first.call_id, ok(120), LIMIT)
@@ -325,7 +382,9 @@ def test_granted_totals_count_the_new_hold_against_what_remains(
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
-def test_a_refusal_is_recorded_as_a_row_and_never_held(ledger: SQLiteLedger, path: Path) -> None:
+def test_a_refusal_is_recorded_as_a_row_and_never_held(
+    ledger: AnyLedger, path: LedgerLocation
+) -> None:
     granted(ledger.hold(intent(), 700, LIMIT))
     refusal = refused(ledger.hold(intent(), 301, LIMIT))
 
@@ -345,7 +404,7 @@ def test_a_refusal_is_recorded_as_a_row_and_never_held(ledger: SQLiteLedger, pat
 
 
 def test_a_refusal_before_any_hold_counts_as_blocked_but_not_budget_blocked(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     call_id = ledger.refuse(intent(), "unknown_model")
     row = call_row(path, call_id)
@@ -354,7 +413,9 @@ def test_a_refusal_before_any_hold_counts_as_blocked_but_not_budget_blocked(
     assert (totals.calls, totals.blocked, totals.budget_blocked, totals.held_nanos) == (0, 1, 0, 0)
 
 
-def test_negative_amounts_are_rejected_and_write_nothing(ledger: SQLiteLedger, path: Path) -> None:
+def test_negative_amounts_are_rejected_and_write_nothing(
+    ledger: AnyLedger, path: LedgerLocation
+) -> None:
     with pytest.raises(ValueError, match="negative"):
         ledger.hold(intent(), -1, LIMIT)
     assert query(path, "SELECT COUNT(*) FROM calls") == [(0,)]
@@ -368,7 +429,9 @@ def test_negative_amounts_are_rejected_and_write_nothing(ledger: SQLiteLedger, p
 # -- settle --------------------------------------------------------------------------------------
 
 
-def test_settle_replaces_the_hold_by_the_actual_cost(ledger: SQLiteLedger, path: Path) -> None:
+def test_settle_replaces_the_hold_by_the_actual_cost(
+    ledger: AnyLedger, path: LedgerLocation
+) -> None:
     before = datetime.now(UTC)
     call_id = granted(ledger.hold(intent(), 600, LIMIT)).call_id
     tokens = TokenCounts(
@@ -400,7 +463,7 @@ def test_settle_replaces_the_hold_by_the_actual_cost(ledger: SQLiteLedger, path:
 
 
 def test_settling_below_the_hold_gives_the_difference_back(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     call_id = granted(ledger.hold(intent(), LIMIT, LIMIT)).call_id
     refused(ledger.hold(intent(), 1, LIMIT))
@@ -409,7 +472,7 @@ def test_settling_below_the_hold_gives_the_difference_back(
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
-def test_settling_twice_changes_nothing(ledger: SQLiteLedger, path: Path) -> None:
+def test_settling_twice_changes_nothing(ledger: AnyLedger, path: LedgerLocation) -> None:
     call_id = granted(ledger.hold(intent(), 600, LIMIT)).call_id
     first = ledger.settle(call_id, ok(400, TokenCounts(input_tokens=10)), LIMIT)
     row = call_row(path, call_id)
@@ -421,7 +484,7 @@ def test_settling_twice_changes_nothing(ledger: SQLiteLedger, path: Path) -> Non
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
-def test_settling_a_refused_call_changes_nothing(ledger: SQLiteLedger, path: Path) -> None:
+def test_settling_a_refused_call_changes_nothing(ledger: AnyLedger, path: LedgerLocation) -> None:
     call_id = refused(ledger.hold(intent(), LIMIT + 1, LIMIT)).call_id
     row = call_row(path, call_id)
     totals = ledger.settle(call_id, ok(500), LIMIT)
@@ -431,11 +494,12 @@ def test_settling_a_refused_call_changes_nothing(ledger: SQLiteLedger, path: Pat
 
 
 def test_settling_an_unknown_call_raises_key_error_and_leaves_the_ledger_usable(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     with pytest.raises(KeyError, match="no call 404"):
         ledger.settle(404, ok(1), LIMIT)
-    assert not ledger.db.conn.in_transaction
+    if isinstance(ledger, SQLiteLedger):
+        assert not ledger.db.conn.in_transaction
     granted(ledger.hold(intent(), 1, LIMIT))
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
@@ -443,7 +507,7 @@ def test_settling_an_unknown_call_raises_key_error_and_leaves_the_ledger_usable(
 # -- windows -------------------------------------------------------------------------------------
 
 
-def test_days_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
+def test_days_do_not_share_a_window(ledger: AnyLedger, path: LedgerLocation) -> None:
     today = granted(ledger.hold(intent(day=DAY), LIMIT, LIMIT)).call_id
     ledger.settle(today, ok(LIMIT), LIMIT)
     refused(ledger.hold(intent(day=DAY), 1, LIMIT))
@@ -455,7 +519,7 @@ def test_days_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
     assert assert_totals_match_calls(ledger, path, "research-bot", NEXT_DAY).spent_nanos == 0
 
 
-def test_agents_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
+def test_agents_do_not_share_a_window(ledger: AnyLedger, path: LedgerLocation) -> None:
     granted(ledger.hold(intent("research-bot"), LIMIT, LIMIT))
     refused(ledger.hold(intent("research-bot"), 1, LIMIT))
 
@@ -472,7 +536,9 @@ def test_agents_do_not_share_a_window(ledger: SQLiteLedger, path: Path) -> None:
 # -- limits --------------------------------------------------------------------------------------
 
 
-def test_a_run_time_limit_wins_over_the_configured_one(ledger: SQLiteLedger, path: Path) -> None:
+def test_a_run_time_limit_wins_over_the_configured_one(
+    ledger: AnyLedger, path: LedgerLocation
+) -> None:
     ledger.set_daily_limit("research-bot", 500)
 
     refused(ledger.hold(intent(), 501, LIMIT))
@@ -482,8 +548,8 @@ def test_a_run_time_limit_wins_over_the_configured_one(ledger: SQLiteLedger, pat
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
-def test_a_limit_set_by_one_process_binds_another_at_once(path: Path) -> None:
-    proxy, cli = SQLiteLedger(path), SQLiteLedger(path)
+def test_a_limit_set_by_one_process_binds_another_at_once(path: LedgerLocation) -> None:
+    proxy, cli = open_at(path), open_at(path)
     granted(proxy.hold(intent(), 400, LIMIT))
 
     cli.set_daily_limit("research-bot", 400)  # `spendbrake limit` while the proxy runs
@@ -500,7 +566,7 @@ def test_a_limit_set_by_one_process_binds_another_at_once(path: Path) -> None:
     cli.close()
 
 
-def test_no_overrides_on_a_new_ledger(ledger: SQLiteLedger) -> None:
+def test_no_overrides_on_a_new_ledger(ledger: AnyLedger) -> None:
     assert ledger.daily_limit_overrides() == {}
     assert ledger.agents_with_activity(DAY) == []
     assert ledger.day_totals("research-bot", DAY, LIMIT) == DayTotals(
@@ -511,9 +577,12 @@ def test_no_overrides_on_a_new_ledger(ledger: SQLiteLedger) -> None:
 # -- crash recovery ------------------------------------------------------------------------------
 
 
-def run_hold_then_die(path: Path, amount: int) -> tuple[int, str]:
+def run_hold_then_die(path: LedgerLocation, amount: int) -> tuple[int, str]:
     """A child process takes a hold and dies without settling. Returns (call id, its owner)."""
-    with child(ledger_hammer.hold_then_die, str(path), "research-bot", amount, LIMIT) as (pipe, p):
+    with child(ledger_hammer.hold_then_die, where(path), "research-bot", amount, LIMIT) as (
+        pipe,
+        p,
+    ):
         assert pipe.poll(30), "the child never reported its hold"
         kind, call_id, owner = pipe.recv()
         stop(p)
@@ -522,12 +591,12 @@ def run_hold_then_die(path: Path, amount: int) -> tuple[int, str]:
     return call_id, owner
 
 
-def test_holds_of_a_dead_process_are_settled_at_their_held_amount(path: Path) -> None:
-    SQLiteLedger(path).close()
+def test_holds_of_a_dead_process_are_settled_at_their_held_amount(path: LedgerLocation) -> None:
+    open_at(path).close()
     call_id, owner = run_hold_then_die(path, 700)
     assert call_row(path, call_id)["state"] == "held"
 
-    restarted = SQLiteLedger(path)
+    restarted = open_at(path)
     assert restarted.owner != owner
     assert restarted.recover_orphaned_holds() == 1
 
@@ -541,10 +610,10 @@ def test_holds_of_a_dead_process_are_settled_at_their_held_amount(path: Path) ->
     restarted.close()
 
 
-def test_holds_of_a_live_process_are_left_alone(path: Path) -> None:
-    SQLiteLedger(path).close()
-    other = SQLiteLedger(path)  # a second proxy, started while the first one is mid-call
-    with child(ledger_hammer.hold_then_wait, str(path), "research-bot", 700, LIMIT) as (pipe, p):
+def test_holds_of_a_live_process_are_left_alone(path: LedgerLocation) -> None:
+    open_at(path).close()
+    other = open_at(path)  # a second proxy, started while the first one is mid-call
+    with child(ledger_hammer.hold_then_wait, where(path), "research-bot", 700, LIMIT) as (pipe, p):
         assert pipe.poll(30), "the child never reported its hold"
         kind, call_id, _owner = pipe.recv()
         assert kind == "HoldGranted"
@@ -564,12 +633,12 @@ def test_holds_of_a_live_process_are_left_alone(path: Path) -> None:
     other.close()
 
 
-def test_holds_of_another_host_are_left_alone(path: Path) -> None:
+def test_holds_of_another_host_are_left_alone(path: LedgerLocation) -> None:
     # The pid surely does not exist here; it does not matter, because it is not our host's pid.
-    elsewhere = SQLiteLedger(path, owner="proxy-2.example:4194303:1")
+    elsewhere = open_at(path, owner="proxy-2.example:4194303:1")
     call_id = granted(elsewhere.hold(intent(), 700, LIMIT)).call_id
 
-    local = SQLiteLedger(path)
+    local = open_at(path)
     assert local.recover_orphaned_holds() == 0
     assert call_row(path, call_id)["state"] == "held"
     assert_totals_match_calls(local, path, "research-bot", DAY)
@@ -577,11 +646,11 @@ def test_holds_of_another_host_are_left_alone(path: Path) -> None:
     elsewhere.close()
 
 
-def test_a_recycled_pid_does_not_keep_a_dead_owner_alive(path: Path) -> None:
+def test_a_recycled_pid_does_not_keep_a_dead_owner_alive(path: LedgerLocation) -> None:
     """The pid of the recovering process itself is alive, but it started at another time."""
-    local = SQLiteLedger(path)
+    local = open_at(path)
     host, pid, ticks = local.owner.rsplit(":", 2)
-    dead = SQLiteLedger(path, owner=f"{host}:{pid}:{int(ticks) - 1}")
+    dead = open_at(path, owner=f"{host}:{pid}:{int(ticks) - 1}")
     call_id = granted(dead.hold(intent(), 300, LIMIT)).call_id
     dead.close()
     own = granted(local.hold(intent(), 200, LIMIT)).call_id
@@ -593,9 +662,9 @@ def test_a_recycled_pid_does_not_keep_a_dead_owner_alive(path: Path) -> None:
     local.close()
 
 
-def test_settle_own_holds_settles_only_this_processs_holds(path: Path) -> None:
-    this = SQLiteLedger(path)
-    sibling = SQLiteLedger(path, owner=f"{socket.gethostname()}:1:1")  # pid 1: alive
+def test_settle_own_holds_settles_only_this_processs_holds(path: LedgerLocation) -> None:
+    this = open_at(path)
+    sibling = open_at(path, owner=f"{socket.gethostname()}:1:1")  # pid 1: alive
     mine = [granted(this.hold(intent(), amount, LIMIT)).call_id for amount in (100, 200)]
     theirs = granted(sibling.hold(intent(), 300, LIMIT)).call_id
     done = granted(this.hold(intent(), 50, LIMIT)).call_id
@@ -617,17 +686,18 @@ def test_settle_own_holds_settles_only_this_processs_holds(path: Path) -> None:
 
 
 def test_an_owner_that_is_not_host_pid_ticks_is_not_judged(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
-    foreign = SQLiteLedger(path, owner="ci-runner")
+    foreign = open_at(path, owner="ci-runner")
     call_id = granted(foreign.hold(intent(), 300, LIMIT)).call_id
     foreign.close()
     assert ledger.recover_orphaned_holds() == 0
     assert call_row(path, call_id)["state"] == "held"
 
 
+@pytest.mark.sqlite_only
 def test_a_process_killed_inside_a_write_does_not_wedge_the_ledger(path: Path) -> None:
-    ledger = SQLiteLedger(path)
+    ledger = open_at(path)
     granted(ledger.hold(intent(), 100, LIMIT))
     with child(ledger_hammer.die_holding_the_write_lock, str(path), "research-bot") as (pipe, p):
         assert pipe.poll(30), "the child never took the write lock"
@@ -651,8 +721,9 @@ def lock_exclusively(path: Path) -> sqlite3.Connection:
     return blocker
 
 
+@pytest.mark.sqlite_only
 def test_a_hold_fails_closed_while_another_writer_keeps_the_lock(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     granted(ledger.hold(intent(), 100, LIMIT))
     blocker = lock_exclusively(path)
@@ -677,11 +748,12 @@ def test_a_hold_fails_closed_while_another_writer_keeps_the_lock(
     assert_totals_match_calls(ledger, path, "research-bot", DAY)
 
 
+@pytest.mark.sqlite_only
 def test_every_write_fails_closed_under_a_held_lock(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spendbrake.sqlite_ledger, "BUSY_TIMEOUT_MS", 50)  # keep the test fast
-    ledger = SQLiteLedger(path)
+    ledger = open_at(path)
     call_id = granted(ledger.hold(intent(), 100, LIMIT)).call_id
     blocker = lock_exclusively(path)
     try:
@@ -823,7 +895,7 @@ def test_a_dead_process_not_yet_reaped_by_its_parent_is_not_alive() -> None:
 
 
 def test_estimates_are_kept_beside_actuals_and_compared_per_model(
-    ledger: SQLiteLedger, path: Path
+    ledger: AnyLedger, path: LedgerLocation
 ) -> None:
     from dataclasses import replace
 

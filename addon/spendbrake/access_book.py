@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from spendbrake import sqlite_brakes
 from spendbrake.sqlite_ledger import SQLiteLedger
+
+if TYPE_CHECKING:
+    from spendbrake.postgres_ledger import PostgresLedger
 
 
 @dataclass(frozen=True)
@@ -128,3 +131,12 @@ class SQLiteAccessBook:
                 (token_sha256,),
             )
             sqlite_brakes.record(conn, "*", "admin_token_set", "a new admin token", actor, now)
+
+
+def access_book_of(ledger: SQLiteLedger | PostgresLedger) -> AccessBook:
+    """The access book kept in ``ledger``'s own tables, whichever back end it is."""
+    if isinstance(ledger, SQLiteLedger):
+        return SQLiteAccessBook(ledger)
+    from spendbrake.postgres_access_book import PostgresAccessBook
+
+    return PostgresAccessBook(ledger)

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from spendbrake import certs
-from spendbrake.access_book import SQLiteAccessBook
+from spendbrake.access_book import access_book_of
 from spendbrake.agent_keys import api_key_hash, api_key_hint, new_secret, secret_hash
 from spendbrake.attribution import valid_agent_name
 from spendbrake.cli import (
@@ -76,7 +76,7 @@ def agent_add(
     host, port = _parse_listen(listen)
     ledger = _open_ledger(ledger_path, _load_config(config_path))
     try:
-        book = SQLiteAccessBook(ledger)
+        book = access_book_of(ledger)
         if name in book.records().secrets and not rotate:
             raise click.ClickException(
                 f"{name} already has a secret; 'spendbrake agent add {name} --rotate' replaces it"
@@ -103,7 +103,7 @@ def agent_remove(config_path: Path | None, ledger_path: Path | None, name: str) 
     """
     ledger = _open_ledger(ledger_path, _load_config(config_path))
     try:
-        book = SQLiteAccessBook(ledger)
+        book = access_book_of(ledger)
         had_secret = book.remove_secret(name, _actor())
         keys = book.remove_api_keys(name, _actor())
     finally:
@@ -125,7 +125,7 @@ def agent_list(config_path: Path | None, ledger_path: Path | None) -> None:
     config = _load_config(config_path)
     ledger = _open_ledger(ledger_path, config)
     try:
-        records = SQLiteAccessBook(ledger).records()
+        records = access_book_of(ledger).records()
     finally:
         ledger.close()
     keys: dict[str, list[str]] = {}
@@ -172,7 +172,7 @@ def agent_key(config_path: Path | None, ledger_path: Path | None, name: str) -> 
         )
     ledger = _open_ledger(ledger_path, _load_config(config_path))
     try:
-        book = SQLiteAccessBook(ledger)
+        book = access_book_of(ledger)
         digest = api_key_hash(book.records().api_key_hash_key, api_key)
         book.add_api_key(name, digest, api_key_hint(api_key), _actor())
     finally:
@@ -193,7 +193,7 @@ def admin_token(config_path: Path | None, ledger_path: Path | None) -> None:
     ledger = _open_ledger(ledger_path, _load_config(config_path))
     try:
         token = new_secret()
-        SQLiteAccessBook(ledger).set_admin_token(secret_hash(token), _actor())
+        access_book_of(ledger).set_admin_token(secret_hash(token), _actor())
     finally:
         ledger.close()
     click.echo("A new admin token (shown only now; the ledger keeps its hash):")

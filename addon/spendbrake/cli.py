@@ -31,7 +31,9 @@ from spendbrake.export import TABLES as EXPORT_TABLES
 from spendbrake.export import export
 from spendbrake.ledger import LedgerUnavailable, TokenCounts
 from spendbrake.ledger_reads import ReadOnlyLedger
+from spendbrake.ledger_url import PostgresUrl, describe, open_ledger
 from spendbrake.money import MoneyError, format_usd, parse_usd
+from spendbrake.postgres_ledger import PostgresLedger
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.reports import BY as REPORT_BY
 from spendbrake.reports import since_day
@@ -47,9 +49,10 @@ def _config_and_ledger_options[F: Callable[..., Any]](command: F) -> F:
     command = click.option(
         "--ledger",
         "ledger_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Ledger file. Default: $SPENDBRAKE_LEDGER, the config's 'ledger', "
-        "~/.local/share/spendbrake/ledger.db.",
+        metavar="PATH|URL",
+        help="Ledger: a SQLite file (or sqlite:///PATH), or a PostgreSQL database shared by a "
+        "fleet of proxies (postgresql://HOST/DB). Default: $SPENDBRAKE_LEDGER, the config's "
+        "'ledger', ~/.local/share/spendbrake/ledger.db.",
     )(command)
     return click.option(
         "--config",
@@ -66,10 +69,12 @@ def _load_config(config_path: Path | None) -> Config:
         raise click.ClickException(str(e)) from None
 
 
-def _open_ledger(ledger_path: Path | None, config: Config) -> SQLiteLedger:
+def _open_ledger(
+    ledger_path: str | os.PathLike[str] | None, config: Config
+) -> SQLiteLedger | PostgresLedger:
     try:
-        return SQLiteLedger(resolve_ledger_path(ledger_path, config))
-    except LedgerUnavailable as e:
+        return open_ledger(resolve_ledger_path(ledger_path, config))
+    except (ConfigError, LedgerUnavailable) as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -162,7 +167,7 @@ def _parse_listeners(values: tuple[str, ...]) -> list[tuple[str, int, str | None
 @_proxy_options
 def up(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     listens: tuple[str, ...],
     sets: tuple[str, ...],
     scripts: tuple[str, ...],
@@ -188,11 +193,11 @@ def up(
             "secret: 'spendbrake agent add') or [access] allow_clients = [...] in the "
             "configuration, or listen on 127.0.0.1."
         )
-    ledger_file = resolve_ledger_path(ledger_path, config)
     _open_ledger(ledger_path, config).close()  # fail here, readably, not inside mitmproxy
+    ledger_file = resolve_ledger_path(ledger_path, config)
     confdir = certs.certs_dir()
     bundle = certs.write_bundle(confdir)
-    click.echo(f"spendbrake: proxy on {host}:{port}, ledger {ledger_file}")
+    click.echo(f"spendbrake: proxy on {host}:{port}, ledger {describe(ledger_file)}")
     for other_host, other_port, agent in more:
         owner = f": calls through it belong to {agent}" if agent else ""
         click.echo(f"spendbrake: also on {other_host}:{other_port}{owner}")
@@ -254,7 +259,7 @@ def env(listen: str, agent: str | None) -> None:
 @main.command()
 @_config_and_ledger_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see DESIGN.md).")
-def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) -> None:
+def status(config_path: Path | None, ledger_path: str | None, as_json: bool) -> None:
     """Show each agent's spend today against its limit.
 
     \b
@@ -291,9 +296,18 @@ def status(config_path: Path | None, ledger_path: Path | None, as_json: bool) ->
         ledger.close()
 
 
-def _open_reader(ledger_path: Path | None, config: Config) -> ReadOnlyLedger:
+def _open_reader(ledger_path: str | None, config: Config) -> ReadOnlyLedger:
     try:
-        return ReadOnlyLedger(resolve_ledger_path(ledger_path, config))
+        location = resolve_ledger_path(ledger_path, config)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if isinstance(location, PostgresUrl):
+        raise click.ClickException(
+            "report, top and export read a SQLite ledger only, so far; for a PostgreSQL ledger "
+            "use spendbrake status (or query its tables: see docs/fleet.md)"
+        )
+    try:
+        return ReadOnlyLedger(location)
     except LedgerUnavailable as e:
         raise click.ClickException(str(e)) from None
 
@@ -334,7 +348,7 @@ def _since_options[F: Callable[..., Any]](command: F) -> F:
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one line per row.")
 def report(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     since: str | None,
     days: int | None,
     by: str,
@@ -397,7 +411,7 @@ def report(
 @click.option("--once", is_flag=True, help="Print one plain table and exit (as in a pipe).")
 def top(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     sort: str,
     red_above: str | None,
     interval: float,
@@ -470,7 +484,7 @@ def top(
 )
 def export_rows(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     table: str,
     fmt: str,
     since: str | None,
@@ -518,7 +532,7 @@ def limit() -> None:
 @click.option("--session", "session_id", metavar="ID", help="The session, with --window session.")
 def reset(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     agent: str,
     window: str,
     session_id: str | None,
@@ -559,7 +573,7 @@ def reset(
     help="Resume a session its breakers stopped (its dollars and tokens start over) instead.",
 )
 def resume(
-    config_path: Path | None, ledger_path: Path | None, agent: str, session_id: str | None
+    config_path: Path | None, ledger_path: str | None, agent: str, session_id: str | None
 ) -> None:
     """Lift an agent's suspension (a loop, repeated failures, a burn rate); its loop and burn
     history start over. With --session, lift a session's breakers. The running proxy lets the
@@ -635,7 +649,7 @@ def _limit_options[F: Callable[..., Any]](command: F) -> F:
 @_limit_options
 def limit_set(
     config_path: Path | None,
-    ledger_path: Path | None,
+    ledger_path: str | None,
     agent: str | None,
     group: str | None,
     **given: Any,
@@ -763,7 +777,7 @@ def price(
 
 @main.command()
 @_config_and_ledger_options
-def migrate(config_path: Path | None, ledger_path: Path | None) -> None:
+def migrate(config_path: Path | None, ledger_path: str | None) -> None:
     """Create the ledger or bring its schema up to date.
 
     \b

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from spendbrake.access import Access, AccessConfigError, IdentifyRules, parse_access, parse_identify
 from spendbrake.brakes import Brakes
 from spendbrake.ledger import Limits
+from spendbrake.ledger_url import BadLedgerLocation, LedgerLocation, parse_location
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
 from spendbrake.pricing import OverridePrice
 from spendbrake.quota import DEFAULT_CAP_MINIMUM, Quota
@@ -153,7 +154,7 @@ class AgentPolicy:
 @dataclass(frozen=True)
 class Config:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
-    ledger: Path | None = None
+    ledger: LedgerLocation | None = None  # a file, or a postgresql:// URL
     defaults: AgentLimits = AgentLimits(daily_nanos=DEFAULT_DAILY_NANOS)
     agents: Mapping[str, AgentLimits] = field(default_factory=dict)
     groups: Mapping[str, GroupLimits] = field(default_factory=dict)
@@ -332,8 +333,11 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
                 f"{where}: {section}.group is {limits.group!r}, "
                 f"but there is no [groups.{limits.group}]"
             )
-    ledger_path = Path(ledger).expanduser() if ledger else None
-    if ledger_path is not None and not ledger_path.is_absolute() and source is not None:
+    try:
+        ledger_path = parse_location(ledger) if ledger else None
+    except BadLedgerLocation as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if isinstance(ledger_path, Path) and not ledger_path.is_absolute() and source is not None:
         ledger_path = source.parent / ledger_path  # relative to the config file, not the cwd
     prices_table = data.get("prices", {})
     if not isinstance(prices_table, Mapping):
@@ -601,9 +605,13 @@ def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path | None
     return Path(value).expanduser() if value else None
 
 
-def resolve_ledger_path(cli_value: str | os.PathLike[str] | None, config: Config) -> Path:
-    """``--ledger``, else ``$SPENDBRAKE_LEDGER``, else the config's ``ledger``, else the default."""
+def resolve_ledger_path(cli_value: str | os.PathLike[str] | None, config: Config) -> LedgerLocation:
+    """``--ledger``, else ``$SPENDBRAKE_LEDGER``, else the config's ``ledger``, else the default.
+    A path or ``sqlite:///PATH`` is a SQLite file; ``postgresql://...`` a shared database."""
     value = cli_value or os.environ.get(LEDGER_ENV) or None
     if value:
-        return Path(value).expanduser()
+        try:
+            return parse_location(value)
+        except BadLedgerLocation as e:
+            raise ConfigError(str(e)) from None
     return config.ledger or default_ledger_path()

@@ -18,6 +18,7 @@ from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitm_main
 from mitmproxy.tools.dump import DumpMaster
 
+from spendbrake.ledger_url import LedgerLocation
 from spendbrake.mitm import spendbrake_addons
 
 # Reasoning models can think for many minutes without sending a byte; mitmproxy's default of
@@ -37,7 +38,7 @@ def mitmdump_arguments(
     listen_port: int,
     confdir: Path,
     config: Path | None,
-    ledger: Path,
+    ledger: LedgerLocation,
     sets: Sequence[str] = (),
     scripts: Sequence[str] = (),
     upstream_proxy: str | None = None,

@@ -21,6 +21,8 @@ from spendbrake.mitm.interception import Interception
 from spendbrake.mitm.local_api import LocalApi
 from spendbrake.mitm.state import flow_state
 from spendbrake.mitm.status_server import StatusServer
+from spendbrake.postgres_access_book import PrefetchedAccessBook
+from spendbrake.postgres_ledger import PostgresLedger
 
 
 class Spendbrake:
@@ -54,6 +56,8 @@ class Spendbrake:
         if worker is not self.local_api.worker:
             ledger = worker.inline if worker else None
             access = AccessCache(SQLiteAccessBook(ledger) if ledger else None)
+            if worker and isinstance(worker.ledger, PostgresLedger):
+                access = AccessCache(PrefetchedAccessBook(worker.ledger))  # never on the loop
         else:
             access = self.local_api.access
         self.identification.use(config, access)

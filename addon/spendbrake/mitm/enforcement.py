@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
@@ -39,10 +40,12 @@ from spendbrake.ledger import (
     Settlement,
     TokenCounts,
 )
+from spendbrake.ledger_url import open_ledger
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
+from spendbrake.postgres_ledger import POOL_SIZE, PostgresLedger
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.pricing import warm_up as warm_up_prices
 from spendbrake.providers import (
@@ -104,8 +107,9 @@ class Enforcement:
             "spendbrake_ledger",
             str | None,
             None,
-            "spendbrake ledger (SQLite file). Default: $SPENDBRAKE_LEDGER, else the config's "
-            "'ledger', else ~/.local/share/spendbrake/ledger.db.",
+            "spendbrake ledger: a SQLite file, or postgresql://HOST/DB for a ledger shared by a "
+            "fleet of proxies. Default: $SPENDBRAKE_LEDGER, else the config's 'ledger', else "
+            "~/.local/share/spendbrake/ledger.db.",
         )
         add(
             "spendbrake_block_all",
@@ -121,7 +125,9 @@ class Enforcement:
         try:
             config = load_config(resolve_config_path(ctx.options.spendbrake_config))
             path = resolve_ledger_path(ctx.options.spendbrake_ledger, config)
-            ledger, inline = SQLiteLedger(path), SQLiteLedger(path)
+            ledger = open_ledger(path)
+            # SQLite runs short writes on the loop; PostgreSQL is a network away: never inline.
+            inline = SQLiteLedger(path) if isinstance(path, Path) else None
             recovered = ledger.recover_orphaned_holds()
         except (ConfigError, LedgerUnavailable) as e:
             # Refuse every metered call rather than let one through unmetered.
@@ -134,7 +140,10 @@ class Enforcement:
             )
         if self.worker:
             self.worker.close()
-        self.config, self.worker = config, LedgerWorker(ledger, inline=inline)
+        if isinstance(ledger, PostgresLedger):
+            ledger.keep_lease()  # the other proxies must not take this one's holds for orphans
+        threads = 1 if inline is not None else POOL_SIZE
+        self.config, self.worker = config, LedgerWorker(ledger, inline=inline, threads=threads)
         self._policies.clear()
         self.pricer = Pricer(config.prices)
         self.unavailable = None

@@ -34,12 +34,17 @@ SWEEP_EVERY_S = 2.0
 
 
 class LedgerWorker:
-    def __init__(self, ledger: Ledger, inline: SQLiteLedger | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, inline: SQLiteLedger | None = None, threads: int = 1
+    ) -> None:
         self.ledger = ledger
         self.inline = inline
         if inline is not None:
             inline.never_wait()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendbrake-ledger")
+        # threads > 1 only for a ledger that is safe to share between them (PostgreSQL's pool).
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="spendbrake-ledger"
+        )
         self._inline_runs = 0
         self._lock = threading.Lock()  # guards _retries: the loop adds, the thread takes
         self._retries: list[Callable[[Ledger], object]] = []
