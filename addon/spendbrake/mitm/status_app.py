@@ -111,8 +111,11 @@ class StatusReader:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, read)
 
     def _read[T](self, read: Callable[[ReadOnlyLedger], T]) -> T:
-        if self.path is None:
-            raise LedgerUnavailable("spendbrake has no ledger")
+        if self.path is None:  # no ledger yet, or a PostgreSQL one (read by 'spendbrake status')
+            raise LedgerUnavailable(
+                "the status pages read a SQLite ledger, and this proxy has none (a PostgreSQL "
+                "ledger is read with 'spendbrake status'; see docs/fleet.md)"
+            )
         if self._ledger is None:
             self._ledger = ReadOnlyLedger(self.path)  # opened on the thread that uses it
         return read(self._ledger)
