@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlite_utils.cli import cli as sqlite_utils_cli
 
 import fixed_ledger
-from spendbrake import cli
+from spendbrake import cli, cli_reports
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def ledger_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     config.write_text(fixed_ledger.CONFIG_TOML)
     monkeypatch.setenv("SPENDBRAKE_LEDGER", str(path))
     monkeypatch.setenv("SPENDBRAKE_CONFIG", str(config))
-    monkeypatch.setattr(cli, "utc_now", lambda: fixed_ledger.NOW)
+    monkeypatch.setattr(cli_reports, "utc_now", lambda: fixed_ledger.NOW)
     return path
 
 

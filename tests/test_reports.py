@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import fixed_ledger
-from spendbrake import cli
+from spendbrake import cli, cli_reports
 from spendbrake.reports import since_day
 
 
@@ -21,7 +21,7 @@ def ledger_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     config.write_text(fixed_ledger.CONFIG_TOML)
     monkeypatch.setenv("SPENDBRAKE_LEDGER", str(path))
     monkeypatch.setenv("SPENDBRAKE_CONFIG", str(config))
-    monkeypatch.setattr(cli, "utc_now", lambda: fixed_ledger.NOW)
+    monkeypatch.setattr(cli_reports, "utc_now", lambda: fixed_ledger.NOW)
     return path
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 import fixed_ledger
 from fixed_ledger import NOW
 from ledger_hammer import query
-from spendbrake import cli
+from spendbrake import cli, cli_reports
 from spendbrake.burn import Projection
 from spendbrake.ledger import LedgerUnavailable
 from spendbrake.ledger_reads import ReadOnlyLedger
@@ -82,7 +82,7 @@ def test_not_on_a_terminal_top_prints_one_plain_table(
 ) -> None:
     config = tmp_path / "spendbrake.toml"
     config.write_text(fixed_ledger.CONFIG_TOML)
-    monkeypatch.setattr(cli, "utc_now", lambda: NOW)
+    monkeypatch.setattr(cli_reports, "utc_now", lambda: NOW)
     result = CliRunner().invoke(cli.main, ["top", "--config", str(config), "--ledger", str(path)])
     assert result.exit_code == 0, result.output
     output = "\n".join(line.rstrip() for line in result.output.splitlines())
