@@ -82,6 +82,17 @@ def server_connect_error(data):
     _original.pop(data.server.id, None)
 """
 
+# For benchmarks of streams (scripts/bench streams): bare mitmdump buffers every response unless
+# told to stream it, as spendbrake does for text/event-stream. spendbrake has set its metering
+# stream already when this runs (its addon comes first), so there this changes nothing.
+STREAM_SSE_HOOK = """
+
+def responseheaders(flow):
+    content_type = flow.response.headers.get("content-type", "")
+    if content_type.startswith("text/event-stream") and not flow.response.stream:
+        flow.response.stream = True
+"""
+
 SPENDBRAKE_CONFIG = f"""\
 [agents.{AGENT}]
 daily_usd = 1000000.00
@@ -409,13 +420,23 @@ class Proxy:
 
 
 def start_proxy(
-    kind: str, run_dir: Path, fake_port: int, fake_ca: Path, *, own_upstream: bool = False
+    kind: str,
+    run_dir: Path,
+    fake_port: int,
+    fake_ca: Path,
+    *,
+    own_upstream: bool = False,
+    stream_sse: bool = False,
+    config: str = SPENDBRAKE_CONFIG,
 ) -> Proxy:
+    """``stream_sse`` makes both proxies stream SSE responses (STREAM_SSE_HOOK); ``config`` is
+    spendbrake's configuration."""
     port = free_port()
     bare_settings, spendbrake_settings = proxy_settings()
     common = [f"ssl_verify_upstream_trusted_ca={fake_ca}"]
     redirect = run_dir / "redirect.py"
-    redirect.write_text(REDIRECT_SCRIPT.format(host="127.0.0.1", port=fake_port, llm_host=HOST))
+    script = REDIRECT_SCRIPT.format(host="127.0.0.1", port=fake_port, llm_host=HOST)
+    redirect.write_text(script + (STREAM_SSE_HOOK if stream_sse else ""))
     if kind == "bare":
         confdir = run_dir / "mitmproxy-certs"
         argv = [str(BIN / "mitmdump"), "--mode", "regular", "--listen-host", "127.0.0.1"]
@@ -424,10 +445,11 @@ def start_proxy(
         process = spawn("bare", argv, run_dir)
         proxy = Proxy(process, port, confdir / "mitmproxy-ca-cert.pem")
     else:
-        certs, config, ledger = run_dir / "certs", run_dir / "bench.toml", run_dir / "ledger.db"
-        config.write_text(SPENDBRAKE_CONFIG)
+        certs, config_file = run_dir / "certs", run_dir / "bench.toml"
+        ledger = run_dir / "ledger.db"
+        config_file.write_text(config)
         argv = [str(BIN / "spendbrake"), "up", "--listen", f"127.0.0.1:{port}"]
-        argv += ["--config", str(config), "--ledger", str(ledger)]
+        argv += ["--config", str(config_file), "--ledger", str(ledger)]
         argv += set_options([*spendbrake_settings, *common])
         if own_upstream:
             argv += ["--set", f"spendbrake_upstream=127.0.0.1:{fake_port}"]
