@@ -428,9 +428,10 @@ def start_proxy(
     own_upstream: bool = False,
     stream_sse: bool = False,
     config: str = SPENDBRAKE_CONFIG,
+    ledger: Path | None = None,
 ) -> Proxy:
     """``stream_sse`` makes both proxies stream SSE responses (STREAM_SSE_HOOK); ``config`` is
-    spendbrake's configuration."""
+    spendbrake's configuration and ``ledger`` its file (default: a new one in ``run_dir``)."""
     port = free_port()
     bare_settings, spendbrake_settings = proxy_settings()
     common = [f"ssl_verify_upstream_trusted_ca={fake_ca}"]
@@ -446,7 +447,7 @@ def start_proxy(
         proxy = Proxy(process, port, confdir / "mitmproxy-ca-cert.pem")
     else:
         certs, config_file = run_dir / "certs", run_dir / "bench.toml"
-        ledger = run_dir / "ledger.db"
+        ledger = ledger or run_dir / "ledger.db"
         config_file.write_text(config)
         argv = [str(BIN / "spendbrake"), "up", "--listen", f"127.0.0.1:{port}"]
         argv += ["--config", str(config_file), "--ledger", str(ledger)]
