@@ -127,13 +127,18 @@ def machine_ticks() -> tuple[int, int]:
 
 
 def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run warm-up then the measured phase; return latencies, counts and CPU samples."""
-    context = ssl.create_default_context(cafile=spec["ca"])
+    """Run warm-up then the measured phase; return latencies, counts and CPU samples.
+
+    With ``plain_http`` the threads talk plain HTTP to a base-URL gateway (LiteLLM, in
+    scripts/bench litellm) instead of HTTPS; ``headers`` replace request headers.
+    """
+    context = None if spec.get("plain_http") else ssl.create_default_context(cafile=spec["ca"])
     bodies = itertools.count()
     headers = {
         "Host": HOST,
         "Content-Type": "application/json",
         "Authorization": "Bearer sk-bench-not-a-key",
+        **spec.get("headers", {}),
     }
     proxy = spec.get("proxy")
     tunnel_headers = {}
@@ -153,16 +158,20 @@ def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     abort = threading.Event()  # a broken proxy stalls every request: give up, don't wait it out
 
-    def connect() -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection(host, port, context=context, timeout=REQUEST_TIMEOUT_S)
+    def connect() -> http.client.HTTPConnection:
+        conn = (
+            http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
+            if context is None
+            else http.client.HTTPSConnection(host, port, context=context, timeout=REQUEST_TIMEOUT_S)
+        )
         if proxy:
             conn.set_tunnel(HOST, 443, headers=tunnel_headers)
         conn.connect()
         return conn
 
     def one(
-        conn: http.client.HTTPSConnection | None, sink: list[float] | None, local: dict[str, int]
-    ) -> http.client.HTTPSConnection | None:
+        conn: http.client.HTTPConnection | None, sink: list[float] | None, local: dict[str, int]
+    ) -> http.client.HTTPConnection | None:
         local["sent"] += 1
         try:
             if conn is None:
@@ -197,7 +206,7 @@ def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def thread_main(index: int) -> None:
         local = dict.fromkeys(totals, 0)
-        conn: http.client.HTTPSConnection | None = None
+        conn: http.client.HTTPConnection | None = None
         try:
             for _ in range(warmup_each):
                 if abort.is_set():
@@ -338,8 +347,19 @@ def wait_for(what: str, process: Process, ready: Any, timeout: float = READY_TIM
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s ({last})\n{process.output()}")
 
 
-def start_fake(workdir: Path) -> tuple[Process, int, Path]:
+# The fake with a longer listen queue than socketserver's 5: with hundreds of connections opened
+# at once (scripts/bench streams, overshoot, litellm) the kernel otherwise drops the overflow
+# and the clients retry their SYN a second or more later.
+FAKE_WITH_BACKLOG = (
+    "import sys; from spendbrake.testing import fake_provider as f; "
+    "f._Server.request_queue_size = int(sys.argv.pop(1)); sys.exit(f.main())"
+)
+
+
+def start_fake(workdir: Path, backlog: int | None = None) -> tuple[Process, int, Path]:
     argv = [sys.executable, "-m", "spendbrake.testing.fake_provider", "--port", "0"]
+    if backlog is not None:
+        argv = [sys.executable, "-c", FAKE_WITH_BACKLOG, str(backlog), "--port", "0"]
     fake = spawn("fake", [*argv, "--dir", str(workdir / "fake-pki")], workdir)
 
     def announced() -> tuple[int, Path] | None:
@@ -621,6 +641,19 @@ def one_run(
     )
     checks += [f"error: {e}" for e in result["errors_sample"]]
 
+    return run_summary(target, index, result, checks, ok, load_before)
+
+
+def run_summary(
+    target: str,
+    index: int,
+    result: dict[str, Any],
+    checks: list[str],
+    ok: bool,
+    load_before: float,
+) -> dict[str, Any]:
+    """One run's row: requests/s, latency percentiles and CPU per request from the client's
+    result, with the run's sanity checks."""
     latencies = sorted(result["latencies_s"]) or [math.nan]
     measured = len(result["latencies_s"])
     ok &= measured > 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 LLM_HOST = "api.openai.com"
 READ_LIMIT = 1 << 20
+FAKE_BACKLOG = 1024  # the fake's listen queue when hundreds of connections open at once
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -39,7 +39,7 @@ from bench import (  # a sibling script, not a package
     start_proxy,
     tail,
 )
-from bench_async import LLM_HOST, Connection
+from bench_async import FAKE_BACKLOG, LLM_HOST, Connection
 
 AGENTS = 50
 CALLS_EACH = 10
@@ -74,8 +74,9 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     """Open one connection per call, then send every call at once.
 
     spec: "targets" [[port, ca or null], ...] (call n of an agent goes to target n % len),
-    "tunnel" (CONNECT with proxy-auth agent:session, as through spendbrake) or plain requests
-    naming the agent's model alias (LiteLLM), "headers", "agents", "calls_each".
+    "tunnel" (CONNECT with proxy-auth agent:session, as through spendbrake) or not (straight to
+    a gateway), "headers", "agents", "calls_each", "model" or "model_prefix" (each agent its
+    own model alias + NN), optional "keys" (each agent its own bearer key).
     """
     targets = [
         (port, ssl.create_default_context(cafile=ca) if ca else None)
@@ -108,9 +109,13 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             one_connected()
         await start.wait()
-        model = spec["model"] if tunnel else f"{spec['model_prefix']}{agent:02d}"
+        prefix, keys = spec.get("model_prefix"), spec.get("keys")
+        model = spec["model"] if prefix is None else f"{prefix}{agent:02d}"
+        headers = spec["headers"]
+        if keys:
+            headers = {**headers, "Authorization": f"Bearer {keys[agent_name(agent)]}"}
         try:
-            response = await conn.post(PATH, call_body(agent, n, model), spec["headers"])
+            response = await conn.post(PATH, call_body(agent, n, model), headers)
         except Exception as e:
             return {**outcome, "status": None, "error": f"{type(e).__name__}: {e}"}
         finally:
@@ -345,7 +350,7 @@ def main(argv: list[str]) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="spendbrake-bench-overshoot-") as tmp:
         workdir = Path(tmp)
-        fake = start_fake(workdir)
+        fake = start_fake(workdir, backlog=FAKE_BACKLOG)
         with running(fake[0]):
             held, actual = calibrate(workdir, fake[1], fake[2])
             limit = int(held * LIMIT_IN_CALLS)

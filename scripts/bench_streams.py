@@ -46,7 +46,7 @@ from bench import (  # a sibling script, not a package
     start_proxy,
     tail,
 )
-from bench_async import LLM_HOST, Connection, percentile, rss_kib
+from bench_async import FAKE_BACKLOG, LLM_HOST, Connection, percentile, rss_kib
 
 TARGETS = ("direct", "bare", "spendbrake")
 # What the fake sends for a Chat Completions stream with usage: the role chunk, six deltas, the
@@ -450,7 +450,7 @@ def main(argv: list[str]) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="spendbrake-bench-streams-") as tmp:
         workdir = Path(tmp)
-        fake = start_fake(workdir)
+        fake = start_fake(workdir, backlog=FAKE_BACKLOG)
         with running(fake[0]):
             for index in range(1, args.repeat + 1):
                 for target in args.targets:
