@@ -59,18 +59,17 @@ RUN_TIMEOUT_S = 600.0
 NOISY_OTHER_CORES = 0.25
 
 
-def stream_body(number: int) -> bytes:
+def stream_body(number: int, stream: bool = True) -> bytes:
     # Every prompt differs, as an agent's do: identical ones would trip the loop brake.
     content = f"Stream a short greeting. (stream {number})"
-    return json.dumps(
-        {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": 16,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    ).encode()
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return json.dumps(body).encode()
 
 
 # -- the client (its own process) -------------------------------------------------------------
@@ -126,6 +125,12 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     rss_idle = rss_kib(proxy_pid) if proxy_pid else None
 
     conns = await asyncio.gather(*(connect() for _ in range(spec["streams"])))
+    # One short call on each connection first, as an agent's kept-alive connection has had:
+    # the proxy's upstream connection is then open, and the streams measure streaming, not
+    # 200 upstream TLS handshakes at once.
+    primed = await asyncio.gather(
+        *(c.post(PATH, stream_body(next(numbers), stream=False), headers) for c in conns)
+    )
     await asyncio.sleep(0.5)
     rss_connected = rss_kib(proxy_pid) if proxy_pid else None
 
@@ -166,6 +171,7 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
     errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
     return {
         "warmup": list(warmups),
+        "primed": [r.status for r in primed],
         "streams": [r for r in results if not isinstance(r, BaseException)],
         "errors": errors,
         "elapsed_s": elapsed,
@@ -202,8 +208,9 @@ def run_client(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def check_stream_ledger(ledger: Path, sent: int) -> tuple[bool, str]:
-    """After the proxy stopped: one settled 'ok' stream row per stream, with its usage read."""
+def check_stream_ledger(ledger: Path, streams: int, calls: int) -> tuple[bool, str]:
+    """After the proxy stopped: one settled 'ok' row with its usage read per stream (and per
+    priming call), nothing held."""
     conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
     try:
         rows, ok, metered, held = conn.execute(
@@ -214,10 +221,11 @@ def check_stream_ledger(ledger: Path, sent: int) -> tuple[bool, str]:
         ).fetchone()
     finally:
         conn.close()
-    good = rows == ok == metered == sent and held == 0
+    good = rows == ok == streams + calls and metered == streams and held == 0
     text = (
-        f"ledger: {rows} stream rows, {ok} settled ok, {metered} with usage and cost, {held} "
-        f"still held, for {sent} streams: {'OK' if good else 'MISMATCH'}"
+        f"ledger: {rows} rows, {ok} settled ok, {metered} streams with usage and cost, {held} "
+        f"still held, for {streams} streams and {calls} priming calls: "
+        f"{'OK' if good else 'MISMATCH'}"
     )
     return good, text
 
@@ -278,7 +286,7 @@ def one_run(
             checks.append(f"{target} exited with {proxy.process.popen.returncode} on SIGTERM")
         if target == "spendbrake":
             assert proxy.ledger is not None
-            good, text = check_stream_ledger(proxy.ledger, sent)
+            good, text = check_stream_ledger(proxy.ledger, sent, args.streams)
             ok &= good
             checks.append(text)
 
@@ -291,17 +299,20 @@ def one_run(
     metered = sum(s["agent"] == AGENT for s in streams)
     expected_metered = sent if target == "spendbrake" else 0
     received = len(fake_call(fake_port, fake_ca, "GET", "/_fake/requests"))
+    primed = sum(status == 200 for status in result["primed"])
     good = (
         not result["errors"]
         and len(complete) == sent
-        and received == sent
+        and primed == args.streams
+        and received == sent + primed
         and metered == expected_metered
     )
     ok &= good
     checks.append(
         f"client: {len(streams)} streams of {sent} finished, {len(complete)} with all "
         f"{EVENTS_PER_STREAM} events and [DONE], {len(result['errors'])} errors, {metered} "
-        f"metered; fake received {received}: {'OK' if good else 'MISMATCH'}"
+        f"metered, {primed} priming calls; fake received {received}: "
+        f"{'OK' if good else 'MISMATCH'}"
     )
     checks += [f"error: {e}" for e in result["errors"][:5]]
 
