@@ -806,6 +806,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="scripts/bench",
         description="Throughput and latency of spendbrake against bare mitmdump and the fake "
         "upstream directly (see docs/benchmarks.md).",
+        epilog="The rest of the suite: scripts/bench streams | ledger | overshoot | litellm "
+        "(each with --help).",
     )
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per run")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads (connections)")
