@@ -82,6 +82,17 @@ def server_connect_error(data):
     _original.pop(data.server.id, None)
 """
 
+# For benchmarks of streams (scripts/bench streams): bare mitmdump buffers every response unless
+# told to stream it, as spendbrake does for text/event-stream. spendbrake has set its metering
+# stream already when this runs (its addon comes first), so there this changes nothing.
+STREAM_SSE_HOOK = """
+
+def responseheaders(flow):
+    content_type = flow.response.headers.get("content-type", "")
+    if content_type.startswith("text/event-stream") and not flow.response.stream:
+        flow.response.stream = True
+"""
+
 SPENDBRAKE_CONFIG = f"""\
 [agents.{AGENT}]
 daily_usd = 1000000.00
@@ -116,13 +127,18 @@ def machine_ticks() -> tuple[int, int]:
 
 
 def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run warm-up then the measured phase; return latencies, counts and CPU samples."""
-    context = ssl.create_default_context(cafile=spec["ca"])
+    """Run warm-up then the measured phase; return latencies, counts and CPU samples.
+
+    With ``plain_http`` the threads talk plain HTTP to a base-URL gateway (LiteLLM, in
+    scripts/bench litellm) instead of HTTPS; ``headers`` replace request headers.
+    """
+    context = None if spec.get("plain_http") else ssl.create_default_context(cafile=spec["ca"])
     bodies = itertools.count()
     headers = {
         "Host": HOST,
         "Content-Type": "application/json",
         "Authorization": "Bearer sk-bench-not-a-key",
+        **spec.get("headers", {}),
     }
     proxy = spec.get("proxy")
     tunnel_headers = {}
@@ -142,16 +158,20 @@ def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     abort = threading.Event()  # a broken proxy stalls every request: give up, don't wait it out
 
-    def connect() -> http.client.HTTPSConnection:
-        conn = http.client.HTTPSConnection(host, port, context=context, timeout=REQUEST_TIMEOUT_S)
+    def connect() -> http.client.HTTPConnection:
+        conn = (
+            http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_S)
+            if context is None
+            else http.client.HTTPSConnection(host, port, context=context, timeout=REQUEST_TIMEOUT_S)
+        )
         if proxy:
             conn.set_tunnel(HOST, 443, headers=tunnel_headers)
         conn.connect()
         return conn
 
     def one(
-        conn: http.client.HTTPSConnection | None, sink: list[float] | None, local: dict[str, int]
-    ) -> http.client.HTTPSConnection | None:
+        conn: http.client.HTTPConnection | None, sink: list[float] | None, local: dict[str, int]
+    ) -> http.client.HTTPConnection | None:
         local["sent"] += 1
         try:
             if conn is None:
@@ -186,7 +206,7 @@ def client_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def thread_main(index: int) -> None:
         local = dict.fromkeys(totals, 0)
-        conn: http.client.HTTPSConnection | None = None
+        conn: http.client.HTTPConnection | None = None
         try:
             for _ in range(warmup_each):
                 if abort.is_set():
@@ -327,8 +347,19 @@ def wait_for(what: str, process: Process, ready: Any, timeout: float = READY_TIM
     raise RuntimeError(f"{what} not ready after {timeout:.0f} s ({last})\n{process.output()}")
 
 
-def start_fake(workdir: Path) -> tuple[Process, int, Path]:
+# The fake with a longer listen queue than socketserver's 5: with hundreds of connections opened
+# at once (scripts/bench streams, overshoot, litellm) the kernel otherwise drops the overflow
+# and the clients retry their SYN a second or more later.
+FAKE_WITH_BACKLOG = (
+    "import sys; from spendbrake.testing import fake_provider as f; "
+    "f._Server.request_queue_size = int(sys.argv.pop(1)); sys.exit(f.main())"
+)
+
+
+def start_fake(workdir: Path, backlog: int | None = None) -> tuple[Process, int, Path]:
     argv = [sys.executable, "-m", "spendbrake.testing.fake_provider", "--port", "0"]
+    if backlog is not None:
+        argv = [sys.executable, "-c", FAKE_WITH_BACKLOG, str(backlog), "--port", "0"]
     fake = spawn("fake", [*argv, "--dir", str(workdir / "fake-pki")], workdir)
 
     def announced() -> tuple[int, Path] | None:
@@ -409,13 +440,24 @@ class Proxy:
 
 
 def start_proxy(
-    kind: str, run_dir: Path, fake_port: int, fake_ca: Path, *, own_upstream: bool = False
+    kind: str,
+    run_dir: Path,
+    fake_port: int,
+    fake_ca: Path,
+    *,
+    own_upstream: bool = False,
+    stream_sse: bool = False,
+    config: str = SPENDBRAKE_CONFIG,
+    ledger: Path | None = None,
 ) -> Proxy:
+    """``stream_sse`` makes both proxies stream SSE responses (STREAM_SSE_HOOK); ``config`` is
+    spendbrake's configuration and ``ledger`` its file (default: a new one in ``run_dir``)."""
     port = free_port()
     bare_settings, spendbrake_settings = proxy_settings()
     common = [f"ssl_verify_upstream_trusted_ca={fake_ca}"]
     redirect = run_dir / "redirect.py"
-    redirect.write_text(REDIRECT_SCRIPT.format(host="127.0.0.1", port=fake_port, llm_host=HOST))
+    script = REDIRECT_SCRIPT.format(host="127.0.0.1", port=fake_port, llm_host=HOST)
+    redirect.write_text(script + (STREAM_SSE_HOOK if stream_sse else ""))
     if kind == "bare":
         confdir = run_dir / "mitmproxy-certs"
         argv = [str(BIN / "mitmdump"), "--mode", "regular", "--listen-host", "127.0.0.1"]
@@ -424,10 +466,11 @@ def start_proxy(
         process = spawn("bare", argv, run_dir)
         proxy = Proxy(process, port, confdir / "mitmproxy-ca-cert.pem")
     else:
-        certs, config, ledger = run_dir / "certs", run_dir / "bench.toml", run_dir / "ledger.db"
-        config.write_text(SPENDBRAKE_CONFIG)
+        certs, config_file = run_dir / "certs", run_dir / "bench.toml"
+        ledger = ledger or run_dir / "ledger.db"
+        config_file.write_text(config)
         argv = [str(BIN / "spendbrake"), "up", "--listen", f"127.0.0.1:{port}"]
-        argv += ["--config", str(config), "--ledger", str(ledger)]
+        argv += ["--config", str(config_file), "--ledger", str(ledger)]
         argv += set_options([*spendbrake_settings, *common])
         if own_upstream:
             argv += ["--set", f"spendbrake_upstream=127.0.0.1:{fake_port}"]
@@ -598,6 +641,19 @@ def one_run(
     )
     checks += [f"error: {e}" for e in result["errors_sample"]]
 
+    return run_summary(target, index, result, checks, ok, load_before)
+
+
+def run_summary(
+    target: str,
+    index: int,
+    result: dict[str, Any],
+    checks: list[str],
+    ok: bool,
+    load_before: float,
+) -> dict[str, Any]:
+    """One run's row: requests/s, latency percentiles and CPU per request from the client's
+    result, with the run's sanity checks."""
     latencies = sorted(result["latencies_s"]) or [math.nan]
     measured = len(result["latencies_s"])
     ok &= measured > 0
@@ -750,6 +806,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="scripts/bench",
         description="Throughput and latency of spendbrake against bare mitmdump and the fake "
         "upstream directly (see docs/benchmarks.md).",
+        epilog="The rest of the suite: scripts/bench streams | ledger | overshoot | litellm "
+        "(each with --help).",
     )
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per run")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads (connections)")
