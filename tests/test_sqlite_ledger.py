@@ -108,6 +108,7 @@ def test_migrations_are_recorded_and_never_applied_twice(path: Path) -> None:
         ("spendbrake", "m008_no_index_on_start_times"),
         ("spendbrake", "m009_windows_after_resets"),
         ("spendbrake", "m010_access"),
+        ("spendbrake", "m011_alerts"),
     ]
 
     for _ in range(2):
@@ -239,6 +240,8 @@ def test_the_schema_holds_call_metadata_only(ledger: SQLiteLedger, path: Path) -
         "agent_secrets",
         "api_keys",
         "settings",
+        "alerts",
+        "alert_deliveries",
         "_sqlite_migrations",
     }
     assert columns("calls") == CALL_COLUMNS

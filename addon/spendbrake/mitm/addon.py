@@ -24,6 +24,7 @@ class Spendbrake:
         self.identification = Identification()
         self.enforcement = Enforcement()
         self.local_api = LocalApi()
+        self.alerting = self.enforcement.alerts  # told by enforcement; started and stopped here
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -49,12 +50,15 @@ class Spendbrake:
             access = self.local_api.access
         self.identification.use(config, access)
         self.local_api.use(config, worker, access)
+        self.alerting.use(config.alerts, worker)
 
     def running(self) -> None:
         self.identification.running()
         self.enforcement.running()
+        self.alerting.running()
 
     def done(self) -> None:
+        self.alerting.done()
         self.enforcement.done()
 
     # -- connections ---------------------------------------------------------------------------
