@@ -85,6 +85,10 @@ class Alerting:
             self._reader.close()
             self._reader = None
 
+    @property
+    def pending_deliveries(self) -> int:
+        return self._deliveries
+
     async def drain(self) -> None:
         """Wait for every firing and delivery under way (tests, and an orderly stop)."""
         while self._tasks:

@@ -5,8 +5,9 @@ remaining $4.21``); a refused flow is marked; ``flow.metadata["spendbrake_call"]
 whole record as plain JSON values, so it survives a saved flow file. Each call also logs one
 concise line. No prompt, completion or key appears in any of them.
 
-When a flow ends, the live ``FlowState`` leaves ``flow.metadata``: mitmproxy writes metadata to
-flow files with tnetstring, which takes plain values only, and would fail on it.
+When a flow ends, the live ``FlowState`` leaves ``flow.metadata``: mitmproxy deep-copies
+metadata (saving, exporting, duplicating a flow) and writes it with tnetstring, which takes plain
+values only; both fail on it.
 """
 
 from __future__ import annotations
