@@ -118,7 +118,7 @@ async def test_a_second_proxy_and_a_restart_on_the_same_ledger_do_not_fire_again
             assert flow.response is not None
             assert flow.response.status_code == 402
         bodies = receiver.wait_for(3)
-    assert [b["threshold"] for b in bodies] == ["50%", "80%", "100%"]
+    assert sorted(b["threshold"] for b in bodies) == ["100%", "50%", "80%"]  # once each
 
 
 async def test_a_receiver_that_is_down_is_retried_then_recorded_as_failed(

@@ -14,14 +14,15 @@ costs threads and retries here, and nothing on any call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import logging
 import sqlite3
+import threading
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,7 +61,7 @@ class Alerting:
         self._spent: dict[str, deque[tuple[datetime, int]]] = {}  # the burn window, per agent
         self._tasks: set[asyncio.Task[None]] = set()
         self._deliveries = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._posting: dict[int, asyncio.Semaphore] = {}  # per webhook: at most 2 posts at once
         self._heartbeat: asyncio.Task[None] | None = None
         self._reader: sqlite3.Connection | None = None
 
@@ -78,9 +79,7 @@ class Alerting:
         for task in [*self._tasks, *([self._heartbeat] if self._heartbeat else [])]:
             task.cancel()
         self._heartbeat = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self._posting.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -231,9 +230,8 @@ class Alerting:
                     wait *= 2
                 attempts += 1
                 try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._pool(), _post, webhook.url, body
-                    )
+                    async with self._posting.setdefault(index, asyncio.Semaphore(2)):
+                        await _off_the_loop(_post, webhook.url, body)
                 except (OSError, http.client.HTTPException) as e:
                     error = _describe(e)
                     log.info(
@@ -275,11 +273,6 @@ class Alerting:
         except LedgerUnavailable as e:
             log.warning("spendbrake: could not record an alert's delivery: %s", e)
 
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(2, thread_name_prefix="spendbrake-alerts")
-        return self._executor
-
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
@@ -304,13 +297,10 @@ class Alerting:
         # Far enough back to find runs that began before this proxy started.
         lookback = timedelta(seconds=(silent or 0) + (busy or 0) + 2 * config.heartbeat_gap_s)
         last_id = 0
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 now = utc_now()
-                seen, last_id = await loop.run_in_executor(
-                    self._pool(), self._read_calls, last_id, now - lookback
-                )
+                seen, last_id = await _off_the_loop(self._read_calls, last_id, now - lookback)
                 for agent, at in seen:
                     tracker.saw(agent, at)
                 for due in tracker.due(utc_now()):
@@ -326,6 +316,36 @@ class Alerting:
         if self._reader is None:
             self._reader = open_reader(ledger.path)
         return calls_after(self._reader, after_id, since)
+
+
+async def _off_the_loop[T](work: Callable[..., T], *arguments: object) -> T:
+    """``work`` on a daemon thread of its own: never the loop's default executor (which parses
+    large bodies for calls), and a post stuck on a receiver that never answers cannot hold up
+    the proxy's exit."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = work(*arguments)
+        except BaseException as e:
+            error = e
+        # RuntimeError: the loop closed meanwhile (the proxy stopped); nobody waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="spendbrake-alerts", daemon=True).start()
+    return await done
 
 
 def _book(ledger: Ledger) -> SQLiteAlertBook:
