@@ -91,7 +91,10 @@ async def test_each_threshold_fires_exactly_once_to_every_webhook(tmp_path: Path
     assert json_bodies[1]["message"].startswith(
         "bot has spent 80% of its daily limit: $0.0000264 of $0.00003"
     )
-    assert "a call was refused" in json_bodies[2]["message"]
+    assert json_bodies[2]["message"] == (
+        f"bot hit its daily limit ({json_bodies[2]['period']}): a call was refused with "
+        "$0.0000264 of $0.00003 spent"
+    )
     slack = [b for p, b in zip(receiver.paths, bodies, strict=True) if p != "/json"]
     assert [set(b) for b in slack] == [{"text"}] * 3  # an incoming webhook's message
     assert slack[0]["text"].startswith(":money_with_wings: spendbrake: bot has spent 50%")

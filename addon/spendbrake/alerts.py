@@ -65,7 +65,12 @@ def thresholds_reached(
             continue
         figures = f"{format_usd(spent)} of {format_usd(limit)} ({period})"
         if refused and share >= 1:
-            message = f"{agent} reached its {window} limit: {figures}; a call was refused"
+            # Spend itself stays below the limit (the holds see to that): a call that did not
+            # fit is how a window says it is full.
+            message = (
+                f"{agent} hit its {window} limit ({period}): a call was refused with "
+                f"{format_usd(spent)} of {format_usd(limit)} spent"
+            )
         else:
             message = f"{agent} has spent {percent(share)} of its {window} limit: {figures}"
         yield Alert(

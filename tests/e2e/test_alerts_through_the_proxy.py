@@ -116,7 +116,7 @@ webhooks = [
     slack = [b["text"] for p, b in zip(receiver.paths, bodies, strict=True) if p != "/json"]
     assert len(slack) == 3
     assert all(text.startswith(f":money_with_wings: spendbrake: {AGENT} ") for text in slack)
-    assert any(f"{AGENT} reached its daily limit" in text for text in slack)
+    assert any(f"{AGENT} hit its daily limit (" in text for text in slack)
 
     assert output.count("spendbrake alert: ") == 3  # the log has each alert once too
     assert TOKEN not in output  # a webhook URL's secret part is never logged

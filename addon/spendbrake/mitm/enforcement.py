@@ -304,10 +304,7 @@ class Enforcement:
             log.warning("spendbrake: %s stopped a call of %s: %s", result.brake.code, agent,
                         result.brake.detail)  # fmt: skip
             return refusals.braked(result.brake, agent)
-        if isinstance(result, HoldRefused):
-            log.warning(
-                "spendbrake: refused a call of %s: %s budget exceeded", agent, result.window
-            )
+        if isinstance(result, HoldRefused):  # logged with the call's line (flow_annotations)
             return refusals.window_exceeded(
                 result,
                 agent=agent,
