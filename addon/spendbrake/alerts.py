@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 
 from spendbrake.brakes import Brake
 from spendbrake.burn import format_duration, format_rate
@@ -37,6 +38,7 @@ class Alert:
         return (self.agent, self.kind, self.window, self.period, self.threshold)
 
 
+@cache  # asked on every settlement, of the same few shares
 def percent(share: Decimal) -> str:
     """0.8 → "80%", 0.125 → "12.5%"."""
     return f"{(share * 100).normalize():f}%"

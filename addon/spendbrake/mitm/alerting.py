@@ -64,6 +64,7 @@ class Alerting:
         self._posting: dict[int, asyncio.Semaphore] = {}  # per webhook: at most 2 posts at once
         self._heartbeat: asyncio.Task[None] | None = None
         self._reader: sqlite3.Connection | None = None
+        self.heartbeat_checks = 0  # passes of the heartbeat so far
 
     def use(self, config: AlertsConfig, worker: LedgerWorker | None) -> None:
         if worker is not self.worker:
@@ -108,11 +109,18 @@ class Alerting:
             return
         agent, now = intent.agent, utc_now()
         shares = self.config.thresholds_for(agent)
-        self._fire_all(
-            alerts.thresholds_reached(
-                agent, "daily", totals.day, totals.spent_nanos, totals.limit_nanos, shares, now
+        # Once a day's thresholds fired, a settlement costs this set lookup and nothing more.
+        due = [
+            s
+            for s in shares
+            if (agent, "threshold", "daily", totals.day, alerts.percent(s)) not in self._fired
+        ]
+        if due:
+            self._fire_all(
+                alerts.thresholds_reached(
+                    agent, "daily", totals.day, totals.spent_nanos, totals.limit_nanos, due, now
+                )
             )
-        )
         month = totals.day[:7]
         if monthly_limit is not None and any(
             (agent, "threshold", "monthly", month, alerts.percent(s)) not in self._fired
@@ -307,6 +315,7 @@ class Alerting:
                     self._fire(due.alert, due.unless_since)
             except (sqlite3.Error, OSError) as e:
                 log.warning("spendbrake: the heartbeat could not read the ledger: %s", e)
+            self.heartbeat_checks += 1
             await asyncio.sleep(config.heartbeat_every_s)
 
     def _read_calls(self, after_id: int, since: datetime) -> tuple[list[tuple[str, datetime]], int]:
