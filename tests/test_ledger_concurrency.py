@@ -282,4 +282,5 @@ def test_processes_opening_a_new_ledger_at_the_same_time_all_succeed(tmp_path: P
             ("m008_no_index_on_start_times",),
             ("m009_windows_after_resets",),
             ("m010_access",),
+            ("m011_alerts",),
         ]

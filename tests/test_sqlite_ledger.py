@@ -142,7 +142,12 @@ def test_migrations_are_recorded_and_never_applied_twice(path: LedgerLocation) -
         ("spendbrake", "m010_access"),
     ]
     # PostgreSQL's own: the leases that tell a live proxy on another host from a dead one.
-    own = [("spendbrake", "pg001_proxy_leases")] if isinstance(path, PostgresUrl) else []
+    # SQLite's own: alerts (not yet kept in a PostgreSQL ledger).
+    own = (
+        [("spendbrake", "pg001_proxy_leases")]
+        if isinstance(path, PostgresUrl)
+        else [("spendbrake", "m011_alerts")]
+    )
     assert [(s, n) for s, n, _ in applied] == both + own
 
     for _ in range(2):
@@ -283,7 +288,8 @@ def test_the_schema_holds_call_metadata_only(ledger: AnyLedger, path: LedgerLoca
     bookkeeping = (
         {"spendbrake_migrations", "proxy_leases"}
         if isinstance(path, PostgresUrl)
-        else {"_sqlite_migrations"}
+        # Alerts are kept in SQLite ledgers only, for now.
+        else {"_sqlite_migrations", "alerts", "alert_deliveries"}
     )
     assert tables == bookkeeping | {
         "calls",

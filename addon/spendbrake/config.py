@@ -18,6 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from spendbrake.access import Access, AccessConfigError, IdentifyRules, parse_access, parse_identify
+from spendbrake.alerts_config import AlertsConfig, AlertsConfigError, parse_alerts
 from spendbrake.brakes import Brakes
 from spendbrake.ledger import Limits
 from spendbrake.ledger_url import BadLedgerLocation, LedgerLocation, parse_location
@@ -71,6 +72,7 @@ _TOP_KEYS = frozenset(
         "allow_server_tools",
         "access",
         "identify",
+        "alerts",
     }
 )
 SERVER_TOOLS = frozenset(
@@ -165,6 +167,7 @@ class Config:
     allow_server_tools: frozenset[str] = frozenset()
     access: Access = field(default_factory=Access)
     identify: IdentifyRules = field(default_factory=IdentifyRules)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     # agent → SHA-256 (hex) of its proxy secret; 'spendbrake agent add' keeps others in the ledger.
     agent_secrets: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
@@ -349,7 +352,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
     try:
         access = parse_access(data.get("access"), where)
         identify = parse_identify(data.get("identify"), where)
-    except AccessConfigError as e:
+        alerts = parse_alerts(data.get("alerts"), where)
+    except (AccessConfigError, AlertsConfigError) as e:
         raise ConfigError(str(e)) from None
     return Config(
         timezone=timezone,
@@ -362,6 +366,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         allow_server_tools=_parse_server_tools(data.get("allow_server_tools", []), where),
         access=access,
         identify=identify,
+        alerts=alerts,
         agent_secrets=_parse_secrets(agents_table, where),
         source=source,
     )

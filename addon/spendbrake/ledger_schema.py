@@ -419,3 +419,40 @@ def m010_access(db: sqlite_utils.Database) -> None:
     db.execute(
         "INSERT INTO settings (name, value) VALUES ('api_key_hash_key', lower(hex(randomblob(32))))"
     )
+
+
+@migrations()
+def m011_alerts(db: sqlite_utils.Database) -> None:
+    """Alerts fired, one row each: the unique key decides which proxy fires (the others, and a
+    restarted one, find it taken), and their webhook deliveries with what became of them."""
+    db.execute(
+        """
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY,
+            fired_at TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,  -- threshold, suspended, loop_detected, burn_rate, downgraded...
+            window TEXT NOT NULL,  -- daily, monthly, monthly_tokens, or '' for none
+            period TEXT NOT NULL,  -- the window's day or month, or the episode's start
+            threshold TEXT NOT NULL,  -- '80%' for a threshold, else ''
+            summary TEXT NOT NULL,  -- the alert in words, as the log and the webhooks got it
+            owner TEXT NOT NULL,  -- the proxy process that fired it
+            UNIQUE (agent, kind, window, period, threshold)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE alert_deliveries (
+            alert_id INTEGER NOT NULL REFERENCES alerts (id),
+            webhook INTEGER NOT NULL,  -- its place in [alerts] webhooks
+            target TEXT NOT NULL,  -- scheme and host only: a Slack URL's path is its token
+            format TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (alert_id, webhook)
+        )
+        """
+    )

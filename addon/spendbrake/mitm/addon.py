@@ -33,6 +33,7 @@ class Spendbrake:
         self.latency = AddedLatency()
         self.local_api = LocalApi(self.latency)
         self.status_server = StatusServer(lambda: self.local_api.app)
+        self.alerting = self.enforcement.alerts  # told by enforcement; started and stopped here
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -62,13 +63,16 @@ class Spendbrake:
             access = self.local_api.access
         self.identification.use(config, access)
         self.local_api.use(config, worker, access)
+        self.alerting.use(config.alerts, worker)
 
     def running(self) -> None:
         self.identification.running()
         self.enforcement.running()
         self.status_server.running()
+        self.alerting.running()
 
     def done(self) -> None:
+        self.alerting.done()
         self.local_api.done()
         self.enforcement.done()
         self.status_server.done()
@@ -111,15 +115,17 @@ class Spendbrake:
         self.enforcement.responseheaders(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        held = _held(flow)  # before: a settled flow's live state leaves its metadata
         started = time.perf_counter()
         await self.enforcement.response(flow)
-        if _held(flow):
+        if held:
             self.latency.observe("response", time.perf_counter() - started)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        held = _held(flow)  # before: a settled flow's live state leaves its metadata
         started = time.perf_counter()
         await self.enforcement.error(flow)
-        if _held(flow):
+        if held:
             self.latency.observe("error", time.perf_counter() - started)
 
 

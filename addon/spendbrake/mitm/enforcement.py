@@ -41,6 +41,8 @@ from spendbrake.ledger import (
     TokenCounts,
 )
 from spendbrake.ledger_url import open_ledger
+from spendbrake.mitm import flow_annotations
+from spendbrake.mitm.alerting import Alerting
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
@@ -91,6 +93,8 @@ class Enforcement:
         self._downgrades_recorded: set[tuple[str, str]] = set()  # (agent, month): one event each
         # Per agent, what the configuration says: worked out on its first call, not on each.
         self._policies: dict[str, AgentPolicy] = {}
+        # Told of settlements and refusals; inert until the facade hands it a ledger.
+        self.alerts = Alerting()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -220,7 +224,7 @@ class Enforcement:
         def intent(
             request: CallRequest | None = None, estimate: governor.Estimate | None = None
         ) -> CallIntent:
-            return CallIntent(
+            made = CallIntent(
                 agent=agent,
                 session=identity.session,
                 provider=provider.id,
@@ -234,6 +238,8 @@ class Enforcement:
                 estimated_output_tokens=estimate.output_tokens if estimate else 0,
                 fingerprint=request.fingerprint if request else "",
             )
+            flow_annotations.begin(flow, made)
+            return made
 
         if ctx.options.spendbrake_block_all:
             blocked = Refusal(
@@ -301,14 +307,13 @@ class Enforcement:
                                                    limits, brakes)  # fmt: skip
         except LedgerUnavailable as e:
             return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
+        if isinstance(result, HoldBraked | HoldRefused):
+            self.alerts.refused(held_intent, result)
         if isinstance(result, HoldBraked):
             log.warning("spendbrake: %s stopped a call of %s: %s", result.brake.code, agent,
                         result.brake.detail)  # fmt: skip
             return refusals.braked(result.brake, agent)
-        if isinstance(result, HoldRefused):
-            log.warning(
-                "spendbrake: refused a call of %s: %s budget exceeded", agent, result.window
-            )
+        if isinstance(result, HoldRefused):  # logged with the call's line (flow_annotations)
             return refusals.window_exceeded(
                 result,
                 agent=agent,
@@ -401,6 +406,7 @@ class Enforcement:
                 "tokens used"
             )
             await self.worker.run(lambda ledger: ledger.record_event(agent, "downgraded", detail))
+            self.alerts.downgraded(agent, month, detail)
         return cheaper
 
     async def _estimate(
@@ -433,6 +439,7 @@ class Enforcement:
         if state and state.identity:
             headers["x-spendbrake-agent"] = state.identity.agent
         flow.response = http.Response.make(refusal.status, json.dumps(body), headers)
+        flow_annotations.refused(flow, refusal, headers.get("x-spendbrake-agent"))
 
     # -- metering ------------------------------------------------------------------------------
 
@@ -458,35 +465,47 @@ class Enforcement:
         headers["x-spendbrake-remaining-usd"] = format_usd_exact(call.remaining_nanos)
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        state = flow_state(flow)
-        call = state.call if state else None
-        if call is None or call.settled or flow.response is None:
-            return
-        settled = from_response(call, flow.response, self.pricer)
-        totals = await self._settle(call, settled)
-        if call.meter is None and totals is not None:
-            flow.response.headers["x-spendbrake-cost-usd"] = format_usd_exact(settled.actual_nanos)
-            flow.response.headers["x-spendbrake-remaining-usd"] = format_usd_exact(
-                totals.remaining_nanos
-            )
+        try:
+            state = flow_state(flow)
+            call = state.call if state else None
+            if call is None or call.settled or flow.response is None:
+                return
+            settled = from_response(call, flow.response, self.pricer)
+            totals = await self._settle(call, settled)
+            flow_annotations.settled(flow, call, settled, totals)
+            if call.meter is None and totals is not None:
+                flow.response.headers["x-spendbrake-cost-usd"] = format_usd_exact(
+                    settled.actual_nanos
+                )
+                flow.response.headers["x-spendbrake-remaining-usd"] = format_usd_exact(
+                    totals.remaining_nanos
+                )
+        finally:
+            # The flow is over: its live state leaves flow.metadata (see flow_annotations).
+            flow_annotations.finish(flow)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        state = flow_state(flow)
-        call = state.call if state else None
-        if call is None or call.settled:
-            return
-        message = flow.error.msg if flow.error else "unknown error"
-        if call.meter is not None and not call.meter_failed:
-            settlement = from_stream(call, "interrupted", message, self.pricer)
-        elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
-            # Never connected to the provider: nothing was sent, nothing can be billed. Whose
-            # fault matters: only the provider's counts toward the backoff brake.
-            gave_up = flow.client_conn.timestamp_end is not None or "client" in message.lower()
-            outcome = "client_disconnected" if gave_up else "upstream_unreachable"
-            settlement = Settlement(0, TokenCounts(), outcome, message)
-        else:
-            settlement = at_the_hold(call, "interrupted", message)
-        await self._settle(call, settlement)
+        try:
+            state = flow_state(flow)
+            call = state.call if state else None
+            if call is None or call.settled:
+                return
+            message = flow.error.msg if flow.error else "unknown error"
+            if call.meter is not None and not call.meter_failed:
+                settlement = from_stream(call, "interrupted", message, self.pricer)
+            elif flow.response is None and flow.server_conn.timestamp_tcp_setup is None:
+                # Never connected to the provider: nothing was sent, nothing can be billed. Whose
+                # fault matters: only the provider's counts toward the backoff brake.
+                gave_up = flow.client_conn.timestamp_end is not None or "client" in message.lower()
+                outcome = "client_disconnected" if gave_up else "upstream_unreachable"
+                settlement = Settlement(0, TokenCounts(), outcome, message)
+            else:
+                settlement = at_the_hold(call, "interrupted", message)
+            totals = await self._settle(call, settlement)
+            flow_annotations.settled(flow, call, settlement, totals)
+        finally:
+            # The flow is over: its live state leaves flow.metadata (see flow_annotations).
+            flow_annotations.finish(flow)
 
     async def _settle(self, call: HeldCall, settlement: Settlement) -> DayTotals | None:
         call.settled = True
@@ -498,7 +517,7 @@ class Enforcement:
             return ledger.settle(call.call_id, settlement, call.configured_limit)
 
         try:
-            return await self.worker.run(settle)
+            totals = await self.worker.run(settle)
         except LedgerUnavailable as e:
             # Meanwhile the hold counts as spent; the settlement is written once the ledger
             # works again (or the hold is settled at its amount if this proxy stops first).
@@ -510,6 +529,9 @@ class Enforcement:
             )
             self.worker.retry_later(settle)
             return None
+        monthly_limit = self._policy(call.intent.agent).limits.monthly_nanos
+        self.alerts.settled(call.intent, settlement, totals, monthly_limit)
+        return totals
 
 
 def _hold(
