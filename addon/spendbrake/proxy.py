@@ -29,7 +29,12 @@ TCP_TIMEOUT_S = 3600
 class SpendbrakeMaster(DumpMaster):
     def __init__(self, opts: options.Options, **kwargs: Any) -> None:
         super().__init__(opts, **kwargs)
-        self.addons.add(*spendbrake_addons())
+        # Flows are saved (save_stream_file, HAR) after spendbrake has annotated them and taken
+        # its live state out of their metadata; saved before, they could not be written at all.
+        savers = [a for a in (self.addons.get("save"), self.addons.get("savehar")) if a]
+        for saver in savers:
+            self.addons.remove(saver)
+        self.addons.add(*spendbrake_addons(), *savers)
 
 
 def mitmdump_arguments(

@@ -5,6 +5,8 @@ metadata holds the call's record; the proxy's log has one line per call."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from e2e_support import (
     MITMDUMP,
     TEST_ID_HEADER,
     Certs,
+    Proxy,
     clean_environment,
     run_client,
     running_proxy,
@@ -115,3 +118,19 @@ def test_saved_flows_carry_the_comment_the_mark_and_the_record(
         f"spendbrake: {AGENT} gpt-4o-mini 7 in/5 out $0.00000405 (remaining $0.00001595)"
     )
     assert lines[2].endswith(f"spendbrake: {AGENT} gpt-4o-mini refused 402 daily_budget_exceeded")
+
+
+def test_spendbrake_up_saves_annotated_flows_too(
+    start_proxy: Callable[..., AbstractContextManager[Proxy]], tmp_path: Path, test_id: str
+) -> None:
+    """``spendbrake up --set save_stream_file=F`` saves after spendbrake's addon, so the flows
+    are written, with their comments (mitmproxy's own Save addon would otherwise run first)."""
+    flows_file = tmp_path / "up-flows.mitm"
+    with start_proxy(config_toml=None, settings=[f"save_stream_file={flows_file}"]) as proxy:
+        spec = {"content": "hi", "max_tokens": 5, "headers": {TEST_ID_HEADER: test_id}}
+        [report] = run_client("sdk_chat.py", spec, proxy.client_env("up-bot"))["calls"]
+        assert report["status"] == 200
+    with flows_file.open("rb") as f:
+        [flow] = [flow for flow in FlowReader(f).stream() if isinstance(flow, http.HTTPFlow)]
+    assert flow.comment.startswith("up-bot · gpt-4o-mini · 7 in / 5 out · $")
+    assert flow.metadata["spendbrake_call"]["agent"] == "up-bot"
