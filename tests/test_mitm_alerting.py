@@ -207,6 +207,27 @@ async def test_a_monthly_limit_has_thresholds_too(tmp_path: Path) -> None:
     )
 
 
+async def test_group_and_session_windows_have_thresholds_and_tokens_count_in_tokens(
+    tmp_path: Path,
+) -> None:
+    with receiving() as receiver:
+        config = (
+            '[agents.bot]\ngroup = "team"\nsession_tokens = 60\n'
+            "[groups.team]\ndaily_usd = 0.00003\n"
+            + alerts_toml((receiver.url, "json"), extra="thresholds = [0.5]\n")
+        )
+        with alerting_proxy(tmp_path, config) as (proxy, alerting):
+            for i in range(3):  # 17 tokens and $0.0000066 a call
+                await call(proxy, f"call {i}")
+                await alerting.drain()
+        bodies = sorted(receiver.wait_for(2), key=lambda body: body["window"])
+    assert [(body["window"], body["threshold"]) for body in bodies] == [
+        ("group_daily", "50%"),  # $0.0000198 of $0.00003 after the third call
+        ("session_tokens", "50%"),  # 34 of 60 tokens after the second
+    ]
+    assert "34 tokens of 60" in bodies[1]["message"]
+
+
 async def test_a_burn_rate_above_the_alert_fires_once_a_day(tmp_path: Path) -> None:
     with receiving() as receiver:
         config = alerts_toml((receiver.url, "json"), extra="thresholds = []\n")

@@ -16,6 +16,7 @@ from functools import cache
 
 from spendbrake.brakes import Brake
 from spendbrake.burn import format_duration, format_rate
+from spendbrake.ledger import TOKEN_WINDOWS
 from spendbrake.money import format_usd, format_usd_exact
 
 type AlertKey = tuple[str, str, str, str, str]
@@ -62,16 +63,17 @@ def thresholds_reached(
 ) -> Iterator[Alert]:
     """The threshold alerts a window's spend has reached. A window that refused a call for want
     of room has reached its limit (100 %) whatever was spent: the holds kept spend below it."""
+    used, of = _amounts(window, spent, limit)
     for share in shares:
         if not (reached(spent, limit, share) or (refused and share >= 1)):
             continue
-        figures = f"{format_usd(spent)} of {format_usd(limit)} ({period})"
+        figures = f"{used} of {of} ({period})"
         if refused and share >= 1:
             # Spend itself stays below the limit (the holds see to that): a call that did not
             # fit is how a window says it is full.
             message = (
                 f"{agent} hit its {window} limit ({period}): a call was refused with "
-                f"{format_usd(spent)} of {format_usd(limit)} spent"
+                f"{used} of {of} spent"
             )
         else:
             message = f"{agent} has spent {percent(share)} of its {window} limit: {figures}"
@@ -86,6 +88,13 @@ def thresholds_reached(
             spent_nanos=spent,
             limit_nanos=limit,
         )
+
+
+def _amounts(window: str, spent: int, limit: int) -> tuple[str, str]:
+    """Dollars, or tokens for the windows counted in tokens."""
+    if window in TOKEN_WINDOWS:
+        return f"{spent:,} tokens", f"{limit:,}"
+    return format_usd(spent), format_usd(limit)
 
 
 def suspended(agent: str, brake: Brake, at: datetime) -> Alert:

@@ -212,6 +212,11 @@ class Ledger(Protocol):
         'limit set' changed it."""
         ...
 
+    def window_uses(self, intent: CallIntent, limits: Limits) -> list[WindowUse]:
+        """The windows besides the day that limit the call's agent (configured or set at run
+        time), with what each has spent and held; token windows in tokens."""
+        ...
+
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
         """What the tightest money window that applies to the call has left."""
         ...

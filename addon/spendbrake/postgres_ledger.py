@@ -376,6 +376,9 @@ class PostgresLedger:
 
         return self._read(work)
 
+    def window_uses(self, intent: CallIntent, limits: Limits) -> list[WindowUse]:
+        return self._read(lambda conn: self._other_windows(conn, intent, limits))
+
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
         def work(conn: Conn) -> int:
             totals = self._totals(conn, intent.agent, intent.day, configured_limit)

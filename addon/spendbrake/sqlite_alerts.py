@@ -102,22 +102,6 @@ class SQLiteAlertBook:
                 ),
             )
 
-    def month_use(self, agent: str, month: str) -> tuple[int, int | None]:
-        """The agent's spend in a month ("2026-11", after resets) and its monthly limit if
-        'limit set' changed it."""
-        conn = self.ledger.db.conn
-        spent = conn.execute(
-            """
-            SELECT spent_nanos FROM windows_after_resets
-            WHERE scope = 'agent_month' AND name = ? AND period = ?
-            """,
-            (agent, month),
-        ).fetchone()
-        override = conn.execute(
-            "SELECT limit_nanos FROM limits WHERE agent = ? AND window = 'monthly'", (agent,)
-        ).fetchone()
-        return (spent[0] if spent else 0), (override[0] if override else None)
-
     def alerts(self, agent: str | None = None) -> list[FiredAlert]:
         rows = self.ledger.db.conn.execute(
             """

@@ -332,6 +332,9 @@ class SQLiteLedger:
         ).fetchone()
         return self.month_tokens(agent, month, group), row[0] if row else None
 
+    def window_uses(self, intent: CallIntent, limits: Limits) -> list[WindowUse]:
+        return self._other_windows(self.db.conn, intent, limits)
+
     def room_nanos(self, intent: CallIntent, configured_limit: int, limits: Limits) -> int:
         conn = self.db.conn
         totals = self._totals(conn, intent.agent, intent.day, configured_limit)

@@ -39,6 +39,7 @@ from spendbrake.ledger import (
     HoldRefused,
     Ledger,
     LedgerUnavailable,
+    Limits,
     Settlement,
 )
 from spendbrake.mitm.ledger_worker import LedgerWorker
@@ -101,10 +102,12 @@ class Alerting:
         intent: CallIntent,
         settlement: Settlement,
         totals: DayTotals,
-        monthly_limit: int | None,
+        limits: Limits,
     ) -> None:
-        """After a settlement: the day's thresholds from its totals, the month's if the agent
-        has a monthly limit, and the burn rate from the costs this proxy settled."""
+        """After a settlement: the day's thresholds from its totals; the other windows the
+        configuration limits (month, group, session, tokens), read from the ledger off the
+        call's path until their thresholds have fired; the burn rate from the costs this proxy
+        settled."""
         if self.worker is None:
             return
         agent, now = intent.agent, utc_now()
@@ -121,18 +124,19 @@ class Alerting:
                     agent, "daily", totals.day, totals.spent_nanos, totals.limit_nanos, due, now
                 )
             )
-        month = totals.day[:7]
-        if monthly_limit is not None and any(
-            (agent, "threshold", "monthly", month, alerts.percent(s)) not in self._fired
+        if any(
+            (agent, "threshold", window, period_of(window, intent), alerts.percent(s))
+            not in self._fired
+            for window in limited_windows(limits)
             for s in shares
         ):
-            self._spawn(self._check_month(agent, month, monthly_limit, now))
+            self._spawn(self._check_windows(intent, limits, now))
         if (limit := self.config.burn_for(agent)) is not None:
             self._check_burn(agent, settlement.actual_nanos, limit, totals.day, now)
 
     def refused(self, intent: CallIntent, result: HoldRefused | HoldBraked) -> None:
-        """After a hold was refused: a daily or monthly window without room has reached its
-        limit; a brake that suspended the agent is an alert of its own."""
+        """After a hold was refused: the window without room has reached its limit; a brake
+        that suspended the agent is an alert of its own."""
         if self.worker is None:
             return
         agent, now = intent.agent, utc_now()
@@ -142,9 +146,7 @@ class Alerting:
             return
         use = result.blocked_by
         window = use.window if use else "daily"
-        if window not in ("daily", "monthly"):
-            return
-        period = intent.day if window == "daily" else intent.day[:7]
+        period = period_of(window, intent)
         spent = use.spent if use else result.totals.spent_nanos
         limit = use.limit if use else result.totals.limit_nanos
         shares = self.config.thresholds_for(agent)
@@ -197,18 +199,22 @@ class Alerting:
                 continue
             self._spawn(self._deliver(worker, alert_id, index, webhook, alert))
 
-    async def _check_month(self, agent: str, month: str, configured: int, now: datetime) -> None:
+    async def _check_windows(self, intent: CallIntent, limits: Limits, now: datetime) -> None:
         worker = self.worker
         if worker is None:
             return
         try:
-            spent, set_now = await worker.run(lambda ledger: _book(ledger).month_use(agent, month))
+            uses = await worker.run(lambda ledger: ledger.window_uses(intent, limits))
         except LedgerUnavailable:
             return  # the next settlement asks again
-        limit = configured if set_now is None else set_now
-        shares = self.config.thresholds_for(agent)
-        reached = alerts.thresholds_reached(agent, "monthly", month, spent, limit, shares, now)
-        self._fire_all(reached)
+        shares = self.config.thresholds_for(intent.agent)
+        for use in uses:
+            period = period_of(use.window, intent)
+            self._fire_all(
+                alerts.thresholds_reached(
+                    intent.agent, use.window, period, use.spent, use.limit, shares, now
+                )
+            )
 
     def _check_burn(self, agent: str, nanos: int, limit: int, day: str, now: datetime) -> None:
         spent = self._spent.get(agent)
@@ -355,6 +361,27 @@ async def _off_the_loop[T](work: Callable[..., T], *arguments: object) -> T:
 
     threading.Thread(target=run, name="spendbrake-alerts", daemon=True).start()
     return await done
+
+
+def limited_windows(limits: Limits) -> list[str]:
+    """The windows besides the day that the configuration limits for an agent."""
+    configured = {
+        "monthly": limits.monthly_nanos,
+        "group_daily": limits.group_daily_nanos if limits.group else None,
+        "group_monthly": limits.group_monthly_nanos if limits.group else None,
+        "session_usd": limits.session_nanos,
+        "session_tokens": limits.session_tokens,
+        "monthly_tokens": limits.monthly_tokens,
+        "group_monthly_tokens": limits.group_monthly_tokens if limits.group else None,
+    }
+    return [window for window, limit in configured.items() if limit is not None]
+
+
+def period_of(window: str, intent: CallIntent) -> str:
+    """What an alert of the window is once per: the day, the month, or the session."""
+    if window.startswith("session"):
+        return f"session {intent.session}" if intent.session else "the unnamed session"
+    return intent.day[:7] if "monthly" in window else intent.day
 
 
 def _book(ledger: Ledger) -> SQLiteAlertBook:

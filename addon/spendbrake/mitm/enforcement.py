@@ -529,8 +529,7 @@ class Enforcement:
             )
             self.worker.retry_later(settle)
             return None
-        monthly_limit = self._policy(call.intent.agent).limits.monthly_nanos
-        self.alerts.settled(call.intent, settlement, totals, monthly_limit)
+        self.alerts.settled(call.intent, settlement, totals, self._policy(call.intent.agent).limits)
         return totals
 
 
