@@ -119,7 +119,8 @@ def test_proxies_sharing_one_database_never_spend_past_the_limit_together(
     assert len(refused) >= len(clients)
     assert {c["reason"] for c in refused} == {"daily_budget_exceeded"}
     assert len(requests_of(fake, test_id)) == len(forwarded)
-    assert len({c["owner"] for c in forwarded}) == PROXIES  # every proxy served some
+    # Every proxy took part (which of them forwarded the few calls that fit is up to timing).
+    assert len({c["owner"] for c in calls}) == PROXIES
     # The window filled: what is left is less than one more call's hold.
     assert LIMIT_NANOS - sum(c["actual_nanos"] for c in forwarded) < max(
         c["held_nanos"] for c in forwarded
@@ -156,7 +157,9 @@ def test_while_the_database_is_away_calls_are_refused_and_the_proxies_recover_al
             proxy.assert_alive()
     calls = rows(ledger)
     assert [c["state"] for c in calls].count("held") == 0
-    assert len([c for c in calls if c["state"] == "settled"]) == len(requests_of(fake, test_id))
+    seen = [(c["id"], c["state"], c["outcome"], c["owner"], c["reason"]) for c in calls]
+    settled = [c for c in calls if c["state"] == "settled"]
+    assert len(settled) == len(requests_of(fake, test_id)), seen
 
 
 def test_a_killed_proxys_holds_are_settled_by_the_others_which_keep_serving(
