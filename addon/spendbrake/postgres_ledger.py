@@ -54,6 +54,7 @@ from spendbrake.money import format_usd
 from spendbrake.processes import current_owner, owner_is_alive
 from spendbrake.sqlite_brakes import iso
 from spendbrake.sqlite_ledger import REFUSAL_OF_WINDOW
+from spendbrake.window_plan import plan_windows, run_time_limits, window_uses
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,7 @@ class PostgresLedger:
             'SELECT agent, "window", limit_nanos FROM limits WHERE agent IN (%s, %s)',
             (agent, group),
         ).fetchall()
-        return {
-            window: limit
-            for who, window, limit in rows
-            if (who == group if window.startswith("group_") else who == agent)
-        }
+        return run_time_limits(rows, agent, group)
 
     def _other_windows(
         self,
@@ -245,39 +242,12 @@ class PostgresLedger:
         set_now: dict[str, int] | None = None,
     ) -> list[WindowUse]:
         """The windows besides the day that have a limit, configured or set at run time."""
-        month, session = intent.day[:7], f"{intent.agent}/{intent.session}"
-        places = {
-            "monthly": ("agent_month", intent.agent, month, limits.monthly_nanos),
-            "group_daily": ("group_day", limits.group, intent.day, limits.group_daily_nanos),
-            "group_monthly": ("group_month", limits.group, month, limits.group_monthly_nanos),
-            "session_usd": ("session", session, "", limits.session_nanos),
-            "session_tokens": ("session", session, "", limits.session_tokens),
-            "monthly_tokens": ("agent_month", intent.agent, month, limits.monthly_tokens),
-            "group_monthly_tokens": (
-                "group_month",
-                limits.group,
-                month,
-                limits.group_monthly_tokens,
-            ),
-        }
-        if not limits.group:
-            del places["group_daily"], places["group_monthly"], places["group_monthly_tokens"]
-        wanted = {w: place[3] for w, place in places.items()}
         if set_now is None:
             set_now = self._run_time_limits(conn, intent.agent, limits.group)
-        for window, limit in set_now.items():
-            if window not in wanted:
-                continue
-            if window in TOKEN_WINDOWS:
-                if limits.keep_downgraded_when_empty and window != "session_tokens":
-                    continue  # an empty bucket keeps the cheaper model: it never refuses
-                wanted[window] = limit or None  # 0 turns a token limit off, as 'limit set' says
-            else:
-                wanted[window] = limit
-        limited = {w: limit for w, limit in wanted.items() if limit is not None}
-        if not limited:
+        plan = plan_windows(intent, limits, set_now)
+        if not plan.limited:
             return []
-        keys = {places[w][:3] for w in limited}
+        keys = plan.keys()
         rows = conn.execute(
             f"""
             SELECT scope, name, period, spent_nanos, held_nanos, spent_tokens, held_tokens
@@ -286,19 +256,9 @@ class PostgresLedger:
             """,
             [part for key in keys for part in key],
         ).fetchall()
-        use = {(scope, name, period): rest for scope, name, period, *rest in rows}
-        uses = []
-        for window in WINDOWS[1:]:
-            if window not in limited:
-                continue
-            scope, name, period, _ = places[window]
-            spent, held, spent_tokens, held_tokens = use.get((scope, name, period), (0, 0, 0, 0))
-            shown = intent.session if scope == "session" else name
-            if window in TOKEN_WINDOWS:
-                uses.append(WindowUse(window, shown, spent_tokens, held_tokens, limited[window]))
-            else:
-                uses.append(WindowUse(window, shown, spent, held, limited[window]))
-        return uses
+        return window_uses(
+            intent, plan, {(scope, name, period): rest for scope, name, period, *rest in rows}
+        )
 
     def refuse(self, intent: CallIntent, reason: str) -> int:
         return self._write(
