@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 import sqlite_utils
 
@@ -134,15 +134,16 @@ class PostgresReads:
 
 def read_only_url(location: PostgresUrl) -> PostgresUrl:
     """``location`` with every session's transactions read-only (libpq's ``options``)."""
-    parts = urlsplit(location.url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    # Not urlunsplit: it would drop the empty host of postgresql:///db (a local socket).
+    base, _, query_text = location.url.partition("?")
+    query = parse_qsl(query_text, keep_blank_values=True)
     # An 'options' in the URL overrides PGOPTIONS: keep what either said, and add ours.
     given = [value for key, value in query if key == "options"]
     if not given and (environment := os.environ.get("PGOPTIONS")):
         given = [environment]
     options = " ".join([*given, "-cdefault_transaction_read_only=on"])
     query = [(key, value) for key, value in query if key != "options"] + [("options", options)]
-    return PostgresUrl(urlunsplit(parts._replace(query=urlencode(query, quote_via=quote))))
+    return PostgresUrl(f"{base}?{urlencode(query, quote_via=quote)}")
 
 
 class PostgresReader(PostgresLedger):
