@@ -155,7 +155,7 @@ class PostgresReader(PostgresLedger):
     def __init__(self, location: PostgresUrl) -> None:
         read_only = read_only_url(location)
         try:
-            # A snapshot holds one connection while the ledger's reads inside it reuse it.
+            # Few connections: the ledger's reads inside a snapshot reuse its connection.
             super().__init__(read_only, owner="read-only", pool_size=2, migrate=False)
         except LedgerUnavailable as e:
             message = str(e).replace(read_only.redacted(), location.redacted())
