@@ -2,19 +2,22 @@
 
 Written through the ledger's own hold, settle and refuse, as the proxy writes it; only the
 clock is fixed, so every figure the views show can be worked out by hand (see the comments).
+``write`` takes a SQLite path or a PostgreSQL location: the same calls go into either, so the
+views must show the same on both.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
+from spendbrake import postgres_brakes, sqlite_brakes
 from spendbrake.brakes import Brake
 from spendbrake.config import Config, parse_config
 from spendbrake.ledger import CallIntent, HoldGranted, Settlement, TokenCounts
+from spendbrake.ledger_url import LedgerLocation, open_ledger
 from spendbrake.money import parse_usd
-from spendbrake.sqlite_brakes import suspend
+from spendbrake.postgres_ledger import PostgresLedger
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 NOW = datetime(2026, 3, 14, 12, 0, 0, tzinfo=UTC)
@@ -61,7 +64,11 @@ def _call(agent: str, clock: str, *, day: str = "2026-03-14", **fields: object) 
 
 
 def _settled(
-    ledger: SQLiteLedger, intent: CallIntent, usd: str, input_tokens: int, output_tokens: int
+    ledger: SQLiteLedger | PostgresLedger,
+    intent: CallIntent,
+    usd: str,
+    input_tokens: int,
+    output_tokens: int,
 ) -> None:
     cost = parse_usd(usd)
     hold = ledger.hold(intent, cost * 2, UNLIMITED)  # a hold is the worst case: twice the bill
@@ -70,8 +77,18 @@ def _settled(
     ledger.settle(hold.call_id, Settlement(cost, tokens, "ok"), UNLIMITED)
 
 
-def write(path: Path) -> None:
-    ledger = SQLiteLedger(path)
+def _suspend(ledger: SQLiteLedger | PostgresLedger, agent: str, brake: Brake, at: datetime) -> None:
+    """What a burn brake does when it trips (the hold that tripped it is not part of this)."""
+    if isinstance(ledger, PostgresLedger):
+        with ledger.write_transaction() as conn:
+            postgres_brakes.suspend(conn, agent, brake, at)
+    else:
+        with ledger.db.conn:
+            sqlite_brakes.suspend(ledger.db.conn, agent, brake, at)
+
+
+def write(location: LedgerLocation) -> None:
+    ledger = open_ledger(location)
     try:
         # research-bot: $0.05 a day. Today $0.017 spent and $0.004 in flight, $0.01 of it in
         # the last minute and $0.015 in the last 15 (11:30 is older); yesterday $0.003.
@@ -95,9 +112,8 @@ def write(path: Path) -> None:
         }
         _settled(ledger, _call("summarizer", "11:59:10", **claude), "0.10", 2000, 500)
         _settled(ledger, _call("summarizer", "11:48:00", **claude), "0.20", 4000, 1000)
-        with ledger.db.conn:
-            brake = Brake("agent_suspended", "$0.10 spent in the last minute", suspends=True)
-            suspend(ledger.db.conn, "summarizer", brake, _at("11:59:20"))
+        brake = Brake("agent_suspended", "$0.10 spent in the last minute", suspends=True)
+        _suspend(ledger, "summarizer", brake, _at("11:59:20"))
         ledger.refuse(_call("summarizer", "11:59:40", **claude), "agent_suspended")
 
         # translator: asked for gpt-4o, sent to gpt-4o-mini this morning.

@@ -12,11 +12,15 @@ from sqlite_utils.cli import cli as sqlite_utils_cli
 
 import fixed_ledger
 from spendbrake import cli, cli_reports
+from spendbrake.ledger_url import LedgerLocation
+
+BOTH_BACKENDS = True  # each test on a SQLite file and on a PostgreSQL schema (conftest)
 
 
 @pytest.fixture(autouse=True)
-def ledger_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "ledger.db"
+def ledger_file(
+    path: LedgerLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> LedgerLocation:
     fixed_ledger.write(path)
     config = tmp_path / "spendbrake.toml"
     config.write_text(fixed_ledger.CONFIG_TOML)
@@ -88,6 +92,7 @@ def test_an_export_to_a_file_says_how_many_rows_it_wrote(tmp_path: Path) -> None
     assert target.read_text().splitlines()[0] == "id,at,agent,kind,detail,actor"
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_utils_opens_the_ledger_as_is(ledger_file: Path) -> None:
     runner = CliRunner()
     tables = runner.invoke(sqlite_utils_cli, ["tables", str(ledger_file), "--csv"])

@@ -2,30 +2,31 @@
 parser), and the latency spendbrake's hooks add."""
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import fixed_ledger
 from fixed_ledger import NOW
-from spendbrake.ledger_reads import ReadOnlyLedger
+from spendbrake.ledger_reads import Reader, open_reader
+from spendbrake.ledger_url import LedgerLocation
 from spendbrake.metrics import AddedLatency, exposition
 from spendbrake.status_facts import read_metric_facts
+
+BOTH_BACKENDS = True  # each test on a SQLite file and on a PostgreSQL schema (conftest)
 
 type Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture
-def reader(tmp_path: Path) -> Iterator[ReadOnlyLedger]:
-    path = tmp_path / "ledger.db"
+def reader(path: LedgerLocation) -> Iterator[Reader]:
     fixed_ledger.write(path)
-    opened = ReadOnlyLedger(path)
+    opened = open_reader(path)
     yield opened
     opened.close()
 
 
-def scrape(reader: ReadOnlyLedger, latency: AddedLatency | None = None) -> Samples:
+def scrape(reader: Reader, latency: AddedLatency | None = None) -> Samples:
     facts = read_metric_facts(reader, fixed_ledger.config(), NOW)
     text = exposition(facts, latency or AddedLatency()).decode()
     return {
@@ -44,7 +45,7 @@ HAIKU = {"agent": "summarizer", "provider": "anthropic", "model": "claude-haiku-
 MINI = {"agent": "translator", "provider": "openai", "model": "gpt-4o-mini"}
 
 
-def test_spend_holds_and_calls_per_agent_and_model(reader: ReadOnlyLedger) -> None:
+def test_spend_holds_and_calls_per_agent_and_model(reader: Reader) -> None:
     samples = scrape(reader)
     assert value(samples, "spendbrake_spent_usd_total", **GPT_4O) == 0.017  # yesterday's not
     assert value(samples, "spendbrake_held_usd", **GPT_4O) == 0.004  # the call in flight
@@ -57,7 +58,7 @@ def test_spend_holds_and_calls_per_agent_and_model(reader: ReadOnlyLedger) -> No
     assert models == {"gpt-4o", "claude-haiku-4-5", "gpt-4o-mini"}
 
 
-def test_tokens_by_kind(reader: ReadOnlyLedger) -> None:
+def test_tokens_by_kind(reader: Reader) -> None:
     samples = scrape(reader)
     assert value(samples, "spendbrake_tokens_total", kind="input", **GPT_4O) == 80 + 100 + 30
     assert value(samples, "spendbrake_tokens_total", kind="output", **GPT_4O) == 40 + 10 + 5
@@ -74,7 +75,7 @@ def test_tokens_by_kind(reader: ReadOnlyLedger) -> None:
     }
 
 
-def test_refusals_by_reason(reader: ReadOnlyLedger) -> None:
+def test_refusals_by_reason(reader: Reader) -> None:
     samples = scrape(reader)
     refusals = {
         (dict(labels)["agent"], dict(labels)["reason"]): count
@@ -90,7 +91,7 @@ def test_refusals_by_reason(reader: ReadOnlyLedger) -> None:
     )
 
 
-def test_limits_remaining_month_burn_and_state_per_agent(reader: ReadOnlyLedger) -> None:
+def test_limits_remaining_month_burn_and_state_per_agent(reader: Reader) -> None:
     samples = scrape(reader)
     assert value(samples, "spendbrake_limit_usd", agent="research-bot") == 0.05
     assert value(samples, "spendbrake_limit_usd", agent="idle-bot") == 5.0  # the default
@@ -118,7 +119,7 @@ def test_limits_remaining_month_burn_and_state_per_agent(reader: ReadOnlyLedger)
     }
 
 
-def test_the_added_latency_is_a_histogram_per_hook(reader: ReadOnlyLedger) -> None:
+def test_the_added_latency_is_a_histogram_per_hook(reader: Reader) -> None:
     latency = AddedLatency()
     latency.observe("request", 0.0003)
     latency.observe("request", 0.004)

@@ -5,17 +5,22 @@ import json
 from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 import fixed_ledger
 from spendbrake import cli, cli_reports
+from spendbrake.ledger_url import LedgerLocation, PostgresUrl
 from spendbrake.reports import since_day
+
+BOTH_BACKENDS = True  # each test on a SQLite file and on a PostgreSQL schema (conftest)
 
 
 @pytest.fixture(autouse=True)
-def ledger_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "ledger.db"
+def ledger_file(
+    path: LedgerLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> LedgerLocation:
     fixed_ledger.write(path)
     config = tmp_path / "spendbrake.toml"
     config.write_text(fixed_ledger.CONFIG_TOML)
@@ -31,6 +36,7 @@ def report(*args: str) -> tuple[int, str]:
     return result.exit_code, "\n".join(line.rstrip() for line in lines)
 
 
+@pytest.mark.sqlite_only  # no ledger is read
 def test_since_counts_calendar_days_back_today_included_or_starts_at_a_date() -> None:
     today = date(2026, 3, 14)
     assert since_day("1d", today) == "2026-03-14"
@@ -123,6 +129,7 @@ def test_csv_is_one_line_a_row_with_exact_dollars() -> None:
     )
 
 
+@pytest.mark.sqlite_only  # no ledger is read
 def test_report_refuses_what_it_cannot_read() -> None:
     assert report("--since", "3w") == (
         2,
@@ -137,6 +144,7 @@ def test_report_refuses_what_it_cannot_read() -> None:
     assert report("--json", "--csv")[1].endswith("Error: give --json or --csv, not both")
 
 
+@pytest.mark.sqlite_only  # no ledger is read
 def test_report_on_a_missing_ledger_says_how_to_make_one(tmp_path: Path) -> None:
     missing = tmp_path / "elsewhere.db"
     assert report("--ledger", str(missing)) == (
@@ -145,3 +153,17 @@ def test_report_on_a_missing_ledger_says_how_to_make_one(tmp_path: Path) -> None
         "spendbrake migrate",
     )
     assert not missing.exists()  # a report writes nothing, not even an empty ledger
+
+
+@pytest.mark.sqlite_only  # the fixed ledger goes into a file: this database stays empty
+def test_report_on_a_database_without_a_ledger_says_how_to_make_one(
+    postgres_location: PostgresUrl,
+) -> None:
+    assert report("--ledger", str(postgres_location)) == (
+        1,
+        f"Error: the ledger {postgres_location} was written by an older spendbrake; bring it up "
+        "to date with spendbrake migrate (the proxy does so when it starts)",
+    )
+    with psycopg.connect(postgres_location.url) as conn:  # a report creates no tables
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        assert tables.fetchall() == []

@@ -4,42 +4,44 @@ shows, and that nothing is shown without the admin token."""
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import fixed_ledger
 from fixed_ledger import NOW
-from spendbrake.access_book import SQLiteAccessBook
+from spendbrake.access_book import access_book_of
 from spendbrake.agent_keys import secret_hash
+from spendbrake.ledger_url import LedgerLocation, open_ledger
 from spendbrake.metrics import AddedLatency
 from spendbrake.mitm import status_app
 from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.status_app import StatusApp, WebRequest, WebResponse
-from spendbrake.sqlite_ledger import SQLiteLedger
 
 TOKEN = "the-admin-token-for-these-tests"
 BEARER = {"authorization": f"Bearer {TOKEN}"}
 AGENTS = ("research-bot", "summarizer", "translator", "idle-bot")
 
 
-def make_app(path: Path) -> Iterator[StatusApp]:
-    ledger = SQLiteLedger(path)
-    worker = LedgerWorker(ledger)
-    access = AccessCache(SQLiteAccessBook(SQLiteLedger(path)))
-    app = StatusApp(fixed_ledger.config(), worker, access, AddedLatency(), path)
+BOTH_BACKENDS = True  # each test on a SQLite file and on a PostgreSQL schema (conftest)
+
+
+def make_app(location: LedgerLocation) -> Iterator[StatusApp]:
+    worker = LedgerWorker(open_ledger(location))
+    books = open_ledger(location)
+    access = AccessCache(access_book_of(books))
+    app = StatusApp(fixed_ledger.config(), worker, access, AddedLatency(), location)
     yield app
     app.close()
     worker.close()
+    books.close()
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusApp]:
-    path = tmp_path / "ledger.db"
+def app(path: LedgerLocation, monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusApp]:
     fixed_ledger.write(path)
-    ledger = SQLiteLedger(path)
-    SQLiteAccessBook(ledger).set_admin_token(secret_hash(TOKEN), "test")
+    ledger = open_ledger(path)
+    access_book_of(ledger).set_admin_token(secret_hash(TOKEN), "test")
     ledger.close()
     monkeypatch.setattr(status_app, "utc_now", lambda: NOW)
     yield from make_app(path)
@@ -83,9 +85,8 @@ async def test_a_page_without_the_token_asks_for_it_and_shows_no_spend(
 
 
 async def test_without_an_admin_token_set_nothing_is_served(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    path: LedgerLocation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "ledger.db"
     fixed_ledger.write(path)
     for app in make_app(path):
         refused = await get(app, "/api/status", BEARER)
@@ -185,8 +186,8 @@ async def test_an_unknown_agent_is_a_404_page(app: StatusApp) -> None:
     assert "No such agent" in text(page)
 
 
-async def test_names_from_the_ledger_are_escaped(app: StatusApp, tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "ledger.db")
+async def test_names_from_the_ledger_are_escaped(app: StatusApp, path: LedgerLocation) -> None:
+    ledger = open_ledger(path)
     ledger.refuse(fixed_ledger._call("<img src=x onerror=alert(1)>", "11:00:00"), "loop_detected")
     ledger.close()
     html = text(await get(app, "/", BEARER))

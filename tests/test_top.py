@@ -9,18 +9,20 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
 import fixed_ledger
 from fixed_ledger import NOW
-from ledger_hammer import query
 from spendbrake import cli, cli_reports
 from spendbrake.burn import Projection
 from spendbrake.ledger import LedgerUnavailable
-from spendbrake.ledger_reads import ReadOnlyLedger
+from spendbrake.ledger_reads import Reader, ReadOnlyLedger, open_reader
+from spendbrake.ledger_url import LedgerLocation, PostgresUrl, open_ledger
 from spendbrake.money import parse_usd
+from spendbrake.postgres_ledger import AGENT_LOCKS
 from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.top import (
     AgentLine,
@@ -47,16 +49,18 @@ idle-bot      ok          $0.00 of $5.00 (0%)    $0.00                    $0.00 
 translator    downgraded  $0.0012 of $5.00 (0%)  $0.0012                  $0.00      $0.00                        1        0"""  # noqa: E501
 
 
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    written = tmp_path / "ledger.db"
-    fixed_ledger.write(written)
-    return written
+BOTH_BACKENDS = True  # each test on a SQLite file and on a PostgreSQL schema (conftest)
 
 
 @pytest.fixture
-def reader(path: Path) -> Iterator[ReadOnlyLedger]:
-    opened = ReadOnlyLedger(path)
+def written(path: LedgerLocation) -> LedgerLocation:
+    fixed_ledger.write(path)
+    return path
+
+
+@pytest.fixture
+def reader(written: LedgerLocation) -> Iterator[Reader]:
+    opened = open_reader(written)
     yield opened
     opened.close()
 
@@ -78,19 +82,21 @@ def by_agent(lines: list[AgentLine]) -> dict[str, AgentLine]:
 
 
 def test_not_on_a_terminal_top_prints_one_plain_table(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    written: LedgerLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "spendbrake.toml"
     config.write_text(fixed_ledger.CONFIG_TOML)
     monkeypatch.setattr(cli_reports, "utc_now", lambda: NOW)
-    result = CliRunner().invoke(cli.main, ["top", "--config", str(config), "--ledger", str(path)])
+    result = CliRunner().invoke(
+        cli.main, ["top", "--config", str(config), "--ledger", str(written)]
+    )
     assert result.exit_code == 0, result.output
     output = "\n".join(line.rstrip() for line in result.output.splitlines())
     assert output == PLAIN_TABLE
 
 
 def test_a_line_has_the_days_and_months_spend_the_burn_and_where_it_leads(
-    reader: ReadOnlyLedger,
+    reader: Reader,
 ) -> None:
     lines = by_agent(gather(reader, fixed_ledger.config(), NOW))
     assert list(lines) == ["idle-bot", "research-bot", "summarizer", "translator"]
@@ -120,8 +126,8 @@ def test_a_line_has_the_days_and_months_spend_the_burn_and_where_it_leads(
     assert lines["idle-bot"].projection is None  # nothing spent, nothing projected
 
 
-def test_limits_set_at_run_time_win_over_the_config(path: Path) -> None:
-    ledger = SQLiteLedger(path)
+def test_limits_set_at_run_time_win_over_the_config(written: LedgerLocation) -> None:
+    ledger = open_ledger(written)
     ledger.set_limits(
         [
             ("monthly", "research-bot", parse_usd("0.03")),
@@ -130,7 +136,7 @@ def test_limits_set_at_run_time_win_over_the_config(path: Path) -> None:
         ]
     )
     ledger.close()
-    reader = ReadOnlyLedger(path)
+    reader = open_reader(written)
     lines = by_agent(gather(reader, fixed_ledger.config(), NOW))
     reader.close()
     research = lines["research-bot"]
@@ -140,7 +146,7 @@ def test_limits_set_at_run_time_win_over_the_config(path: Path) -> None:
     assert lines["summarizer"].red_above == 1_000_000_000
 
 
-def test_the_day_is_the_calendar_day_of_the_configured_timezone(reader: ReadOnlyLedger) -> None:
+def test_the_day_is_the_calendar_day_of_the_configured_timezone(reader: Reader) -> None:
     # At 12:00 UTC it is already 02:00 on the 15th in Kiritimati (UTC+14): a new day, same month.
     config = replace(fixed_ledger.config(), timezone=ZoneInfo("Pacific/Kiritimati"))
     research = by_agent(gather(reader, config, NOW))["research-bot"]
@@ -149,11 +155,12 @@ def test_the_day_is_the_calendar_day_of_the_configured_timezone(reader: ReadOnly
     assert research.rate_1m == 10_000_000  # a minute is a minute, whatever the day
 
 
-def test_top_reads_while_the_proxy_holds_the_write_lock(path: Path) -> None:
-    proxy = SQLiteLedger(path)
+@pytest.mark.sqlite_only
+def test_top_reads_while_the_proxy_holds_the_write_lock(written: Path) -> None:
+    proxy = SQLiteLedger(written)
     proxy.db.conn.execute("BEGIN IMMEDIATE")  # a hold in progress
     try:
-        reader = ReadOnlyLedger(path)
+        reader = ReadOnlyLedger(written)
         lines = gather(reader, fixed_ledger.config(), NOW)
         assert len(lines) == 4
     finally:
@@ -164,6 +171,25 @@ def test_top_reads_while_the_proxy_holds_the_write_lock(path: Path) -> None:
     reader.close()
 
 
+def test_top_reads_while_a_postgresql_hold_is_in_progress(postgres_location: PostgresUrl) -> None:
+    fixed_ledger.write(postgres_location)
+    with psycopg.connect(postgres_location.url) as proxy:
+        # A hold in progress: the agents' advisory locks, and a call's row being settled.
+        proxy.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(agent)) FROM day_totals",
+            (AGENT_LOCKS,),
+        )
+        proxy.execute("UPDATE calls SET reason = reason WHERE state = 'held'")
+        reader = open_reader(postgres_location)
+        lines = gather(reader, fixed_ledger.config(), NOW)
+        assert len(lines) == 4
+        proxy.rollback()
+    with pytest.raises(LedgerUnavailable, match="read-only transaction"):
+        reader.resume("summarizer", actor="top")  # its transactions cannot write at all
+    reader.close()
+
+
+@pytest.mark.sqlite_only
 def test_a_missing_ledger_is_not_created_by_reading_it(tmp_path: Path) -> None:
     with pytest.raises(LedgerUnavailable, match=r"^no ledger at .*spendbrake migrate$"):
         ReadOnlyLedger(tmp_path / "none.db")
@@ -171,7 +197,7 @@ def test_a_missing_ledger_is_not_created_by_reading_it(tmp_path: Path) -> None:
 
 
 def test_the_live_view_draws_bars_marks_the_selection_and_names_the_keys(
-    reader: ReadOnlyLedger,
+    reader: Reader,
 ) -> None:
     lines = sorted_lines(gather(reader, fixed_ledger.config(), NOW), "spend")
     view = View(sort="spend", selected="research-bot", message="idle-bot is not suspended")
@@ -194,7 +220,7 @@ def test_the_live_view_draws_bars_marks_the_selection_and_names_the_keys(
     ]
 
 
-def test_a_burn_rate_above_the_threshold_is_red(reader: ReadOnlyLedger) -> None:
+def test_a_burn_rate_above_the_threshold_is_red(reader: Reader) -> None:
     def red(figure: str, line: AgentLine) -> bool:
         drawn = printed(render([line], NOW, UTC, None), colour=True)
         assert figure in drawn
@@ -208,7 +234,7 @@ def test_a_burn_rate_above_the_threshold_is_red(reader: ReadOnlyLedger) -> None:
     assert red("$0.01", replace(research, red_above=parse_usd("0.005")))
 
 
-def test_sorting_by_burn_spend_state_or_name(reader: ReadOnlyLedger) -> None:
+def test_sorting_by_burn_spend_state_or_name(reader: Reader) -> None:
     lines = gather(reader, fixed_ledger.config(), NOW)
 
     def order(sort: str) -> list[str]:
@@ -220,7 +246,7 @@ def test_sorting_by_burn_spend_state_or_name(reader: ReadOnlyLedger) -> None:
     assert order("agent") == ["idle-bot", "research-bot", "summarizer", "translator"]
 
 
-def test_keys_sort_select_resume_and_quit(reader: ReadOnlyLedger) -> None:
+def test_keys_sort_select_resume_and_quit(reader: Reader) -> None:
     lines = sorted_lines(gather(reader, fixed_ledger.config(), NOW), "burn")
     view = View()
     sorts = []
@@ -269,23 +295,25 @@ class ScriptedKeys:
         return self.keys.pop(0) if self.keys else "q"
 
 
-def test_the_resume_key_lifts_a_suspension_through_the_ledger(path: Path) -> None:
-    reader = ReadOnlyLedger(path)
+def test_the_resume_key_lifts_a_suspension_through_the_ledger(written: LedgerLocation) -> None:
+    reader = open_reader(written)
     config = fixed_ledger.config()
     drawn = io.StringIO()
     console = Console(file=drawn, width=200, force_terminal=True, color_system=None)
     watch(
         lambda: (NOW, gather(reader, config, NOW)),
-        lambda agent: resume_agent(path, agent, "dana"),
+        lambda agent: resume_agent(written, agent, "dana"),
         ScriptedKeys(None, "r"),  # None: a second passes without a key
         console,
         UTC,
         sort="state",  # the suspended agent comes first, and is selected
     )
     reader.close()
-    events = query(path, "SELECT agent, kind, actor FROM events ORDER BY id")
-    assert events[-1] == ("summarizer", "resumed", "dana")
-    assert query(path, "SELECT agent FROM suspensions") == []
+    ledger = open_ledger(written)
+    last = ledger.events(limit=1)[0]
+    assert (last.agent, last.kind, last.actor) == ("summarizer", "resumed", "dana")
+    assert ledger.suspended_agents() == {}
+    ledger.close()
     screen = drawn.getvalue()
     assert (
         "summarizer: resumed (it was suspended for agent_suspended); recorded as done by dana"
@@ -296,6 +324,8 @@ def test_the_resume_key_lifts_a_suspension_through_the_ledger(path: Path) -> Non
     assert "summarizer    ok" in screen  # drawn again once resumed
 
 
-def test_resuming_an_agent_that_is_not_suspended_changes_nothing(path: Path) -> None:
-    assert resume_agent(path, "idle-bot", "dana") == "idle-bot: was not suspended (any more)"
-    assert query(path, "SELECT kind FROM events WHERE agent = 'idle-bot'") == []
+def test_resuming_an_agent_that_is_not_suspended_changes_nothing(written: LedgerLocation) -> None:
+    assert resume_agent(written, "idle-bot", "dana") == "idle-bot: was not suspended (any more)"
+    ledger = open_ledger(written)
+    assert ledger.events("idle-bot") == []
+    ledger.close()

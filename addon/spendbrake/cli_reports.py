@@ -32,8 +32,7 @@ from spendbrake.export import FORMATS as EXPORT_FORMATS
 from spendbrake.export import TABLES as EXPORT_TABLES
 from spendbrake.export import export
 from spendbrake.ledger import LedgerUnavailable
-from spendbrake.ledger_reads import ReadOnlyLedger
-from spendbrake.ledger_url import PostgresUrl
+from spendbrake.ledger_reads import Reader, open_reader
 from spendbrake.money import format_usd
 from spendbrake.reports import BY as REPORT_BY
 from spendbrake.reports import since_day
@@ -82,18 +81,13 @@ def status(config_path: Path | None, ledger_path: str | None, as_json: bool) -> 
         ledger.close()
 
 
-def _open_reader(ledger_path: str | None, config: Config) -> ReadOnlyLedger:
+def _open_reader(ledger_path: str | None, config: Config) -> Reader:
     try:
         location = resolve_ledger_path(ledger_path, config)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    if isinstance(location, PostgresUrl):
-        raise click.ClickException(
-            "report, top and export read a SQLite ledger only, so far; for a PostgreSQL ledger "
-            "use spendbrake status (or query its tables: see docs/fleet.md)"
-        )
     try:
-        return ReadOnlyLedger(location)
+        return open_reader(location)
     except LedgerUnavailable as e:
         raise click.ClickException(str(e)) from None
 
@@ -237,7 +231,7 @@ def top(
         with keys:
             live.watch(
                 read,
-                lambda agent: live.resume_agent(ledger.path, agent, actor),
+                lambda agent: live.resume_agent(ledger.location, agent, actor),
                 keys,
                 console,
                 tz,

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from spendbrake.ledger_reads import ReadOnlyLedger, rows_of
+from spendbrake.ledger_reads import Reader, rows_of
 from spendbrake.money import format_usd_exact
 from spendbrake.sqlite_brakes import iso
 
@@ -28,9 +28,7 @@ def day_start(day: str, tz: ZoneInfo) -> str:
     return iso(datetime(start.year, start.month, start.day, tzinfo=tz))
 
 
-def export(
-    ledger: ReadOnlyLedger, table: str, since_day: str, tz: ZoneInfo, fmt: str, out: TextIO
-) -> int:
+def export(ledger: Reader, table: str, since_day: str, tz: ZoneInfo, fmt: str, out: TextIO) -> int:
     """Write the rows of ``table`` from ``since_day`` on to ``out``; returns how many."""
     since = since_day if table == "calls" else day_start(since_day, tz)
     count = 0

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from rich.table import Table
 
 from spendbrake.ledger import EstimateAccuracy
-from spendbrake.ledger_reads import GROUPINGS, ReadOnlyLedger, SpendRow, spend_by
+from spendbrake.ledger_reads import GROUPINGS, Reader, SpendRow, spend_by
 from spendbrake.money import format_usd, format_usd_exact
 
 BY = tuple(GROUPINGS)
@@ -60,7 +60,7 @@ class Report:
         )
 
 
-def build(ledger: ReadOnlyLedger, by: str, since: str, timezone: str) -> Report:
+def build(ledger: Reader, by: str, since: str, timezone: str) -> Report:
     with ledger.snapshot() as conn:
         rows = spend_by(conn, by, since)
         estimates = ledger.estimate_accuracy(since) if by == "model" else []

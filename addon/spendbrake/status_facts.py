@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from spendbrake.burn import Point
 from spendbrake.config import Config
 from spendbrake.ledger import Event
-from spendbrake.ledger_reads import ReadOnlyLedger, spend_points
+from spendbrake.ledger_reads import Reader, spend_points
 from spendbrake.status_reads import (
     CallRow,
     ModelUse,
@@ -56,7 +56,7 @@ class Overview:
     refusals: list[CallRow]  # the day's latest, newest first
 
 
-def read_overview(ledger: ReadOnlyLedger, config: Config, now: datetime) -> Overview:
+def read_overview(ledger: Reader, config: Config, now: datetime) -> Overview:
     day = today(now, config.timezone)
     lines = sorted_lines(gather(ledger, config, now), "spend")
     with ledger.snapshot() as conn:
@@ -79,7 +79,7 @@ class AgentDetail:
     events: list[Event]  # the latest, newest first
 
 
-def read_agent(ledger: ReadOnlyLedger, config: Config, now: datetime, agent: str) -> AgentDetail:
+def read_agent(ledger: Reader, config: Config, now: datetime, agent: str) -> AgentDetail:
     day = today(now, config.timezone)
     line = next((line for line in gather(ledger, config, now) if line.agent == agent), None)
     with ledger.snapshot() as conn:
@@ -101,7 +101,7 @@ class MetricFacts:
     refusals: list[RefusalCount]
 
 
-def read_metric_facts(ledger: ReadOnlyLedger, config: Config, now: datetime) -> MetricFacts:
+def read_metric_facts(ledger: Reader, config: Config, now: datetime) -> MetricFacts:
     day = today(now, config.timezone)
     lines = sorted_lines(gather(ledger, config, now), "agent")
     models: list[ModelUse] = []

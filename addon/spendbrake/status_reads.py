@@ -8,12 +8,12 @@ ledger's history is; the agents of a day come from ``day_totals`` (one row each)
 from __future__ import annotations
 
 import heapq
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from spendbrake.ledger_reads import ReadConn
 from spendbrake.money import format_usd_exact
 
 TOKEN_KINDS = (
@@ -65,13 +65,13 @@ class CallRow:
         return row
 
 
-def day_agents(conn: sqlite3.Connection, day: str) -> list[str]:
+def day_agents(conn: ReadConn, day: str) -> list[str]:
     rows = conn.execute("SELECT agent FROM day_totals WHERE day = ? ORDER BY agent", (day,))
     return [agent for (agent,) in rows]
 
 
 def recent_calls(
-    conn: sqlite3.Connection,
+    conn: ReadConn,
     day: str,
     agents: Iterable[str],
     *,
@@ -108,12 +108,12 @@ class ModelUse:
     tokens: dict[str, int]  # TOKEN_KINDS → billed tokens
 
 
-def model_use(conn: sqlite3.Connection, agent: str, day: str) -> list[ModelUse]:
-    sums = ", ".join(f"SUM({kind}_tokens)" for kind in TOKEN_KINDS)
+def model_use(conn: ReadConn, agent: str, day: str) -> list[ModelUse]:
+    sums = ", ".join(f"CAST(SUM({kind}_tokens) AS BIGINT)" for kind in TOKEN_KINDS)
     rows = conn.execute(
         f"""
-        SELECT provider, forwarded_model, COUNT(*), COALESCE(SUM(actual_nanos), 0),
-            SUM(CASE state WHEN 'held' THEN held_nanos ELSE 0 END), {sums}
+        SELECT provider, forwarded_model, COUNT(*), CAST(COALESCE(SUM(actual_nanos), 0) AS BIGINT),
+            CAST(SUM(CASE state WHEN 'held' THEN held_nanos ELSE 0 END) AS BIGINT), {sums}
         FROM calls WHERE agent = ? AND day = ? AND state <> 'refused'
         GROUP BY provider, forwarded_model ORDER BY provider, forwarded_model
         """,
@@ -138,7 +138,7 @@ class RefusalCount:
     count: int
 
 
-def refusal_counts(conn: sqlite3.Connection, agent: str, day: str) -> list[RefusalCount]:
+def refusal_counts(conn: ReadConn, agent: str, day: str) -> list[RefusalCount]:
     rows = conn.execute(
         """
         SELECT provider, requested_model, reason, COUNT(*) FROM calls

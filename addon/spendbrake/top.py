@@ -1,10 +1,10 @@
 """``spendbrake top``: every agent's spend, burn rate and brakes, redrawn about once a second.
 
-It reads the ledger through a read-only connection, so it runs beside the proxy without ever
-taking the write lock; only the resume key writes, through the ledger's own ``resume``. The
-parts are apart so each can be tested alone: ``gather`` reads one moment of the ledger,
-``render`` draws it, ``on_key`` turns a key into a change of view or an action, and ``watch``
-is the loop that joins them to a terminal.
+It reads the ledger (SQLite or PostgreSQL) through a read-only reader, so it runs beside the
+proxies without ever taking a lock their holds wait on; only the resume key writes, through the
+ledger's own ``resume``. The parts are apart so each can be tested alone: ``gather`` reads one
+moment of the ledger, ``render`` draws it, ``on_key`` turns a key into a change of view or an
+action, and ``watch`` is the loop that joins them to a terminal.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Protocol, TextIO
 from zoneinfo import ZoneInfo
@@ -39,14 +38,14 @@ from spendbrake.burn import (
 from spendbrake.config import Config
 from spendbrake.ledger import LedgerUnavailable
 from spendbrake.ledger_reads import (
-    ReadOnlyLedger,
+    Reader,
     last_refusal,
     month_use,
     run_time_limits,
     spend_points,
 )
+from spendbrake.ledger_url import LedgerLocation, open_ledger
 from spendbrake.money import format_usd, parse_usd
-from spendbrake.sqlite_ledger import SQLiteLedger
 from spendbrake.status import agent_statuses
 from spendbrake.windows import day_window, month_resets_at
 
@@ -83,7 +82,7 @@ class AgentLine:
 
 
 def gather(
-    ledger: ReadOnlyLedger, config: Config, now: datetime, red_above: int | None = None
+    ledger: Reader, config: Config, now: datetime, red_above: int | None = None
 ) -> list[AgentLine]:
     """Every agent ``status`` lists, read in one snapshot of the ledger. ``red_above``: one
     threshold for every agent instead of each one's burn-rate brake."""
@@ -360,10 +359,10 @@ def watch(
                 view = replace(view, message=resume(action.agent))
 
 
-def resume_agent(path: Path, agent: str, actor: str) -> str:
+def resume_agent(location: LedgerLocation, agent: str, actor: str) -> str:
     """The resume key: the ledger's own ``resume``, the one write ``top`` makes."""
     try:
-        ledger = SQLiteLedger(path)
+        ledger = open_ledger(location)
     except LedgerUnavailable as e:
         return f"{agent}: not resumed: {e}"
     try:

@@ -18,11 +18,13 @@ from typing import Any
 from mitmproxy import http
 
 from spendbrake.config import Config
+from spendbrake.ledger_url import LedgerLocation
 from spendbrake.metrics import AddedLatency
 from spendbrake.mitm.access_cache import AccessCache
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.state import flow_state
 from spendbrake.mitm.status_app import StatusApp, WebRequest, without_token
+from spendbrake.postgres_ledger import PostgresLedger
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 LOCAL_HOST = "spendbrake.local"
@@ -46,8 +48,12 @@ class LocalApi:
         self.config, self.worker, self.access = config, worker, access
         self.app.close()
         ledger = worker.ledger if worker else None
-        path = ledger.path if isinstance(ledger, SQLiteLedger) else None
-        self.app = StatusApp(config, worker, access, self.latency, path)
+        location: LedgerLocation | None = None  # the status pages read what the proxy writes
+        if isinstance(ledger, PostgresLedger):
+            location = ledger.location
+        elif isinstance(ledger, SQLiteLedger):
+            location = ledger.path
+        self.app = StatusApp(config, worker, access, self.latency, location)
 
     def done(self) -> None:
         self.app.close()

@@ -5,7 +5,7 @@ port (``status_server``).
 Every route reads other agents' spend or changes it, so every route needs the admin token
 (``admin_auth``). Pages and metrics read the ledger on a read-only connection on a thread of
 their own: a page's queries never run on the event loop that serves the agents, and never wait
-for the proxy's writes (WAL readers do not block, nor are blocked).
+for the proxy's writes (SQLite's WAL readers, PostgreSQL's read-only transactions).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from spendbrake import admin_auth, metrics, status_page
 from spendbrake.config import Config
 from spendbrake.ledger import Ledger, LedgerUnavailable
-from spendbrake.ledger_reads import ReadOnlyLedger
+from spendbrake.ledger_reads import Reader, open_reader
+from spendbrake.ledger_url import LedgerLocation
 from spendbrake.mitm.access_cache import AccessCache, AccessUnavailable
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.status import status_document
@@ -97,27 +97,24 @@ def without_token(target: str) -> str:
 
 
 class StatusReader:
-    """A read-only connection to the ledger, used on one thread of its own."""
+    """A reader of the ledger (SQLite or PostgreSQL), used on one thread of its own."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self._ledger: ReadOnlyLedger | None = None
+    def __init__(self, location: LedgerLocation | None) -> None:
+        self.location = location
+        self._ledger: Reader | None = None
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendbrake-status")
 
-    async def run[T](self, read: Callable[[ReadOnlyLedger], T]) -> T:
+    async def run[T](self, read: Callable[[Reader], T]) -> T:
         if self._closed:  # the proxy is stopping, or its configuration changed a moment ago
             raise LedgerUnavailable("spendbrake's status reader has stopped; try again")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._read, read)
 
-    def _read[T](self, read: Callable[[ReadOnlyLedger], T]) -> T:
-        if self.path is None:  # no ledger yet, or a PostgreSQL one (read by 'spendbrake status')
-            raise LedgerUnavailable(
-                "the status pages read a SQLite ledger, and this proxy has none (a PostgreSQL "
-                "ledger is read with 'spendbrake status'; see docs/fleet.md)"
-            )
+    def _read[T](self, read: Callable[[Reader], T]) -> T:
+        if self.location is None:  # the proxy has no ledger (yet)
+            raise LedgerUnavailable("spendbrake has no ledger to read")
         if self._ledger is None:
-            self._ledger = ReadOnlyLedger(self.path)  # opened on the thread that uses it
+            self._ledger = open_reader(self.location)  # opened on the thread that uses it
         return read(self._ledger)
 
     def close(self) -> None:
@@ -138,10 +135,10 @@ class StatusApp:
         worker: LedgerWorker | None,
         access: AccessCache,
         latency: metrics.AddedLatency,
-        ledger_path: Path | None,
+        ledger: LedgerLocation | None,
     ) -> None:
         self.config, self.worker, self.access, self.latency = config, worker, access, latency
-        self.reader = StatusReader(ledger_path)
+        self.reader = StatusReader(ledger)
 
     def close(self) -> None:
         self.reader.close()
@@ -240,7 +237,7 @@ class StatusApp:
         day = _day(query.get("day")) or today(now, config.timezone).day
         agent, limit = query.get("agent"), _limit(query.get("limit"), 100)
 
-        def read(ledger: ReadOnlyLedger) -> list[dict[str, Any]]:
+        def read(ledger: Reader) -> list[dict[str, Any]]:
             with ledger.snapshot() as conn:
                 agents = [agent] if agent else day_agents(conn, day)
                 return [row.as_json() for row in recent_calls(conn, day, agents, limit=limit)]
