@@ -9,6 +9,8 @@ thread, never inline.
 The thread also repairs what a fault left behind, once the ledger works again: settlements that
 could not be written (a full disk, a lock held past the busy timeout) are written then, and
 holds of a proxy that died beside this one on the same ledger are settled at their held amount.
+A ledger a network away (PostgreSQL) may come back while no call comes: a thread of the worker's
+own then tries the writes that failed every ``SWEEP_EVERY_S``, so they do not wait for traffic.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ class LedgerWorker:
         self._retries: list[Callable[[Ledger], object]] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._sweeping = False
+        self._closed = threading.Event()
+        self._repairer: threading.Thread | None = None
+        if inline is None:
+            self._repairer = threading.Thread(
+                target=self._repair_while_open, name="spendbrake-ledger-repair", daemon=True
+            )
+            self._repairer.start()
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
         if self.inline is not None:
@@ -71,6 +80,22 @@ class LedgerWorker:
         this worker closes (before the holds it leaves are settled at their held amount)."""
         with self._lock:
             self._retries.append(operation)
+
+    def pending_retries(self) -> int:
+        with self._lock:
+            return len(self._retries)
+
+    def _repair_while_open(self) -> None:
+        while not self._closed.wait(SWEEP_EVERY_S):
+            with self._lock:
+                due = bool(self._retries) and not self._sweeping
+                if due:
+                    self._sweeping = True
+            if due:
+                try:
+                    self._executor.submit(self._sweep, self.ledger)
+                except RuntimeError:  # shut down meanwhile: close() writes what it can
+                    return
 
     def _count_inline_run(self) -> None:
         self._inline_runs += 1
@@ -143,6 +168,9 @@ class LedgerWorker:
             finally:
                 ledger.close()
 
+        self._closed.set()
+        if self._repairer is not None:
+            self._repairer.join()
         try:
             self.run_blocking(finish)
         finally:
