@@ -21,8 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from spendbrake.ledger import Ledger, LedgerBusy, LedgerUnavailable
+from spendbrake.offline_allowance import OfflineJournal, OfflineLedger, replay
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,16 @@ SWEEP_EVERY_S = 2.0
 
 class LedgerWorker:
     def __init__(
-        self, ledger: Ledger, inline: SQLiteLedger | None = None, threads: int = 1
+        self,
+        ledger: Ledger,
+        inline: SQLiteLedger | None = None,
+        threads: int = 1,
+        journal: OfflineJournal | None = None,
     ) -> None:
         self.ledger = ledger
         self.inline = inline
+        # Calls held on the offline allowance: written into the ledger once it answers again.
+        self.journal = journal
         if inline is not None:
             inline.never_wait()
         # threads > 1 only for a ledger that is safe to share between them (PostgreSQL's pool).
@@ -87,8 +95,9 @@ class LedgerWorker:
 
     def _repair_while_open(self) -> None:
         while not self._closed.wait(SWEEP_EVERY_S):
+            waiting = self.journal is not None and bool(self.journal.settled_entries())
             with self._lock:
-                due = bool(self._retries) and not self._sweeping
+                due = (bool(self._retries) or waiting) and not self._sweeping
                 if due:
                     self._sweeping = True
             if due:
@@ -121,6 +130,7 @@ class LedgerWorker:
     def _sweep(self, ledger: Ledger) -> None:
         try:
             self._retry(ledger)
+            self._replay_journal(ledger)
             if recovered := ledger.recover_orphaned_holds():
                 log.warning(
                     "spendbrake: settled %d hold(s) left by a proxy that ended, at their held "
@@ -151,6 +161,15 @@ class LedgerWorker:
         if retries:
             log.warning("spendbrake: wrote %d settlement(s) the ledger had refused", len(retries))
 
+    def _replay_journal(self, ledger: Ledger) -> None:
+        if self.journal is None:
+            return
+        if written := replay(self.journal, cast(OfflineLedger, ledger)):
+            log.warning(
+                "spendbrake: wrote %d call(s) held on the offline allowance into the ledger",
+                written,
+            )
+
     def run_blocking[T](self, operation: Callable[[Ledger], T]) -> T:
         return self._executor.submit(operation, self.ledger).result()
 
@@ -164,6 +183,16 @@ class LedgerWorker:
                     self._retry(ledger)
                 except LedgerUnavailable:
                     log.exception("spendbrake: settlements still not written; settled at the hold")
+                if self.journal is not None:
+                    self.journal.settle_holds_of_ended(outcome, own=True)
+                    try:
+                        self._replay_journal(ledger)
+                    except LedgerUnavailable:
+                        log.exception(
+                            "spendbrake: the offline journal %s is written into the ledger at "
+                            "the next start",
+                            self.journal.path,
+                        )
                 ledger.settle_own_holds(outcome)
             finally:
                 ledger.close()
@@ -177,3 +206,5 @@ class LedgerWorker:
             self._executor.shutdown(wait=True)
             if self.inline is not None:
                 self.inline.close()
+            if self.journal is not None:
+                self.journal.close()
