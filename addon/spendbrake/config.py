@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from spendbrake.access import Access, AccessConfigError, IdentifyRules, parse_access, parse_identify
 from spendbrake.alerts_config import AlertsConfig, AlertsConfigError, parse_alerts
 from spendbrake.brakes import Brakes
+from spendbrake.fleet_config import FleetConfig, FleetConfigError, parse_fleet
 from spendbrake.ledger import Limits
 from spendbrake.ledger_url import BadLedgerLocation, LedgerLocation, parse_location
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
@@ -73,6 +74,7 @@ _TOP_KEYS = frozenset(
         "access",
         "identify",
         "alerts",
+        "fleet",
     }
 )
 SERVER_TOOLS = frozenset(
@@ -168,6 +170,7 @@ class Config:
     access: Access = field(default_factory=Access)
     identify: IdentifyRules = field(default_factory=IdentifyRules)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     # agent → SHA-256 (hex) of its proxy secret; 'spendbrake agent add' keeps others in the ledger.
     agent_secrets: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
@@ -353,7 +356,8 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         access = parse_access(data.get("access"), where)
         identify = parse_identify(data.get("identify"), where)
         alerts = parse_alerts(data.get("alerts"), where)
-    except (AccessConfigError, AlertsConfigError) as e:
+        fleet = parse_fleet(data.get("fleet"), where, source.parent if source else None)
+    except (AccessConfigError, AlertsConfigError, FleetConfigError) as e:
         raise ConfigError(str(e)) from None
     return Config(
         timezone=timezone,
@@ -367,6 +371,7 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         access=access,
         identify=identify,
         alerts=alerts,
+        fleet=fleet,
         agent_secrets=_parse_secrets(agents_table, where),
         source=source,
     )

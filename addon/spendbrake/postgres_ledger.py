@@ -51,6 +51,7 @@ from spendbrake.ledger import (
 )
 from spendbrake.ledger_url import PostgresUrl
 from spendbrake.money import format_usd
+from spendbrake.offline_allowance import REPLAYED, JournalEntry
 from spendbrake.processes import current_owner, owner_is_alive
 from spendbrake.sqlite_brakes import iso
 from spendbrake.sqlite_ledger import REFUSAL_OF_WINDOW
@@ -268,34 +269,7 @@ class PostgresLedger:
     def settle(self, call_id: int, settlement: Settlement, configured_limit: int) -> DayTotals:
         if settlement.actual_nanos < 0:
             raise ValueError("an actual cost cannot be negative")
-        t = settlement.tokens
-
-        def work(conn: Conn) -> list[tuple[Any, ...]]:
-            return conn.execute(
-                """
-                UPDATE calls SET state = 'settled', actual_nanos = %s, outcome = %s, reason = %s,
-                    input_tokens = %s, cached_input_tokens = %s, cache_write_tokens = %s,
-                    cache_write_1h_tokens = %s, output_tokens = %s, reasoning_tokens = %s,
-                    settled_at = %s
-                WHERE id = %s AND state = 'held'
-                RETURNING agent, day
-                """,
-                (
-                    settlement.actual_nanos,
-                    settlement.outcome,
-                    settlement.reason,
-                    t.input_tokens,
-                    t.cached_input_tokens,
-                    t.cache_write_tokens,
-                    t.cache_write_1h_tokens,
-                    t.output_tokens,
-                    t.reasoning_tokens,
-                    iso(datetime.now(UTC)),
-                    call_id,
-                ),
-            ).fetchall()
-
-        settled = self._write(work)
+        settled = self._write(lambda conn: self._settle_row(conn, call_id, settlement))
 
         def totals(conn: Conn) -> DayTotals:
             rows = (
@@ -308,6 +282,64 @@ class PostgresLedger:
             return self._totals(conn, agent, day, configured_limit)
 
         return self._read(totals)
+
+    @staticmethod
+    def _settle_row(conn: Conn, call_id: int, settlement: Settlement) -> list[tuple[Any, ...]]:
+        t = settlement.tokens
+        return conn.execute(
+            """
+            UPDATE calls SET state = 'settled', actual_nanos = %s, outcome = %s, reason = %s,
+                input_tokens = %s, cached_input_tokens = %s, cache_write_tokens = %s,
+                cache_write_1h_tokens = %s, output_tokens = %s, reasoning_tokens = %s,
+                settled_at = %s
+            WHERE id = %s AND state = 'held'
+            RETURNING agent, day
+            """,
+            (
+                settlement.actual_nanos,
+                settlement.outcome,
+                settlement.reason,
+                t.input_tokens,
+                t.cached_input_tokens,
+                t.cache_write_tokens,
+                t.cache_write_1h_tokens,
+                t.output_tokens,
+                t.reasoning_tokens,
+                iso(datetime.now(UTC)),
+                call_id,
+            ),
+        ).fetchall()
+
+    def record_offline_call(self, entry: JournalEntry) -> bool:
+        """A call a proxy held and settled on its offline allowance (``offline_allowance``),
+        written as held then settled in one transaction, so its money counts in every window.
+        Exactly once: False if the call's local id is in the ledger already."""
+        intent, reason = entry.intent, f"{REPLAYED}{entry.local_id}"
+        limits = replace(NO_MORE_LIMITS, group=entry.group)
+
+        def work(conn: Conn) -> bool:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (AGENT_LOCKS, intent.agent)
+            )
+            if conn.execute(
+                "SELECT 1 FROM calls WHERE agent = %s AND day = %s AND reason LIKE %s",
+                (intent.agent, intent.day, f"{reason}%"),
+            ).fetchone():
+                return False
+            call_id = self._insert_call(conn, intent, entry.held_nanos, "held", "", limits)
+            s = entry.settlement
+            why = f"{reason}: {s.reason}" if s.reason else reason
+            self._settle_row(conn, call_id, replace(s, reason=why))
+            detail = (
+                f"call {call_id} ({format_usd(s.actual_nanos)}) ran on the offline allowance of "
+                f"{entry.owner} while the ledger was unreachable"
+            )
+            postgres_brakes.record(
+                conn, intent.agent, "offline_allowance", detail, "spendbrake", datetime.now(UTC)
+            )
+            return True
+
+        return self._write(work)
 
     def month_tokens(self, agent: str, month: str, group: str = "") -> int:
         return self._read(lambda conn: self._month_tokens(conn, agent, month, group))

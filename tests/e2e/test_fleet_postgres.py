@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,15 @@ class Fleet:
         self.tmp_path, self.fake, self.pki, self.certs = tmp_path, fake, pki, certs
         self.cache_dir = cache_dir
 
-    def proxy(self, ledger: PostgresUrl, name: str) -> AbstractContextManager[Proxy]:
+    def proxy(
+        self, ledger: PostgresUrl, name: str, config: str = CONFIG
+    ) -> AbstractContextManager[Proxy]:
         return spendbrake_up(
             self.tmp_path / name,
             fake=self.fake,
             pki=self.pki,
             certs=self.certs,
-            config_toml=CONFIG,
+            config_toml=config,
             ledger=ledger,  # type: ignore[arg-type]  # a URL where the helper expects a file
             name=name,
             cache_dir=self.cache_dir,
@@ -195,3 +198,60 @@ def test_a_killed_proxys_holds_are_settled_by_the_others_which_keep_serving(
         assert row["outcome"] == "crashed"
         assert row["actual_nanos"] == row["held_nanos"] == hold["held_nanos"]
         assert run_client("sdk_chat.py", quick, survivor.client_env(AGENT))["calls"][0]["ok"]
+
+
+def test_an_opted_in_proxy_runs_on_its_offline_allowance_and_the_ledger_gets_every_call_back(
+    fleet: Fleet, own_cluster: pg_cluster.Cluster, fake: FakeProvider, test_id: str
+) -> None:
+    with psycopg.connect(own_cluster.url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA offline")
+    ledger = pg_cluster.schema_url(own_cluster.url, "offline")
+    # A quarter of the room: a few calls of the ~20 the day holds, never the whole day.
+    config = f'{CONFIG}[fleet]\noffline_allowance = 0.25\noffline_journal = "journal.db"\n'
+    journal = fleet.tmp_path / "a" / "journal.db"
+    spec = {"max_tokens": 20, "max_retries": 0, "headers": {TEST_ID_HEADER: test_id}}
+    with fleet.proxy(ledger, "a", config) as a:
+        first = run_client("sdk_chat.py", spec, a.client_env(AGENT))["calls"][0]
+        assert first["ok"]
+        room = int(Decimal(first["headers"]["x-spendbrake-remaining-usd"]) * 10**9)
+
+        own_cluster.stop()
+        offline = run_client("sdk_chat.py", {**spec, "calls": 20}, a.client_env(AGENT))["calls"]
+        *went_out, last = offline
+        assert went_out, "no call fitted in the offline allowance"
+        assert all(call["ok"] for call in went_out)
+        assert last["status"] == 503
+        assert last["error_body"]["error"]["code"] == "ledger_unavailable"
+        assert "offline allowance" in last["error_body"]["error"]["message"]
+        assert len(requests_of(fake, test_id)) == 1 + len(went_out)
+        assert journal.exists()
+
+        own_cluster.start()
+
+        def replayed() -> list[dict[str, Any]] | None:
+            found = [c for c in rows(ledger) if c["reason"].startswith("offline allowance ")]
+            return found if len(found) == len(went_out) else None
+
+        calls = wait_for(replayed, timeout=60, what="the offline calls in the ledger")
+        a.assert_alive()
+        # Settled at what they cost, within a quarter of the room the proxy saw last.
+        assert {(c["state"], c["outcome"]) for c in calls} == {("settled", "ok")}
+        assert sum(c["actual_nanos"] for c in calls) <= room // 4
+        with psycopg.connect(ledger.url, row_factory=dict_row) as conn:
+            [day] = conn.execute(
+                "SELECT spent_nanos, held_nanos, calls FROM day_totals WHERE agent = %s",
+                (AGENT,),
+            ).fetchall()
+            kinds = [
+                e["kind"]
+                for e in conn.execute("SELECT kind FROM events WHERE agent = %s", (AGENT,))
+            ]
+        everything = [c for c in rows(ledger) if c["state"] == "settled"]
+        assert day == {
+            "spent_nanos": sum(c["actual_nanos"] for c in everything),
+            "held_nanos": 0,
+            "calls": 1 + len(went_out),
+        }
+        assert kinds.count("offline_allowance") == len(went_out)
+        # Once written, the entries leave the journal; the proxy serves from the ledger again.
+        assert run_client("sdk_chat.py", spec, a.client_env(AGENT))["calls"][0]["ok"]

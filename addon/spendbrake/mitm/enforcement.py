@@ -8,6 +8,7 @@ guard that turns any surprise into a refusal.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from spendbrake.config import (
     AgentPolicy,
     Config,
     ConfigError,
+    default_ledger_path,
     load_config,
     resolve_config_path,
     resolve_ledger_path,
@@ -47,6 +49,7 @@ from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
+from spendbrake.offline_allowance import OfflineAllowance, OfflineJournal
 from spendbrake.postgres_ledger import POOL_SIZE, PostgresLedger
 from spendbrake.pricing import Pricer, UnknownModel
 from spendbrake.pricing import warm_up as warm_up_prices
@@ -95,6 +98,11 @@ class Enforcement:
         self._policies: dict[str, AgentPolicy] = {}
         # Told of settlements and refusals; inert until the facade hands it a ledger.
         self.alerts = Alerting()
+        # Opt-in ([fleet] offline_allowance): calls held locally while PostgreSQL is away. They
+        # get negative call ids (the ledger's are positive), mapped to their journal entries.
+        self.allowance: OfflineAllowance | None = None
+        self._offline_calls: dict[int, str] = {}
+        self._offline_ids = itertools.count(-1, -1)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -146,12 +154,30 @@ class Enforcement:
             self.worker.close()
         if isinstance(ledger, PostgresLedger):
             ledger.keep_lease()  # the other proxies must not take this one's holds for orphans
+        self.allowance = self._offline_allowance(config, ledger)
+        journal = self.allowance.journal if self.allowance else None
         threads = 1 if inline is not None else POOL_SIZE
-        self.config, self.worker = config, LedgerWorker(ledger, inline=inline, threads=threads)
+        self.config = config
+        self.worker = LedgerWorker(ledger, inline=inline, threads=threads, journal=journal)
         self._policies.clear()
         self.pricer = Pricer(config.prices)
         self.unavailable = None
         log.info("spendbrake: enforcing with ledger %s", ledger.path)
+
+    @staticmethod
+    def _offline_allowance(config: Config, ledger: Ledger) -> OfflineAllowance | None:
+        share = config.fleet.offline_share
+        if share is None:
+            return None
+        if not isinstance(ledger, PostgresLedger):
+            log.warning("spendbrake: [fleet] offline_allowance applies to a PostgreSQL ledger only")
+            return None
+        path = config.fleet.journal_path(default_ledger_path().parent)
+        journal = OfflineJournal(path, ledger.owner)
+        if ended := journal.settle_holds_of_ended("crashed"):
+            log.warning("spendbrake: %d offline hold(s) of a proxy that ended, settled", ended)
+        log.info("spendbrake: offline allowance %s of each agent's room, journal %s", share, path)
+        return OfflineAllowance(share, journal)
 
     def running(self) -> None:
         # Load the price snapshot and the tokenizer off the loop, before the first agent waits.
@@ -306,7 +332,10 @@ class Enforcement:
             result, held_intent = await self._hold(held_intent, estimate.cost_nanos, limit,
                                                    limits, brakes)  # fmt: skip
         except LedgerUnavailable as e:
-            return Refusal("ledger_unavailable", f"spendbrake cannot write its ledger: {e}")
+            offline = self._hold_offline(held_intent, estimate.cost_nanos, limits)
+            if offline is None:
+                return _ledger_unavailable(e, self.allowance is not None, agent)
+            result = offline
         if isinstance(result, HoldBraked | HoldRefused):
             self.alerts.refused(held_intent, result)
         if isinstance(result, HoldBraked):
@@ -352,6 +381,10 @@ class Enforcement:
         waited = 0
         while True:
             result = await self.worker.run(partial(_hold, intent, nanos, limit, limits, brakes))
+            if self.allowance is not None and isinstance(result, HoldGranted | HoldRefused):
+                # The room the ledger reports last is what an outage's allowance is cut from.
+                room = result.totals.remaining_nanos
+                self.allowance.saw(intent.agent, intent.day, room)
             if not (isinstance(result, HoldBraked) and result.call_id is None):
                 return result, intent
             brake = result.brake
@@ -368,6 +401,24 @@ class Enforcement:
             intent = replace(
                 intent, started_at=now, day=current_day_window(now, self.config.timezone).day
             )
+
+    def _hold_offline(self, intent: CallIntent, nanos: int, limits: Limits) -> HoldGranted | None:
+        """The ledger is unreachable: hold on the offline allowance if there is one and the
+        call fits in it (journalled before it goes out)."""
+        if self.allowance is None:
+            return None
+        held = self.allowance.hold(intent, limits.group, nanos)
+        if held is None:
+            return None
+        local_id, left = held
+        call_id = next(self._offline_ids)
+        self._offline_calls[call_id] = local_id
+        log.warning(
+            "spendbrake: the ledger is unreachable; %s's call goes out on the offline allowance",
+            intent.agent,
+        )
+        totals = DayTotals(intent.agent, intent.day, 0, nanos, left + nanos, 1, 0)
+        return HoldGranted(call_id=call_id, held_nanos=nanos, totals=totals)
 
     def _policy(self, agent: str) -> AgentPolicy:
         policy = self._policies.get(agent)
@@ -509,6 +560,12 @@ class Enforcement:
 
     async def _settle(self, call: HeldCall, settlement: Settlement) -> DayTotals | None:
         call.settled = True
+        if (local_id := self._offline_calls.pop(call.call_id, None)) is not None:
+            if self.allowance is None:  # turned off by a new config meanwhile
+                log.error("spendbrake: offline call %s settled after the allowance ended", local_id)
+            else:
+                self.allowance.journal.settle(local_id, settlement)  # replayed by the worker
+            return None
         if self.worker is None:
             log.error("spendbrake: call %d finished after shutdown; its hold stays", call.call_id)
             return None
@@ -531,6 +588,17 @@ class Enforcement:
             return None
         self.alerts.settled(call.intent, settlement, totals, self._policy(call.intent.agent).limits)
         return totals
+
+
+def _ledger_unavailable(error: LedgerUnavailable, offline: bool, agent: str) -> Refusal:
+    if offline:
+        message = (
+            f"spendbrake cannot write its ledger ({error}), and this call does not fit in what "
+            f"is left of the offline allowance of agent '{agent}' ([fleet] offline_allowance)"
+        )
+    else:
+        message = f"spendbrake cannot write its ledger: {error}"
+    return Refusal("ledger_unavailable", message)
 
 
 def _hold(

@@ -9,6 +9,8 @@ thread, never inline.
 The thread also repairs what a fault left behind, once the ledger works again: settlements that
 could not be written (a full disk, a lock held past the busy timeout) are written then, and
 holds of a proxy that died beside this one on the same ledger are settled at their held amount.
+A ledger a network away (PostgreSQL) may come back while no call comes: a thread of the worker's
+own then tries the writes that failed every ``SWEEP_EVERY_S``, so they do not wait for traffic.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from spendbrake.ledger import Ledger, LedgerBusy, LedgerUnavailable
+from spendbrake.offline_allowance import OfflineJournal, OfflineLedger, replay
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 log = logging.getLogger(__name__)
@@ -35,10 +39,16 @@ SWEEP_EVERY_S = 2.0
 
 class LedgerWorker:
     def __init__(
-        self, ledger: Ledger, inline: SQLiteLedger | None = None, threads: int = 1
+        self,
+        ledger: Ledger,
+        inline: SQLiteLedger | None = None,
+        threads: int = 1,
+        journal: OfflineJournal | None = None,
     ) -> None:
         self.ledger = ledger
         self.inline = inline
+        # Calls held on the offline allowance: written into the ledger once it answers again.
+        self.journal = journal
         if inline is not None:
             inline.never_wait()
         # threads > 1 only for a ledger that is safe to share between them (PostgreSQL's pool).
@@ -50,6 +60,13 @@ class LedgerWorker:
         self._retries: list[Callable[[Ledger], object]] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._sweeping = False
+        self._closed = threading.Event()
+        self._repairer: threading.Thread | None = None
+        if inline is None:
+            self._repairer = threading.Thread(
+                target=self._repair_while_open, name="spendbrake-ledger-repair", daemon=True
+            )
+            self._repairer.start()
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
         if self.inline is not None:
@@ -71,6 +88,23 @@ class LedgerWorker:
         this worker closes (before the holds it leaves are settled at their held amount)."""
         with self._lock:
             self._retries.append(operation)
+
+    def pending_retries(self) -> int:
+        with self._lock:
+            return len(self._retries)
+
+    def _repair_while_open(self) -> None:
+        while not self._closed.wait(SWEEP_EVERY_S):
+            waiting = self.journal is not None and bool(self.journal.settled_entries())
+            with self._lock:
+                due = (bool(self._retries) or waiting) and not self._sweeping
+                if due:
+                    self._sweeping = True
+            if due:
+                try:
+                    self._executor.submit(self._sweep, self.ledger)
+                except RuntimeError:  # shut down meanwhile: close() writes what it can
+                    return
 
     def _count_inline_run(self) -> None:
         self._inline_runs += 1
@@ -96,6 +130,7 @@ class LedgerWorker:
     def _sweep(self, ledger: Ledger) -> None:
         try:
             self._retry(ledger)
+            self._replay_journal(ledger)
             if recovered := ledger.recover_orphaned_holds():
                 log.warning(
                     "spendbrake: settled %d hold(s) left by a proxy that ended, at their held "
@@ -126,6 +161,15 @@ class LedgerWorker:
         if retries:
             log.warning("spendbrake: wrote %d settlement(s) the ledger had refused", len(retries))
 
+    def _replay_journal(self, ledger: Ledger) -> None:
+        if self.journal is None:
+            return
+        if written := replay(self.journal, cast(OfflineLedger, ledger)):
+            log.warning(
+                "spendbrake: wrote %d call(s) held on the offline allowance into the ledger",
+                written,
+            )
+
     def run_blocking[T](self, operation: Callable[[Ledger], T]) -> T:
         return self._executor.submit(operation, self.ledger).result()
 
@@ -139,13 +183,28 @@ class LedgerWorker:
                     self._retry(ledger)
                 except LedgerUnavailable:
                     log.exception("spendbrake: settlements still not written; settled at the hold")
+                if self.journal is not None:
+                    self.journal.settle_holds_of_ended(outcome, own=True)
+                    try:
+                        self._replay_journal(ledger)
+                    except LedgerUnavailable:
+                        log.exception(
+                            "spendbrake: the offline journal %s is written into the ledger at "
+                            "the next start",
+                            self.journal.path,
+                        )
                 ledger.settle_own_holds(outcome)
             finally:
                 ledger.close()
 
+        self._closed.set()
+        if self._repairer is not None:
+            self._repairer.join()
         try:
             self.run_blocking(finish)
         finally:
             self._executor.shutdown(wait=True)
             if self.inline is not None:
                 self.inline.close()
+            if self.journal is not None:
+                self.journal.close()
