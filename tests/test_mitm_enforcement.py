@@ -15,9 +15,11 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import taddons, tflow
 
+from spendbrake.ledger import LedgerUnavailable
 from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.state import flow_state
+from spendbrake.sqlite_ledger import SQLiteLedger
 
 GPT_4O_MINI_IN, GPT_4O_MINI_OUT = 150, 600  # nanos per token
 
@@ -489,3 +491,22 @@ async def test_an_azure_deployment_is_priced_as_the_model_the_operator_names(
         assert (held["provider"], held["requested_model"]) == ("azure", "my-mini")
         assert held["actual_nanos"] == 8 * GPT_4O_MINI_IN + 9 * GPT_4O_MINI_OUT
         assert refused["reason"] == "unknown_model"
+
+
+async def test_a_ledger_that_cannot_say_the_room_left_is_a_503_not_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cap_output reads the room left before the hold; a ledger fault there fails closed with
+    the ledger's own refusal, as a fault in the hold does."""
+
+    def unreachable(*_: object) -> int:
+        raise LedgerUnavailable("ledger l.db is unreachable: disk I/O error")
+
+    monkeypatch.setattr(SQLiteLedger, "room_nanos", unreachable)
+    with configured_proxy(tmp_path, "[agents.bot]\ndaily_usd = 1\ncap_output = true\n") as proxy:
+        flow = chat_flow()
+        proxy.identification.requestheaders(flow)
+        await proxy.enforcement.request(flow)
+    assert flow.response is not None
+    assert flow.response.status_code == 503
+    assert flow.response.headers["x-spendbrake-reason"] == "ledger_unavailable"

@@ -320,6 +320,10 @@ class Enforcement:
                 "max_tokens where only its maximum output is unknown."
             )
             return await self._refuse_recorded(intent(request), Refusal("unknown_model", message))
+        except LedgerUnavailable as e:
+            # The token bucket (downgrade) or the room left (cap_output) could not be read:
+            # nothing can be recorded either, so the refusal is not.
+            return _ledger_unavailable(e, False, agent)
 
         held_intent = intent(request, estimate)
         # Everything that could still fail is done before the hold, so no hold is ever left
