@@ -161,8 +161,8 @@ def test_report_on_a_database_without_a_ledger_says_how_to_make_one(
 ) -> None:
     assert report("--ledger", str(postgres_location)) == (
         1,
-        f"Error: the ledger {postgres_location} was written by an older spendbrake; bring it up "
-        "to date with spendbrake migrate (the proxy does so when it starts)",
+        f"Error: no ledger at {postgres_location}: start the proxy (spendbrake up) or create it "
+        "with spendbrake migrate",
     )
     with psycopg.connect(postgres_location.url) as conn:  # a report creates no tables
         tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")

@@ -105,7 +105,12 @@ class PostgresLedger:
             with self.pool.connection() as conn:
                 if migrate:
                     postgres_schema.apply(conn)
-                elif postgres_schema.pending(conn):
+                elif missing := postgres_schema.pending(conn):
+                    if len(missing) == len(postgres_schema.MIGRATIONS):
+                        raise LedgerUnavailable(
+                            f"no ledger at {self.path}: start the proxy (spendbrake up) or "
+                            "create it with spendbrake migrate"
+                        )
                     raise LedgerUnavailable(
                         f"the ledger {self.path} was written by an older spendbrake; bring it up "
                         "to date with spendbrake migrate (the proxy does so when it starts)"
