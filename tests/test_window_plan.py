@@ -1,8 +1,8 @@
 """Which windows besides the day limit a call, whatever ledger reads their totals."""
 
 from ledger_hammer import DAY, intent
-from spendbrake.ledger import Limits, WindowUse
-from spendbrake.window_plan import plan_windows, run_time_limits, window_uses
+from spendbrake.ledger import DayTotals, Limits, WindowUse
+from spendbrake.window_plan import first_without_room, plan_windows, run_time_limits, window_uses
 
 
 def test_configured_windows_are_placed_where_their_totals_are() -> None:
@@ -52,3 +52,15 @@ def test_run_time_rows_are_the_agents_and_its_groups_group_windows() -> None:
         ("research-bot", "group_daily", 4),  # a group window set on the agent: not its group's
     ]
     assert run_time_limits(rows, "research-bot", "team") == {"monthly": 1, "group_daily": 2}
+
+
+def test_the_first_window_without_room_is_the_days_then_the_others_in_order() -> None:
+    totals = DayTotals("research-bot", DAY, 60, 30, limit_nanos=100, calls=2, blocked=0)
+    month = WindowUse("monthly", "research-bot", 0, 0, 5)
+    tokens = WindowUse("session_tokens", "s1", 40, 0, 50)
+    assert first_without_room(totals, [month, tokens], 10, 10) == month
+    assert first_without_room(totals, [tokens], 10, 10) is None  # exactly full still fits
+    assert first_without_room(totals, [tokens], 10, 11) == tokens  # tokens, not nanos
+    day = first_without_room(totals, [month], 11, 0)
+    assert day is not None
+    assert (day.window, day.remaining) == ("daily", 10)

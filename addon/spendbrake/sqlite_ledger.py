@@ -42,7 +42,12 @@ from spendbrake.ledger import (
 from spendbrake.ledger_schema import migrations
 from spendbrake.money import format_usd
 from spendbrake.processes import current_owner, owner_is_alive
-from spendbrake.window_plan import plan_windows, run_time_limits, window_uses
+from spendbrake.window_plan import (
+    first_without_room,
+    plan_windows,
+    run_time_limits,
+    window_uses,
+)
 
 BUSY_TIMEOUT_MS = 2_000
 
@@ -173,23 +178,18 @@ class SQLiteLedger:
                 )
                 return HoldBraked(call_id=call_id, brake=brake)
             totals = self._totals(conn, intent.agent, intent.day, configured_limit)
-            day = WindowUse(
-                "daily", intent.agent, totals.spent_nanos, totals.held_nanos, totals.limit_nanos
-            )
-            uses = [day, *self._other_windows(conn, intent, limits, set_now)]
-            for use in uses:
-                asked = tokens if use.window in TOKEN_WINDOWS else amount_nanos
-                if asked > use.remaining:
-                    call_id = self._insert_call(
-                        conn, intent, amount_nanos, "refused", REFUSAL_OF_WINDOW[use.window], limits
-                    )
-                    return HoldRefused(
-                        call_id=call_id,
-                        requested_nanos=amount_nanos,
-                        totals=totals,
-                        blocked_by=use,
-                        requested_tokens=tokens,
-                    )
+            others = self._other_windows(conn, intent, limits, set_now)
+            if full := first_without_room(totals, others, amount_nanos, tokens):
+                call_id = self._insert_call(
+                    conn, intent, amount_nanos, "refused", REFUSAL_OF_WINDOW[full.window], limits
+                )
+                return HoldRefused(
+                    call_id=call_id,
+                    requested_nanos=amount_nanos,
+                    totals=totals,
+                    blocked_by=full,
+                    requested_tokens=tokens,
+                )
             call_id = self._insert_call(conn, intent, amount_nanos, "held", "", limits)
             after = replace(
                 totals, held_nanos=totals.held_nanos + amount_nanos, calls=totals.calls + 1

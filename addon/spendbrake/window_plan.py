@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spendbrake.ledger import TOKEN_WINDOWS, WINDOWS, CallIntent, Limits, WindowUse
+from spendbrake.ledger import TOKEN_WINDOWS, WINDOWS, CallIntent, DayTotals, Limits, WindowUse
 
 type Place = tuple[str, str, str]  # scope, name, period
 
@@ -77,6 +77,20 @@ def window_uses(
         else:
             uses.append(WindowUse(window, shown, spent, held, limit))
     return uses
+
+
+def first_without_room(
+    totals: DayTotals, others: Sequence[WindowUse], nanos: int, tokens: int
+) -> WindowUse | None:
+    """The first window, the day's first, that has no room for a hold of ``nanos`` (``tokens``
+    in the token windows); None when every window has room."""
+    day = WindowUse(
+        "daily", totals.agent, totals.spent_nanos, totals.held_nanos, totals.limit_nanos
+    )
+    for use in (day, *others):
+        if (tokens if use.window in TOKEN_WINDOWS else nanos) > use.remaining:
+            return use
+    return None
 
 
 def run_time_limits(rows: Sequence[tuple[str, str, int]], agent: str, group: str) -> dict[str, int]:
