@@ -7,11 +7,13 @@ Every change is an event in the ledger's log, which names the agent and never th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from spendbrake import sqlite_brakes
+from spendbrake.ledger_reads import ReadConn
+from spendbrake.sqlite_brakes import iso
 from spendbrake.sqlite_ledger import SQLiteLedger
 
 if TYPE_CHECKING:
@@ -48,89 +50,117 @@ class AccessBook(Protocol):
     def set_admin_token(self, token_sha256: str, actor: str) -> None: ...
 
 
-class SQLiteAccessBook:
-    """``AccessBook`` in the tables of a SQLite ledger (migration m010)."""
+class LedgerAccessBook:
+    """``AccessBook`` in the ledger's own tables (migration m010), in SQL both back ends take
+    (``?`` placeholders; PostgreSQL's connection translates them). A back end says how it
+    reads (``_reading``) and writes (``_writing``, one transaction)."""
 
-    def __init__(self, ledger: SQLiteLedger) -> None:
-        self.ledger = ledger
+    # Rotations of one agent's secret wait for each other, so each records what it replaced.
+    lock_row = ""
+
+    def _reading(self) -> AbstractContextManager[ReadConn]:
+        raise NotImplementedError
+
+    def _writing(self) -> AbstractContextManager[ReadConn]:
+        raise NotImplementedError
 
     def records(self) -> AccessRecords:
-        conn = self.ledger.db.conn
-        settings = dict(conn.execute("SELECT name, value FROM settings"))
+        with self._reading() as db:
+            settings = dict(db.execute("SELECT name, value FROM settings").fetchall())
+            secrets = db.execute("SELECT agent, secret_sha256 FROM agent_secrets").fetchall()
+            keys = db.execute("SELECT key_hmac, agent, hint FROM api_keys").fetchall()
         return AccessRecords(
-            secrets=dict(conn.execute("SELECT agent, secret_sha256 FROM agent_secrets")),
-            api_keys={
-                key_hmac: ApiKeyOwner(agent, hint)
-                for key_hmac, agent, hint in conn.execute(
-                    "SELECT key_hmac, agent, hint FROM api_keys"
-                )
-            },
+            secrets=dict(secrets),
+            api_keys={key_hmac: ApiKeyOwner(agent, hint) for key_hmac, agent, hint in keys},
             api_key_hash_key=bytes.fromhex(settings["api_key_hash_key"]),
             admin_token_sha256=settings.get("admin_token_sha256"),
         )
 
     def set_secret(self, agent: str, secret_sha256: str, actor: str) -> bool:
         now = datetime.now(UTC)
-        with self.ledger.write_transaction() as conn:
-            replaced = conn.execute(
-                "SELECT 1 FROM agent_secrets WHERE agent = ?", (agent,)
+        with self._writing() as db:
+            replaced = db.execute(
+                f"SELECT 1 FROM agent_secrets WHERE agent = ?{self.lock_row}", (agent,)
             ).fetchone()
-            conn.execute(
+            db.execute(
                 """
                 INSERT INTO agent_secrets (agent, secret_sha256, set_at, actor) VALUES (?, ?, ?, ?)
                 ON CONFLICT (agent) DO UPDATE SET secret_sha256 = excluded.secret_sha256,
                     set_at = excluded.set_at, actor = excluded.actor
                 """,
-                (agent, secret_sha256, sqlite_brakes.iso(now), actor),
+                (agent, secret_sha256, iso(now), actor),
             )
             kind = "secret_rotated" if replaced else "secret_set"
-            sqlite_brakes.record(conn, agent, kind, "a new proxy secret", actor, now)
+            _record(db, agent, kind, "a new proxy secret", actor, now)
             return replaced is not None
 
     def remove_secret(self, agent: str, actor: str) -> bool:
         now = datetime.now(UTC)
-        with self.ledger.write_transaction() as conn:
-            removed = conn.execute("DELETE FROM agent_secrets WHERE agent = ?", (agent,)).rowcount
+        with self._writing() as db:
+            removed = _deleted(db, "DELETE FROM agent_secrets WHERE agent = ? RETURNING 1", agent)
             if removed:
-                sqlite_brakes.record(
-                    conn, agent, "secret_removed", "proxy secret removed", actor, now
-                )
+                _record(db, agent, "secret_removed", "proxy secret removed", actor, now)
             return removed > 0
 
     def add_api_key(self, agent: str, key_hmac: str, hint: str, actor: str) -> None:
         now = datetime.now(UTC)
-        with self.ledger.write_transaction() as conn:
-            conn.execute(
+        with self._writing() as db:
+            db.execute(
                 """
                 INSERT INTO api_keys (key_hmac, agent, hint, added_at, actor) VALUES (?, ?, ?, ?, ?)
                 ON CONFLICT (key_hmac) DO UPDATE SET agent = excluded.agent,
                     added_at = excluded.added_at, actor = excluded.actor
                 """,
-                (key_hmac, agent, hint, sqlite_brakes.iso(now), actor),
+                (key_hmac, agent, hint, iso(now), actor),
             )
             detail = f"calls made with API key {hint} belong to {agent}"
-            sqlite_brakes.record(conn, agent, "api_key_added", detail, actor, now)
+            _record(db, agent, "api_key_added", detail, actor, now)
 
     def remove_api_keys(self, agent: str, actor: str) -> int:
         now = datetime.now(UTC)
-        with self.ledger.write_transaction() as conn:
-            removed = conn.execute("DELETE FROM api_keys WHERE agent = ?", (agent,)).rowcount
+        with self._writing() as db:
+            removed = _deleted(db, "DELETE FROM api_keys WHERE agent = ? RETURNING 1", agent)
             if removed:
                 detail = f"{removed} API key fingerprint(s) removed"
-                sqlite_brakes.record(conn, agent, "api_keys_removed", detail, actor, now)
+                _record(db, agent, "api_keys_removed", detail, actor, now)
             return removed
 
     def set_admin_token(self, token_sha256: str, actor: str) -> None:
         now = datetime.now(UTC)
-        with self.ledger.write_transaction() as conn:
-            conn.execute(
+        with self._writing() as db:
+            db.execute(
                 """
                 INSERT INTO settings (name, value) VALUES ('admin_token_sha256', ?)
                 ON CONFLICT (name) DO UPDATE SET value = excluded.value
                 """,
                 (token_sha256,),
             )
-            sqlite_brakes.record(conn, "*", "admin_token_set", "a new admin token", actor, now)
+            _record(db, "*", "admin_token_set", "a new admin token", actor, now)
+
+
+def _deleted(db: ReadConn, sql: str, agent: str) -> int:
+    return len(db.execute(sql, (agent,)).fetchall())
+
+
+def _record(db: ReadConn, agent: str, kind: str, detail: str, actor: str, at: datetime) -> None:
+    db.execute(
+        "INSERT INTO events (at, agent, kind, detail, actor) VALUES (?, ?, ?, ?, ?)",
+        (iso(at), agent, kind, detail, actor),
+    )
+
+
+class SQLiteAccessBook(LedgerAccessBook):
+    """In a SQLite ledger: reads on its connection as they come (the proxy's never waits for a
+    writer), writes in its write transaction."""
+
+    def __init__(self, ledger: SQLiteLedger) -> None:
+        self.ledger = ledger
+
+    def _reading(self) -> AbstractContextManager[ReadConn]:
+        return nullcontext(self.ledger.db.conn)
+
+    def _writing(self) -> AbstractContextManager[ReadConn]:
+        return self.ledger.write_transaction()
 
 
 def access_book_of(ledger: SQLiteLedger | PostgresLedger) -> AccessBook:
