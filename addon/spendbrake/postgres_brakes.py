@@ -11,15 +11,11 @@ from typing import Any
 
 import psycopg
 
-from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes, Suspension
+from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes
 from spendbrake.ledger import CallIntent, Event
-from spendbrake.sqlite_brakes import BRAKE_ACTOR, iso
+from spendbrake.sqlite_brakes import BRAKE_ACTOR, activity_of, iso, watches_rates, with_rates
 
 type Conn = psycopg.Connection[tuple[Any, ...]]
-
-
-def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
 
 
 def activity(conn: Conn, intent: CallIntent, brakes: Brakes) -> Activity:
@@ -46,21 +42,10 @@ def activity(conn: Conn, intent: CallIntent, brakes: Brakes) -> Activity:
         },
     ).fetchone()
     assert row is not None
-    reason, detail, since, failures, last_failure_at, resumed_at, same = row
-    suspension = Suspension(reason, detail, datetime.fromisoformat(since)) if reason else None
-    rates = Activity(
-        suspension=suspension,
-        same_request_recently=same,
-        consecutive_failures=failures or 0,
-        last_failure_at=_parse(last_failure_at),
-    )
-    if (
-        brakes.calls_per_minute is None
-        and brakes.tokens_per_minute is None
-        and (brakes.max_concurrent is None and brakes.burn_nanos_per_min is None)
-    ):
+    rates, resumed_at = activity_of(row)
+    if not watches_rates(brakes):
         return rates
-    return _with_rates(conn, rates, intent, resumed_at or "")
+    return _with_rates(conn, rates, intent, resumed_at)
 
 
 def _with_rates(conn: Conn, base: Activity, intent: CallIntent, resumed_at: str) -> Activity:
@@ -91,17 +76,7 @@ def _with_rates(conn: Conn, base: Activity, intent: CallIntent, resumed_at: str)
     ).fetchone()
     assert row is not None
     calls, oldest, tokens, spent, in_flight = row
-    return Activity(
-        suspension=base.suspension,
-        same_request_recently=base.same_request_recently,
-        consecutive_failures=base.consecutive_failures,
-        last_failure_at=base.last_failure_at,
-        calls_last_minute=calls,
-        oldest_call_last_minute=_parse(oldest),
-        tokens_last_minute=int(tokens),
-        in_flight=in_flight,
-        spent_last_minute=int(spent),
-    )
+    return with_rates(base, calls, oldest, int(tokens), in_flight, int(spent))
 
 
 def suspend(conn: Conn, agent: str, brake: Brake, at: datetime) -> None:

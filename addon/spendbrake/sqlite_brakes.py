@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from spendbrake.brakes import BURN_WINDOW, RATE_WINDOW, Activity, Brake, Brakes, Suspension
 from spendbrake.ledger import CallIntent, Event
@@ -78,22 +79,49 @@ def activity(conn: sqlite3.Connection, intent: CallIntent, brakes: Brakes) -> Ac
             "loop_since": iso(now - timedelta(seconds=brakes.loop_window_s)),
         },
     ).fetchone()
+    rates, resumed_at = activity_of(row)
+    if not watches_rates(brakes):
+        return rates
+    return _with_rates(conn, rates, intent, resumed_at)
+
+
+def activity_of(row: tuple[Any, ...]) -> tuple[Activity, str]:
+    """The agent's suspension, repeats and failure run, from the row ``activity`` reads on
+    either ledger (suspension reason, detail, since; failures, last failure, resumed at; the
+    count of the same request); and when it was last resumed ("" for never)."""
     reason, detail, since, failures, last_failure_at, resumed_at, same = row
-    resumed_at = resumed_at or ""
     suspension = Suspension(reason, detail, datetime.fromisoformat(since)) if reason else None
-    rates = Activity(
+    found = Activity(
         suspension=suspension,
         same_request_recently=same,
         consecutive_failures=failures or 0,
         last_failure_at=_parse(last_failure_at),
     )
-    if (
+    return found, resumed_at or ""
+
+
+def watches_rates(brakes: Brakes) -> bool:
+    """Whether a brake needs the agent's last minute: rates, concurrency or burn."""
+    return not (
         brakes.calls_per_minute is None
         and brakes.tokens_per_minute is None
-        and (brakes.max_concurrent is None and brakes.burn_nanos_per_min is None)
-    ):
-        return rates
-    return _with_rates(conn, rates, intent, resumed_at)
+        and brakes.max_concurrent is None
+        and brakes.burn_nanos_per_min is None
+    )
+
+
+def with_rates(
+    base: Activity, calls: int, oldest: str | None, tokens: int, in_flight: int, spent: int
+) -> Activity:
+    """``base`` with the agent's last minute, as either ledger counted it."""
+    return replace(
+        base,
+        calls_last_minute=calls,
+        oldest_call_last_minute=_parse(oldest),
+        tokens_last_minute=tokens,
+        in_flight=in_flight,
+        spent_last_minute=spent,
+    )
 
 
 def _with_rates(
@@ -125,17 +153,7 @@ def _with_rates(
     (in_flight,) = conn.execute(
         "SELECT COUNT(*) FROM calls WHERE state = 'held' AND agent = ?", (intent.agent,)
     ).fetchone()
-    return Activity(
-        suspension=base.suspension,
-        same_request_recently=base.same_request_recently,
-        consecutive_failures=base.consecutive_failures,
-        last_failure_at=base.last_failure_at,
-        calls_last_minute=calls,
-        oldest_call_last_minute=_parse(oldest),
-        tokens_last_minute=tokens,
-        in_flight=in_flight,
-        spent_last_minute=spent,
-    )
+    return with_rates(base, calls, oldest, tokens, in_flight, spent)
 
 
 def suspend(conn: sqlite3.Connection, agent: str, brake: Brake, at: datetime) -> None:
