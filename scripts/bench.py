@@ -550,24 +550,32 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def run_client(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_client(
+    spec: dict[str, Any],
+    run_dir: Path,
+    script: str = __file__,
+    name: str = "client",
+    timeout: float = RUN_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Run ``script --client-worker SPEC`` (the load generator of a benchmark) in a process of
+    its own, so it shares no GIL with the proxy; return the JSON it prints."""
     out, err = run_dir / "client.out", run_dir / "client.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, __file__, "--client-worker", json.dumps(spec)],
+            [sys.executable, script, "--client-worker", json.dumps(spec)],
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
-            child.wait(timeout=RUN_TIMEOUT_S)
+            child.wait(timeout=timeout)
         finally:
             if child.poll() is None:
                 child.kill()
                 child.wait()
     if child.returncode != 0:
-        raise RuntimeError(f"client exited with {child.returncode}:\n{tail(err)}")
+        raise RuntimeError(f"{name} exited with {child.returncode}:\n{tail(err)}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -874,23 +882,28 @@ def main(argv: list[str]) -> int:
                     sys.stdout.flush()
     result = report(args, runs)
     failed = [f"{r['target']} run {r['run']}" for r in runs if not r["ok"]]
-    if args.json:
-        document = {
-            "command": "scripts/bench " + " ".join(argv),
-            "machine": info,
-            "settings": {
-                "requests": args.requests,
-                "concurrency": args.concurrency,
-                "repeat": args.repeat,
-                "warmup": args.warmup,
-                "model": MODEL,
-                "max_tokens": 16,
-            },
-            "runs": runs,
-            **result,
-            "failed_checks": failed,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    document = {
+        "command": "scripts/bench " + " ".join(argv),
+        "machine": info,
+        "settings": {
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "repeat": args.repeat,
+            "warmup": args.warmup,
+            "model": MODEL,
+            "max_tokens": 16,
+        },
+        "runs": runs,
+        **result,
+        "failed_checks": failed,
+    }
+    return finish(args.json, document, failed)
+
+
+def finish(json_path: Path | None, document: dict[str, Any], failed: list[str]) -> int:
+    """Write a benchmark's JSON (if asked), say which runs failed their checks; the exit code."""
+    if json_path:
+        json_path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     if failed:
         print(f"\nsanity checks FAILED in: {', '.join(failed)}", file=sys.stderr)
         return 1

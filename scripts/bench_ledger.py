@@ -12,7 +12,6 @@ total equal to the sum of its rows (tests/ledger_hammer.py's checks). See docs/b
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))  # ledger_hammer: the ledger tests' helpers and checks
-from bench import machine, machine_ticks  # noqa: E402
+from bench import finish, machine, machine_ticks  # noqa: E402
 from bench_async import percentile  # noqa: E402
 
 from ledger_hammer import (  # noqa: E402
@@ -256,24 +255,19 @@ def main(argv: list[str]) -> int:
                 sys.stdout.flush()
     result = report(args, runs)
     failed = [f"{r['processes']} processes run {r['run']}" for r in runs if not r["ok"]]
-    if args.json:
-        document = {
-            "command": "scripts/bench ledger " + " ".join(argv),
-            "machine": info,
-            "settings": {
-                "seconds": args.seconds,
-                "processes": args.processes,
-                "repeat": args.repeat,
-            },
-            "runs": runs,
-            **result,
-            "failed_checks": failed,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-    if failed:
-        print(f"\nsanity checks FAILED in: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    document = {
+        "command": "scripts/bench ledger " + " ".join(argv),
+        "machine": info,
+        "settings": {
+            "seconds": args.seconds,
+            "processes": args.processes,
+            "repeat": args.repeat,
+        },
+        "runs": runs,
+        **result,
+        "failed_checks": failed,
+    }
+    return finish(args.json, document, failed)
 
 
 if __name__ == "__main__":

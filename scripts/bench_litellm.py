@@ -635,12 +635,7 @@ def main(argv: list[str]) -> int:
                 if part == "database" and not result["ran"]:
                     print(f"could not run: {result['why']}")
     document["failed_checks"] = failed
-    if args.json:
-        args.json.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    if failed:
-        print(f"\nsanity checks FAILED in: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return bench.finish(args.json, document, failed)
 
 
 if __name__ == "__main__":

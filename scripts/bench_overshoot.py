@@ -21,7 +21,6 @@ import json
 import signal
 import sqlite3
 import ssl
-import subprocess
 import sys
 import tempfile
 from decimal import Decimal
@@ -33,12 +32,13 @@ from bench import (  # a sibling script, not a package
     PATH,
     Proxy,
     fake_call,
+    finish,
     machine,
     running,
     start_fake,
     start_proxy,
-    tail,
 )
+from bench import run_client as bench_run_client
 from bench_async import FAKE_BACKLOG, LLM_HOST, Connection
 
 AGENTS = 50
@@ -144,25 +144,9 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_client(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    out, err = run_dir / "client.out", run_dir / "client.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--client-worker", json.dumps(spec)],
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            child.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    if child.returncode != 0:
-        raise RuntimeError(f"overshoot client exited with {child.returncode}:\n{tail(err)}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+    return bench_run_client(
+        spec, run_dir, script=__file__, name="overshoot client", timeout=RUN_TIMEOUT_S
+    )
 
 
 # -- spendbrake -------------------------------------------------------------------------------
@@ -381,28 +365,23 @@ def main(argv: list[str]) -> int:
             f"{run['max_spend_ratio']:>15.3f} {run['over_limit']:>11}"
         )
     failed = [f"run {r['run']}" for r in runs if not r["ok"]]
-    if args.json:
-        document = {
-            "command": "scripts/bench overshoot " + " ".join(argv),
-            "machine": info,
-            "settings": {
-                "agents": args.agents,
-                "calls_each": args.calls,
-                "proxies": args.proxies,
-                "model": MODEL,
-                "max_tokens": MAX_TOKENS,
-                "held_nanos": held,
-                "billed_nanos": actual,
-                "limit_in_calls": str(LIMIT_IN_CALLS),
-            },
-            "runs": runs,
-            "failed_checks": failed,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-    if failed:
-        print(f"\nsanity checks FAILED in: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    document = {
+        "command": "scripts/bench overshoot " + " ".join(argv),
+        "machine": info,
+        "settings": {
+            "agents": args.agents,
+            "calls_each": args.calls,
+            "proxies": args.proxies,
+            "model": MODEL,
+            "max_tokens": MAX_TOKENS,
+            "held_nanos": held,
+            "billed_nanos": actual,
+            "limit_in_calls": str(LIMIT_IN_CALLS),
+        },
+        "runs": runs,
+        "failed_checks": failed,
+    }
+    return finish(args.json, document, failed)
 
 
 if __name__ == "__main__":

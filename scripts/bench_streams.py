@@ -23,7 +23,6 @@ import os
 import signal
 import sqlite3
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,13 +38,14 @@ from bench import (  # a sibling script, not a package
     Process,
     cpu_ticks,
     fake_call,
+    finish,
     machine,
     machine_ticks,
     running,
     start_fake,
     start_proxy,
-    tail,
 )
+from bench import run_client as bench_run_client
 from bench_async import FAKE_BACKLOG, LLM_HOST, Connection, percentile, rss_kib
 
 TARGETS = ("direct", "bare", "spendbrake")
@@ -187,25 +187,9 @@ async def client_main(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_client(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    out, err = run_dir / "client.out", run_dir / "client.err"
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--client-worker", json.dumps(spec)],
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            child.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    if child.returncode != 0:
-        raise RuntimeError(f"stream client exited with {child.returncode}:\n{tail(err)}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+    return bench_run_client(
+        spec, run_dir, script=__file__, name="stream client", timeout=RUN_TIMEOUT_S
+    )
 
 
 def check_stream_ledger(ledger: Path, streams: int, calls: int) -> tuple[bool, str]:
@@ -492,26 +476,21 @@ def main(argv: list[str]) -> int:
                     sys.stdout.flush()
     result = report(args, runs)
     failed = [f"{r['target']} run {r['run']}" for r in runs if not r["ok"]]
-    if args.json:
-        document = {
-            "command": "scripts/bench streams " + " ".join(argv),
-            "machine": info,
-            "settings": {
-                "streams": args.streams,
-                "events_per_stream": EVENTS_PER_STREAM,
-                "delay_ms": args.delay_ms,
-                "warmup": args.warmup,
-                "repeat": args.repeat,
-            },
-            "runs": runs,
-            **result,
-            "failed_checks": failed,
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-    if failed:
-        print(f"\nsanity checks FAILED in: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    document = {
+        "command": "scripts/bench streams " + " ".join(argv),
+        "machine": info,
+        "settings": {
+            "streams": args.streams,
+            "events_per_stream": EVENTS_PER_STREAM,
+            "delay_ms": args.delay_ms,
+            "warmup": args.warmup,
+            "repeat": args.repeat,
+        },
+        "runs": runs,
+        **result,
+        "failed_checks": failed,
+    }
+    return finish(args.json, document, failed)
 
 
 if __name__ == "__main__":
