@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
+from spendbrake.config_errors import ConfigError, reject_unknown
+
 type Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOOPBACK: tuple[Network, ...] = (
@@ -43,7 +45,7 @@ _IDENTIFY_KEYS = frozenset({"ports", "networks", "processes"})
 _PROCESS_KEYS = frozenset({"agent", "name", "exe", "cmdline", "user"})
 
 
-class AccessConfigError(ValueError):
+class AccessConfigError(ConfigError):
     """An [access] or [identify] value cannot be used; the message names the key and the fix."""
 
 
@@ -168,7 +170,7 @@ def parse_access(table: object, where: str) -> Access:
         return Access()
     if not isinstance(table, Mapping):
         raise AccessConfigError(f"{where}: [access] must be a table")
-    _reject_unknown(table, _ACCESS_KEYS, where, "access.")
+    reject_unknown(table, _ACCESS_KEYS, where, "access.", AccessConfigError)
     strict = table.get("strict", False)
     if not isinstance(strict, bool):
         raise AccessConfigError(f"{where}: access.strict is true or false")
@@ -189,7 +191,7 @@ def parse_identify(table: object, where: str) -> IdentifyRules:
         return IdentifyRules()
     if not isinstance(table, Mapping):
         raise AccessConfigError(f"{where}: [identify] must be a table")
-    _reject_unknown(table, _IDENTIFY_KEYS, where, "identify.")
+    reject_unknown(table, _IDENTIFY_KEYS, where, "identify.", AccessConfigError)
     ports = {
         _port(port, where): _agent(agent, where, f'identify.ports."{port}"')
         for port, agent in _table(table.get("ports", {}), where, "identify.ports").items()
@@ -229,7 +231,7 @@ def _process_rule(rule: object, where: str, index: int) -> ProcessRule:
     section = f"identify.processes[{index}]"
     if not isinstance(rule, Mapping):
         raise AccessConfigError(f"{where}: {section} must be a table")
-    _reject_unknown(rule, _PROCESS_KEYS, where, f"{section}.")
+    reject_unknown(rule, _PROCESS_KEYS, where, f"{section}.", AccessConfigError)
     patterns = {key: rule.get(key) for key in ("name", "exe", "cmdline", "user")}
     for key, value in patterns.items():
         if value is not None and (not isinstance(value, str) or not value):
@@ -270,11 +272,3 @@ def _network(value: str, where: str, key: str) -> Network:
         raise AccessConfigError(
             f"{where}: {key}: {value!r} is not an address or network (e.g. 10.0.0.0/8)"
         ) from None
-
-
-def _reject_unknown(
-    table: Mapping[str, Any], allowed: frozenset[str], where: str, prefix: str
-) -> None:
-    for key in table:
-        if key not in allowed:
-            raise AccessConfigError(f"{where}: unknown key {prefix}{key}")

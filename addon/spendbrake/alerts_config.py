@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from spendbrake.config_errors import ConfigError, reject_unknown
 from spendbrake.money import MoneyError, parse_usd
 
 DEFAULT_THRESHOLDS = (Decimal("0.5"), Decimal("0.8"), Decimal("1"))
@@ -53,7 +54,7 @@ _WEBHOOK_KEYS = frozenset({"url", "format"})
 _AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class AlertsConfigError(ValueError):
+class AlertsConfigError(ConfigError):
     """An [alerts] value cannot be used; the message names the key and the fix."""
 
 
@@ -114,7 +115,7 @@ def parse_alerts(table: object, where: str) -> AlertsConfig:
         return AlertsConfig()
     if not isinstance(table, Mapping):
         raise AlertsConfigError(f"{where}: [alerts] must be a table")
-    _reject_unknown(table, _ALERTS_KEYS, where, "alerts.")
+    reject_unknown(table, _ALERTS_KEYS, where, "alerts.", AlertsConfigError)
     agents_table = table.get("agents", {})
     if not isinstance(agents_table, Mapping):
         raise AlertsConfigError(f"{where}: [alerts.agents] must be a table of [alerts.agents.NAME]")
@@ -140,7 +141,7 @@ def _agent(name: str, table: object, where: str) -> AgentAlerts:
         raise AlertsConfigError(f"{where}: [{section}]: {name!r} is not an agent name")
     if not isinstance(table, Mapping):
         raise AlertsConfigError(f"{where}: [{section}] must be a table")
-    _reject_unknown(table, _AGENT_KEYS, where, f"{section}.")
+    reject_unknown(table, _AGENT_KEYS, where, f"{section}.", AlertsConfigError)
     return AgentAlerts(
         thresholds=_thresholds(table, where, section),
         burn_nanos_per_min=_usd(table, "burn_usd_per_min", where, section),
@@ -171,7 +172,7 @@ def _webhooks(value: object, where: str) -> tuple[Webhook, ...]:
         section = f"alerts.webhooks[{i}]"
         if not isinstance(entry, Mapping):
             raise AlertsConfigError(f'{where}: {section} is a table like {{ url = "https://..." }}')
-        _reject_unknown(entry, _WEBHOOK_KEYS, where, f"{section}.")
+        reject_unknown(entry, _WEBHOOK_KEYS, where, f"{section}.", AlertsConfigError)
         url, form = entry.get("url"), entry.get("format", "json")
         if not isinstance(url, str):
             raise AlertsConfigError(f"{where}: {section}.url must be an http:// or https:// URL")
@@ -218,11 +219,3 @@ def _usd(table: Mapping[str, Any], key: str, where: str, section: str) -> int | 
         return parse_usd(value, what=f"{section}.{key}")
     except MoneyError as e:
         raise AlertsConfigError(f"{where}: {e}") from None
-
-
-def _reject_unknown(
-    table: Mapping[str, Any], allowed: frozenset[str], where: str, prefix: str
-) -> None:
-    for key in table:
-        if key not in allowed:
-            raise AlertsConfigError(f"{where}: unknown key {prefix}{key}")

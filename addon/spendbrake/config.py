@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendbrake.access import Access, AccessConfigError, IdentifyRules, parse_access, parse_identify
-from spendbrake.alerts_config import AlertsConfig, AlertsConfigError, parse_alerts
+from spendbrake.access import Access, IdentifyRules, parse_access, parse_identify
+from spendbrake.alerts_config import AlertsConfig, parse_alerts
 from spendbrake.brakes import Brakes
-from spendbrake.fleet_config import FleetConfig, FleetConfigError, parse_fleet
+
+# ConfigError is re-exported: callers catch it from here.
+from spendbrake.config_errors import ConfigError as ConfigError
+from spendbrake.config_errors import reject_unknown
+from spendbrake.fleet_config import FleetConfig, parse_fleet
 from spendbrake.ledger import Limits
 from spendbrake.ledger_url import BadLedgerLocation, LedgerLocation, parse_location
 from spendbrake.money import MoneyError, nanos_to_decimal, parse_usd
@@ -103,10 +107,6 @@ _PRICE_KEYS = frozenset(
         "price_as",
     }
 )
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file, the key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Config:
     where = str(source) if source else "config"
-    _reject_unknown(data, _TOP_KEYS, where, "")
+    reject_unknown(data, _TOP_KEYS, where, "")
 
     tz_name = data.get("timezone", "UTC")
     try:
@@ -352,13 +352,10 @@ def parse_config(data: Mapping[str, Any], *, source: Path | None = None) -> Conf
         model: _parse_price(entry, where, f'prices."{model}"')
         for model, entry in prices_table.items()
     }
-    try:
-        access = parse_access(data.get("access"), where)
-        identify = parse_identify(data.get("identify"), where)
-        alerts = parse_alerts(data.get("alerts"), where)
-        fleet = parse_fleet(data.get("fleet"), where, source.parent if source else None)
-    except (AccessConfigError, AlertsConfigError, FleetConfigError) as e:
-        raise ConfigError(str(e)) from None
+    access = parse_access(data.get("access"), where)
+    identify = parse_identify(data.get("identify"), where)
+    alerts = parse_alerts(data.get("alerts"), where)
+    fleet = parse_fleet(data.get("fleet"), where, source.parent if source else None)
     return Config(
         timezone=timezone,
         ledger=ledger_path,
@@ -406,7 +403,7 @@ def _parse_server_tools(value: object, where: str) -> frozenset[str]:
 def _parse_limits(table: object, where: str, section: str) -> AgentLimits:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: [{section}] must be a table")
-    _reject_unknown(table, _AGENT_KEYS, where, f"{section}.")
+    reject_unknown(table, _AGENT_KEYS, where, f"{section}.")
     group = table.get("group")
     if group is not None and (not isinstance(group, str) or not _GROUP_NAME.fullmatch(group)):
         raise ConfigError(
@@ -526,7 +523,7 @@ def _parse_group(name: str, table: object, where: str, section: str) -> GroupLim
         raise ConfigError(f"{where}: [{section}]: a group name is letters, digits, '.', '_', '-'")
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: [{section}] must be a table")
-    _reject_unknown(table, _GROUP_KEYS, where, f"{section}.")
+    reject_unknown(table, _GROUP_KEYS, where, f"{section}.")
     return GroupLimits(
         daily_nanos=_usd(table, "daily_usd", where, section),
         monthly_nanos=_usd(table, "monthly_usd", where, section),
@@ -558,7 +555,7 @@ def _tokens(table: Mapping[str, Any], key: str, where: str, section: str) -> int
 def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: [{section}] must be a table")
-    _reject_unknown(entry, _PRICE_KEYS, where, f"{section}.")
+    reject_unknown(entry, _PRICE_KEYS, where, f"{section}.")
 
     def rate(key: str) -> Decimal | None:
         value = entry.get(key)
@@ -593,15 +590,6 @@ def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
         cache_write_per_mtok=rate("cache_write_usd_per_mtok"),
         max_output_tokens=max_output,
     )
-
-
-def _reject_unknown(
-    table: Mapping[str, Any], allowed: frozenset[str], where: str, prefix: str
-) -> None:
-    for key in table:
-        if key in allowed:
-            continue
-        raise ConfigError(f"{where}: unknown key {prefix}{key}")
 
 
 def default_ledger_path() -> Path:

@@ -21,11 +21,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from spendbrake.config_errors import ConfigError, reject_unknown
+
 MAX_SHARE = Decimal("0.25")
 _FLEET_KEYS = frozenset({"offline_allowance", "offline_journal"})
 
 
-class FleetConfigError(ValueError):
+class FleetConfigError(ConfigError):
     """A [fleet] value cannot be used; the message names the key and the fix."""
 
 
@@ -43,9 +45,7 @@ def parse_fleet(table: object, where: str, relative_to: Path | None) -> FleetCon
         return FleetConfig()
     if not isinstance(table, Mapping):
         raise FleetConfigError(f"{where}: [fleet] must be a table")
-    for key in table:
-        if key not in _FLEET_KEYS:
-            raise FleetConfigError(f"{where}: unknown key fleet.{key}")
+    reject_unknown(table, _FLEET_KEYS, where, "fleet.", FleetConfigError)
     return FleetConfig(
         offline_share=_share(table.get("offline_allowance"), where),
         offline_journal=_journal(table.get("offline_journal"), where, relative_to),
