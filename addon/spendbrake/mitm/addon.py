@@ -54,13 +54,13 @@ class Spendbrake:
         """Identification and the local API read what enforcement loaded: the configuration,
         and the ledger (for its access records)."""
         config, worker = self.enforcement.config, self.enforcement.worker
-        if worker is not self.local_api.worker:
+        if worker is self.local_api.worker:
+            access = self.local_api.access
+        elif worker and isinstance(worker.ledger, PostgresLedger):
+            access = AccessCache(PrefetchedAccessBook(worker.ledger))  # never on the loop
+        else:
             ledger = worker.inline if worker else None
             access = AccessCache(SQLiteAccessBook(ledger) if ledger else None)
-            if worker and isinstance(worker.ledger, PostgresLedger):
-                access = AccessCache(PrefetchedAccessBook(worker.ledger))  # never on the loop
-        else:
-            access = self.local_api.access
         self.identification.use(config, access)
         self.local_api.use(config, worker, access)
         self.alerting.use(config.alerts, worker)
