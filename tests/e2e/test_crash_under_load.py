@@ -203,18 +203,24 @@ def test_when_one_of_two_proxies_on_a_ledger_is_killed_the_other_serves_and_sett
 ) -> None:
     with start("survivor") as survivor, Load(survivor, test_id, "survivor") as survivor_load:
         with start("victim") as victim, killed_under_load(victim, test_id):
-            orphans = held_by(victim.ledger, victim)
-        assert orphans
+            pass  # killed with holds in flight (killed_under_load waits for them)
 
-        # The survivor goes on serving, and settles the dead proxy's holds on its own.
+        # The survivor goes on serving, and settles the dead proxy's holds on its own: maybe
+        # within moments of the kill, so the holds are known by how they end, not looked for
+        # in between.
         served = survivor_load.statuses[200]
         wait_for(lambda: survivor_load.statuses[200] > served, what="the survivor to serve")
         wait_for(lambda: not held_by(victim.ledger, victim), what="the survivor to settle")
-        rows = {r["id"]: r for r in ledger_calls(victim.ledger, AGENT)}
+        pid = f":{victim.process.pid}:"
+        orphans = [
+            r
+            for r in ledger_calls(victim.ledger, AGENT)
+            if pid in r["owner"] and r["outcome"] == "crashed"
+        ]
+        assert orphans
         for orphan in orphans:
-            row = rows[orphan["id"]]
-            assert (row["state"], row["outcome"]) == ("settled", "crashed")
-            assert row["actual_nanos"] == orphan["held_nanos"]
+            assert orphan["state"] == "settled"
+            assert orphan["actual_nanos"] == orphan["held_nanos"]
         assert "left by a proxy that ended" in survivor.output()
         survivor.assert_healthy()
     assert set(survivor_load.statuses) == {200}, survivor_load.statuses
