@@ -15,6 +15,7 @@ from mitmproxy.proxy import server_hooks
 from spendbrake.access_book import SQLiteAccessBook
 from spendbrake.metrics import AddedLatency
 from spendbrake.mitm.access_cache import AccessCache
+from spendbrake.mitm.call_log import keep_out_of_add_log
 from spendbrake.mitm.enforcement import Enforcement
 from spendbrake.mitm.identification import Identification
 from spendbrake.mitm.interception import Interception
@@ -38,6 +39,7 @@ class Spendbrake:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def load(self, loader: object) -> None:
+        keep_out_of_add_log()
         self.interception.load(loader)
         self.identification.load(loader)
         self.enforcement.load(loader)

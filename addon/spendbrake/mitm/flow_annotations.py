@@ -12,17 +12,15 @@ values only; both fail on it.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from mitmproxy import http
 
 from spendbrake.ledger import CallIntent, DayTotals, Settlement
+from spendbrake.mitm.call_log import call_log
 from spendbrake.mitm.state import STATE_KEY, FlowState, HeldCall
 from spendbrake.money import format_usd, format_usd_exact
 from spendbrake.refusals import Refusal
-
-log = logging.getLogger(__name__)
 
 RECORD_KEY = "spendbrake_call"
 REFUSED_MARK = ":no_entry:"  # mitmweb shows ⛔; the console shows the shortcode's emoji too
@@ -54,7 +52,7 @@ def refused(flow: http.HTTPFlow, refusal: Refusal, agent: str | None) -> None:
     flow.marked = REFUSED_MARK
     who = [_clean(str(record.get("agent") or "unidentified")), *_model(record)]
     flow.comment = _SEP.join([*who, f"refused: {refusal.code} ({refusal.status})"])
-    log.info("spendbrake: %s refused %d %s", " ".join(who), refusal.status, refusal.code)
+    call_log.info("spendbrake: %s refused %d %s", " ".join(who), refusal.status, refusal.code)
 
 
 def settled(
@@ -91,7 +89,7 @@ def settled(
     cost, left = format_usd(settlement.actual_nanos), format_usd(remaining)
     outcome = [] if settlement.outcome == "ok" else [settlement.outcome]
     flow.comment = _SEP.join([agent, *model, counts, cost, f"remaining {left}", *outcome])
-    log.info(
+    call_log.info(
         "spendbrake: %s %s %s (remaining %s)%s",
         " ".join([agent, *model]),
         f"{tokens.input_tokens:,} in/{tokens.output_tokens:,} out",
