@@ -302,6 +302,36 @@ async def test_free_routes_and_other_hosts_pass_untouched(proxy: Proxy) -> None:
     assert proxy.rows() == []
 
 
+def realtime_session(host: str = "api.openai.com", path: str = "/v1/realtime") -> http.HTTPFlow:
+    """The opening request of a WebSocket session, as the Realtime SDKs send it."""
+    request = http.Request.make(
+        "GET",
+        f"https://{host}{path}?model=gpt-4o-realtime-preview",
+        b"",
+        {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13"},
+    )
+    flow = tflow.tflow(req=request)
+    flow.metadata["proxyauth"] = ("bot", "s1")
+    return flow
+
+
+async def test_a_websocket_session_is_refused_because_no_hold_can_bound_it(proxy: Proxy) -> None:
+    for flow in (realtime_session(), realtime_session(path="/v1/models")):  # a GET is no excuse
+        await proxy.send(flow)
+        assert flow.response is not None
+        assert flow.response.status_code == 403
+        error = json.loads(flow.response.content or b"")["error"]
+        assert error["code"] == "unmetered_route"
+        assert "(an upgrade to websocket)" in error["message"]
+
+
+async def test_a_websocket_route_the_operator_vouches_for_passes(tmp_path: Path) -> None:
+    config_toml = 'allow_unmetered_routes = ["GET /v1/realtime"]\n'
+    with configured_proxy(tmp_path, config_toml) as proxy:
+        flow = await proxy.send(realtime_session())
+        assert flow.response is None
+
+
 async def test_a_run_time_limit_applies_to_the_next_call(proxy: Proxy) -> None:
     from spendbrake.sqlite_ledger import SQLiteLedger
 

@@ -20,10 +20,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from spendbrake.ledger_url import LedgerLocation
 from spendbrake.mitm import spendbrake_addons
-
-# Reasoning models can think for many minutes without sending a byte; mitmproxy's default of
-# 600 s would cut those calls (and bill them) silently.
-TCP_TIMEOUT_S = 3600
+from spendbrake.mitm.mitmproxy_options import TCP_TIMEOUT_S
 
 
 class SpendbrakeMaster(DumpMaster):

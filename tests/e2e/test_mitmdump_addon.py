@@ -18,6 +18,7 @@ from e2e_support import (
     upstream_settings,
 )
 
+from spendbrake.mitm.mitmproxy_options import TCP_TIMEOUT_S
 from spendbrake.testing.fake_provider import FakeProvider
 from spendbrake.testing.tls import TestPKI
 
@@ -67,6 +68,8 @@ def test_mitmdump_with_the_addon_script_meters_and_refuses(
             proxy.client_env(AGENT),
         )
 
+    # Without `spendbrake up` to set it, the addon raises mitmproxy's 600 s idle timeout itself.
+    assert f"tcp_timeout raised to {TCP_TIMEOUT_S} s" in (tmp_path / "mitmdump.log").read_text()
     calls = report["calls"]
     assert [c["status"] for c in calls] == [200, 200, 402]
     assert [c["headers"]["x-spendbrake-cost-usd"] for c in calls[:2]] == ["0.000004050"] * 2

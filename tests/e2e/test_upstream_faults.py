@@ -24,7 +24,7 @@ from e2e_support import (
     wait_for,
 )
 
-from spendbrake.proxy import TCP_TIMEOUT_S
+from spendbrake.mitm.mitmproxy_options import TCP_TIMEOUT_S
 from spendbrake.testing.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.e2e

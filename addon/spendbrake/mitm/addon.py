@@ -102,6 +102,7 @@ class Spendbrake:
         self.interception.requestheaders(flow)
         # Identification runs before enforcement reads who is calling.
         self.identification.requestheaders(flow)
+        self.enforcement.requestheaders(flow)
 
     # The latency spendbrake adds to a metered call: one clock read before and after each hook.
 

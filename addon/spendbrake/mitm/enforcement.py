@@ -46,6 +46,7 @@ from spendbrake.ledger_url import open_ledger
 from spendbrake.mitm import flow_annotations
 from spendbrake.mitm.alerting import Alerting
 from spendbrake.mitm.ledger_worker import LedgerWorker
+from spendbrake.mitm.mitmproxy_options import keep_long_silent_calls, refuse_request_streaming
 from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
@@ -56,6 +57,7 @@ from spendbrake.pricing import warm_up as warm_up_prices
 from spendbrake.providers import (
     OPENAI,
     Provider,
+    Route,
     RouteKind,
     classify_route,
     provider_for_host,
@@ -132,6 +134,7 @@ class Enforcement:
         )
 
     def configure(self, updated: set[str]) -> None:
+        refuse_request_streaming(updated)
         if not {"spendbrake_config", "spendbrake_ledger"} & updated and self.worker:
             return
         try:
@@ -180,6 +183,7 @@ class Enforcement:
         return OfflineAllowance(share, journal)
 
     def running(self) -> None:
+        keep_long_silent_calls()
         # Load the price snapshot and the tokenizer off the loop, before the first agent waits.
         asyncio.get_running_loop().run_in_executor(None, self._warm_up)
 
@@ -195,8 +199,29 @@ class Enforcement:
 
     # -- admission -----------------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A call's body is read and held for before it goes out: if another addon asked
+        mitmproxy to stream it on (which would send it unread), that is undone."""
+        if flow.request.stream and provider_of(flow) is not None:
+            log.warning(
+                "spendbrake: another addon set request.stream on a call to %s; it is read and "
+                "metered instead",
+                flow.request.pretty_host,
+            )
+            flow.request.stream = False
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
+            return
+        if flow.request.stream and provider_of(flow) is not None:
+            # Streamed on after the headers (by an addon's late change): the body went out
+            # unread. Cutting the call is all that is left; its answer never reaches the agent.
+            log.error(
+                "spendbrake: a call to %s was streamed to the provider before it could be "
+                "metered; the call is cut",
+                flow.request.pretty_host,
+            )
+            flow.kill()
             return
         provider: Provider | None = None
         try:
@@ -220,6 +245,11 @@ class Enforcement:
             reason = state.identity_error if state else "the agent could not be identified"
             return Refusal("unauthenticated_agent", f"spendbrake: {reason}")
         route = classify_route(provider, flow.request.method, flow.request.path)
+        upgrade = _upgrade_asked(flow.request)
+        if upgrade:
+            # A WebSocket session (OpenAI's Realtime API, Gemini Live) is billed as it goes, for
+            # as long as it lasts: no hold can bound it, whatever the route.
+            route = Route(RouteKind.UNKNOWN)
         if route.kind is RouteKind.FREE:
             return None
         if route.kind is RouteKind.UNKNOWN and self.config.allows_unmetered(
@@ -228,6 +258,8 @@ class Enforcement:
             return None  # the operator vouches that this route costs nothing here
         if route.kind is RouteKind.UNKNOWN or route.api is None:
             route_name = f"{flow.request.method} {flow.request.path.split('?')[0]}"
+            if upgrade:
+                route_name += f" (an upgrade to {upgrade})"
             return Refusal(
                 "unmetered_route",
                 f"spendbrake does not meter {route_name} on {flow.request.pretty_host}, "
@@ -620,6 +652,12 @@ def provider_of(flow: http.HTTPFlow) -> Provider | None:
         if name and (provider := provider_for_host(name)):
             return provider
     return None
+
+
+def _upgrade_asked(request: http.Request) -> str:
+    """The protocol a request asks to switch to (``websocket``), or ``""``."""
+    upgrade: str = request.headers.get("upgrade", "")
+    return upgrade.strip().lower()
 
 
 def _guarded(call: HeldCall) -> Callable[[bytes], bytes | list[bytes]]:
