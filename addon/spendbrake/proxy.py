@@ -7,13 +7,14 @@ either the addons load and accept their configuration, or the proxy does not sta
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mitmproxy import options
+from mitmproxy import exceptions, hooks, options
 from mitmproxy.tools import cmdline
 from mitmproxy.tools import main as mitm_main
 from mitmproxy.tools.dump import DumpMaster
@@ -22,16 +23,40 @@ from spendbrake.ledger_url import LedgerLocation
 from spendbrake.mitm import spendbrake_addons
 from spendbrake.mitm.mitmproxy_options import TCP_TIMEOUT_S
 
+SPENDBRAKE_OPTION_PREFIX = "spendbrake_"
+
 
 class SpendbrakeMaster(DumpMaster):
-    def __init__(self, opts: options.Options, **kwargs: Any) -> None:
+    """mitmproxy's mitmdump with spendbrake's addons, which start with ``settings`` (its
+    ``spendbrake_*`` settings, ``NAME=VALUE``) in force.
+
+    mitmproxy applies its command line only after it has built the master, and adding the
+    addons here already configures them: without the settings, spendbrake would first load
+    ``$SPENDBRAKE_CONFIG`` and open the default ledger (creating it), and fail on either,
+    before the ``--config`` and ``--ledger`` it was given arrive.
+    """
+
+    def __init__(self, opts: options.Options, settings: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(opts, **kwargs)
+        # Deferred: the options do not exist yet. Adding the addon that declares them sets
+        # them, before that addon joins the chain.
+        opts.set(*settings, defer=True)
         # Flows are saved (save_stream_file, HAR) after spendbrake has annotated them and taken
         # its live state out of their metadata; saved before, they could not be written at all.
         savers = [a for a in (self.addons.get("save"), self.addons.get("savehar")) if a]
         for saver in savers:
             self.addons.remove(saver)
-        self.addons.add(*spendbrake_addons(), *savers)
+        try:
+            for addon in spendbrake_addons():
+                self.addons.add(addon)
+                # Configured with every option, as mitmproxy's script loader does for a script
+                # it adds: set before the addon joined the chain, its own were not announced.
+                self.addons.invoke_addon_sync(addon, hooks.ConfigureHook(opts.keys()))
+            self.addons.add(*savers)
+        except exceptions.OptionsError as e:
+            # As mitmproxy ends on a bad option of its command line: one line, status 1.
+            print(f"{sys.argv[0]}: {e}", file=sys.stderr)
+            sys.exit(1)
 
 
 def mitmdump_arguments(
@@ -124,9 +149,34 @@ def upstream_auth(url: str) -> str | None:
     return _split_proxy_url(url)[3]
 
 
+def split_settings(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``arguments`` (as ``mitmdump_arguments`` makes them) without their ``--set
+    spendbrake_*=...``, and those settings' values: spendbrake's addons take them when they
+    are added, so mitmproxy need not set them again afterwards (which would open the ledger a
+    second time)."""
+    rest: list[str] = []
+    settings: list[str] = []
+    values = iter(arguments)
+    for argument in values:
+        if argument == "--set":
+            value = next(values, None)
+            if value is not None and value.startswith(SPENDBRAKE_OPTION_PREFIX):
+                settings.append(value)
+                continue
+            rest.append(argument)
+            if value is not None:
+                rest.append(value)
+        else:
+            rest.append(argument)
+    return rest, settings
+
+
 def run_proxy(arguments: Sequence[str]) -> None:
     """Run until SIGINT/SIGTERM; exits the process with status 1 on a bad option."""
-    mitm_main.run(SpendbrakeMaster, cmdline.mitmdump, list(arguments))
+    rest, settings = split_settings(arguments)
+    master = functools.partial(SpendbrakeMaster, settings=settings)
+    # run() only calls master_cls(opts); its type asks for a class.
+    mitm_main.run(master, cmdline.mitmdump, rest)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # `spendbrake run` starts its proxy so, with arguments built above
