@@ -186,23 +186,38 @@ async def test_a_50_mb_prompt_is_tokenized_without_stalling_the_event_loop(
         assert [row["state"] for row in proxy.rows()] == ["held", "held", "held"]
 
 
-async def test_a_50_mb_body_is_parsed_while_other_calls_are_admitted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Parsing the JSON of a giant body runs off the event loop too (half a second for 50 MB)."""
-    started, gate, waited_in_vain = threading.Event(), threading.Event(), threading.Event()
-    parse = ChatCompletions.parse
+def streaming(body: bytes) -> bytes:
+    return body.replace(b'"max_tokens": 100,', b'"max_tokens": 100, "stream": true,', 1)
 
-    def gated_parse(self: ChatCompletions, body: bytes, path: str = "") -> Any:
+
+@pytest.mark.parametrize(
+    ("step", "body"),
+    [
+        ("parse", giant_body()),
+        # A stream is forwarded asking for its usage: the body is loaded and dumped again.
+        ("with_usage_requested", streaming(giant_body())),
+    ],
+    ids=["parse", "usage-requested"],
+)
+async def test_a_50_mb_bodys_json_is_handled_while_other_calls_are_admitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, body: bytes
+) -> None:
+    """The JSON of a giant body is loaded and dumped off the event loop too (half a second each
+    for 50 MB). The json module holds the GIL through each load or dump, so this shows where
+    the work runs, not that the loop never waits: between a load and a dump it does not."""
+    started, gate, waited_in_vain = threading.Event(), threading.Event(), threading.Event()
+    original = getattr(ChatCompletions, step)
+
+    def gated(self: ChatCompletions, body: bytes, *rest: Any) -> Any:
         if len(body) > 1_000_000:
             started.set()
-            # Opened once the small call is through, which needs the event loop. Parsing on
+            # Opened once the small call is through, which needs the event loop. This step on
             # the loop would block it here until the timeout.
             if not gate.wait(timeout=10):
                 waited_in_vain.set()
-        return parse(self, body, path)
+        return original(self, body, *rest)
 
-    monkeypatch.setattr(ChatCompletions, "parse", gated_parse)
+    monkeypatch.setattr(ChatCompletions, step, gated)
     with configured_proxy(tmp_path, "[defaults]\ndaily_usd = 1000\n") as proxy:
         loop = asyncio.get_running_loop()
         finished: list[str] = []
@@ -212,10 +227,13 @@ async def test_a_50_mb_body_is_parsed_while_other_calls_are_admitted(
             future.add_done_callback(lambda _: finished.append(name))
             return future
 
-        big = send("big", giant_body())
+        big = send("big", body)
         await loop.run_in_executor(None, started.wait, 60)
         await send("small", None)
         gate.set()
-        await big
-        assert not waited_in_vain.is_set()  # the small call went through during the parse
+        big_flow = await big
+        assert not waited_in_vain.is_set()  # the small call went through meanwhile
         assert finished == ["small", "big"]
+        state = flow_state(big_flow)
+        assert state is not None
+        assert state.call is not None  # held and forwarded
