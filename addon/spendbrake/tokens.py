@@ -183,7 +183,9 @@ class TokenEstimator:
             # surrogatepass: a lone surrogate from JSON's "\\ud83d" counts its 3 bytes, not fails.
             return len(text.encode("utf-8", "surrogatepass"))
         if len(text) <= PIECE_CHARS:
-            return _count_piece(encoder, text)
+            # encode_ordinary: prompts may contain "<|endoftext|>", which encode() would reject.
+            # For a text this short its list is quicker than the buffer, and soon made.
+            return len(encoder.encode_ordinary(text))
         # A giant text, piece by piece: between pieces the GIL goes back to other threads.
         cuts = pieces(text, PIECE_CHARS)
         return sum(_count_piece(encoder, text[start:end]) for start, end in cuts)
