@@ -1,10 +1,13 @@
 """Prompt token counts work offline; without the tokenizer files they stay an upper bound."""
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
+import tiktoken
 
+from spendbrake import tokens
 from spendbrake.tokens import TokenEstimator, encoding_for_model, install_offline_bpe
 
 O200K_CACHE_NAME = "fb374d419588a4632f3f557e76b4b70aebbca790"  # sha1 of tiktoken's URL
@@ -60,3 +63,56 @@ def test_loading_is_visible_so_callers_can_keep_it_off_the_event_loop(tmp_path: 
     estimator.warm_up("gpt-4o")
     assert estimator.is_loaded("gpt-4o")
     assert not estimator.is_loaded("gpt-4")  # another encoding
+
+
+# Fragments that meet at every kind of line break the pre-token patterns treat specially:
+# runs of blank lines, CRLF, indentation, punctuation that swallows line ends (and "/" after
+# them in o200k), digits grouped by three, contractions, non-Latin scripts, a special token's
+# text, and whitespace at the very end.
+FRAGMENTS = [
+    "The quick brown fox", "jumps over 13 lazy dogs;", "naïve cafés close at 9.", "\n", "\n\n",
+    "\r\n", "\n ", "\n\t", " \n", "  \n  ", ".\n", "!\n/", "\n/", "/", "\n 1", "1234567",
+    "it's", "'S", "\n\n   \nA", "É", "中文字", "\u2028", "<|endoftext|>", "def f(x):\n    return x",
+    "🙂", "   ", "\t", "x", "A", "ünïcödé", "--\n", "\n-", "http://example.com/a\n/b",
+]  # fmt: skip
+
+
+def some_texts(count: int) -> list[str]:
+    chance = random.Random(8)  # fixed: the same texts every run
+    return ["".join(chance.choices(FRAGMENTS, k=chance.randint(1, 60))) for _ in range(count)]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4"])  # o200k_base and cl100k_base
+def test_a_text_counted_in_pieces_counts_exactly_as_a_whole(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A giant text is counted piece by piece (so the GIL is let go between pieces); the pieces
+    end only where no pre-token is split, so the sum is the whole text's count: never less, or
+    a hold could fall short of what the provider bills."""
+    estimator = TokenEstimator()
+    estimator.warm_up(model)
+
+    whole = tiktoken.get_encoding(encoding_for_model(model))
+    monkeypatch.setattr(tokens, "PIECE_CHARS", 8)  # cut even short texts, wherever allowed
+    texts = some_texts(2000)
+    assert sum(len(tokens.pieces(text, 8)) > 1 for text in texts) > 1000  # really cut
+    for text in texts:
+        assert estimator.count(text, model) == len(whole.encode_ordinary(text)), repr(text)
+
+
+def test_pieces_cover_the_text_and_end_only_after_a_line_break() -> None:
+    text = "one\ntwo\n three\n/four\n\nfive" + "x" * 40 + "\nsix"
+    cuts = tokens.pieces(text, 3)
+    assert [text[start:end] for start, end in cuts] == [
+        "one\n", "two\n", " three\n/four\n\n", "five" + "x" * 40 + "\n", "six",
+    ]  # fmt: skip
+    assert tokens.pieces("no line break at all " * 10, 3) == [(0, 210)]
+
+
+def test_a_lone_surrogate_is_counted_as_tiktoken_counts_it() -> None:
+    estimator = TokenEstimator()
+
+    text = "a lone \ud83d surrogate, from JSON's escapes"
+    assert estimator.count(text, "gpt-4o") == len(
+        tiktoken.get_encoding("o200k_base").encode_ordinary(text)
+    )

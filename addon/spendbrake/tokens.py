@@ -14,11 +14,12 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,56 @@ _CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "text-embedding-3", "text-embedding-ada
 
 class Encoder(Protocol):
     def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+# A giant text is counted in pieces of about this many characters. Each piece is converted to
+# UTF-8 and its token ids are stored while holding the GIL (tiktoken releases it only while it
+# encodes), so no piece stalls the event loop's thread for more than a few milliseconds.
+PIECE_CHARS = 1 << 20
+# Where a piece may end: after a line break, before optional spaces or tabs and then a letter
+# or digit. No pre-token of o200k's or cl100k's pattern runs across such a point (only
+# whitespace, "\r", "\n" and "/" ever follow a "\n" inside one), and a piece's end there is
+# read as its pattern reads the letter or digit that follows, so the pieces' counts add up to
+# exactly the whole text's count (tests/test_tokens.py checks it on many texts).
+_PIECE_END = re.compile(r"\n(?=[ \t]*[A-Za-z0-9])")
+# Past a piece's nominal end, such a point is searched for this many characters at a time (a
+# long line makes a longer piece, never a wrong count).
+_PIECE_END_SEARCH_CHARS = 1 << 16
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> list[tuple[int, int]]:
+    """Where to cut ``text`` into pieces of about ``size`` characters, each ending after a line
+    break at which no pre-token is split (see ``_PIECE_END``)."""
+    cuts: list[tuple[int, int]] = []
+    start = 0
+    while len(text) - start > size:
+        found = None
+        # Searched a window at a time: one search over a giant line would hold the GIL.
+        for window in range(start + size, len(text), _PIECE_END_SEARCH_CHARS):
+            if found := _PIECE_END.search(text, window, window + _PIECE_END_SEARCH_CHARS):
+                break
+        if found is None:
+            break
+        cuts.append((start, found.end()))
+        start = found.end()
+    cuts.append((start, len(text)))
+    return cuts
+
+
+def _count_piece(encoder: Encoder, text: str) -> int:
+    # tiktoken's Rust core: encode_to_tiktoken_buffer (behind Encoding.encode_to_numpy) gives
+    # the token ids as a buffer of uint32, where encode_ordinary makes a Python int of each
+    # (~36 bytes each, all made with the GIL held).
+    core: Any = getattr(encoder, "_core_bpe", None)
+    if not hasattr(core, "encode_to_tiktoken_buffer"):
+        return len(encoder.encode_ordinary(text))  # another tiktoken: exact, with a list
+    try:
+        # No special token is allowed, so "<|endoftext|>" counts as text, as encode_ordinary.
+        ids = core.encode_to_tiktoken_buffer(text, set())
+    except UnicodeEncodeError:
+        # A lone surrogate: counted as tiktoken's encode_ordinary counts it.
+        return len(encoder.encode_ordinary(text))
+    return memoryview(ids).nbytes // 4  # uint32 ids
 
 
 def encoding_for_model(model: str) -> str:
@@ -131,8 +182,13 @@ class TokenEstimator:
         if encoder is None:
             # surrogatepass: a lone surrogate from JSON's "\\ud83d" counts its 3 bytes, not fails.
             return len(text.encode("utf-8", "surrogatepass"))
-        # encode_ordinary: prompts may contain "<|endoftext|>", which encode() would reject.
-        return len(encoder.encode_ordinary(text))
+        if len(text) <= PIECE_CHARS:
+            # encode_ordinary: prompts may contain "<|endoftext|>", which encode() would reject.
+            # For a text this short its list is quicker than the buffer, and soon made.
+            return len(encoder.encode_ordinary(text))
+        # A giant text, piece by piece: between pieces the GIL goes back to other threads.
+        cuts = pieces(text, PIECE_CHARS)
+        return sum(_count_piece(encoder, text[start:end]) for start, end in cuts)
 
     def warm_up(self, model: str = "gpt-4o") -> None:
         self._encoder(encoding_for_model(model))

@@ -323,9 +323,16 @@ class Enforcement:
         policy = self._policy(agent)
         limit, limits = policy.daily_nanos, policy.limits
         original = (body, path)
+
+        async def rewrite(change: Rewrite) -> tuple[bytes, str]:
+            # A giant body's JSON is rewritten on a thread, as _parse parses it there.
+            if len(body) > _PARSE_ON_LOOP_MAX_BYTES:
+                return await asyncio.to_thread(api.rewritten, body, path, change)
+            return api.rewritten(body, path, change)
+
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
-                body, path = api.rewritten(body, path, Rewrite(model=cheaper))
+                body, path = await rewrite(Rewrite(model=cheaper))
                 request = await _parse(api, body, path)
             estimate = await self._estimate(request, provider, now)
             if (minimum := policy.cap_output_minimum) is not None:
@@ -342,7 +349,7 @@ class Enforcement:
                         pricer=self.pricer,
                     )
                 ):
-                    body, path = api.rewritten(body, path, Rewrite(max_output=capped))
+                    body, path = await rewrite(Rewrite(max_output=capped))
                     request = await _parse(api, body, path)
                     estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
@@ -362,7 +369,11 @@ class Enforcement:
         # behind by a call that was not sent.
         rewritten = (body, path) != original
         if request.wants_usage_injection:
-            body, rewritten = api.with_usage_requested(body), True
+            if len(body) > _PARSE_ON_LOOP_MAX_BYTES:  # as _parse does
+                body = await asyncio.to_thread(api.with_usage_requested, body)
+            else:
+                body = api.with_usage_requested(body)
+            rewritten = True
         brakes = policy.brakes
         try:
             result, held_intent = await self._hold(held_intent, estimate.cost_nanos, limit,
