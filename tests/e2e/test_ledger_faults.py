@@ -176,7 +176,11 @@ def test_a_ledger_fault_refuses_new_calls_spares_the_stream_in_flight_and_heals(
         )
         stream.start()
         (held,) = wait_for(lambda: ledger_calls(proxy.ledger, STREAMING), what="the stream's hold")
-        forwarded = len(requests_of(fake, test_id))
+        # On the wire: the provider has it (the hold is written a moment before it is sent).
+        forwarded = 2  # the first call, then the stream
+        wait_for(
+            lambda: len(requests_of(fake, test_id)) == forwarded, what="the stream at the provider"
+        )
 
         fault.strike(proxy.ledger)
         try:
