@@ -5,6 +5,8 @@ import os
 import socket
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,21 @@ def state_of(path: Path, call_id: int) -> tuple[object, ...]:
     return row
 
 
+async def eventually[T](check: Callable[[], T | None], what: str, timeout: float = 20) -> T:
+    """Poll ``check`` (on the loop, which stays free) until it returns something."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := check()) is not None:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def settled(path: Path, call_id: int) -> tuple[object, ...] | None:
+    state = state_of(path, call_id)
+    return state if state[0] == "settled" else None
+
+
 async def test_a_settlement_the_ledger_refused_is_written_once_it_works_again(
     tmp_path: Path,
 ) -> None:
@@ -143,20 +160,86 @@ async def test_a_retried_settlement_that_fails_for_another_reason_does_not_block
         running.close()
 
 
-async def test_holds_of_a_proxy_that_died_beside_this_one_are_settled_while_it_runs(
+async def test_a_refused_settlement_is_written_by_itself_once_the_fault_clears_with_no_call_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ledger_worker, "SWEEP_EVERY_S", 0.05)
+    path = tmp_path / "l.db"
+    running = worker(path)
+    running.ledger.db.execute("PRAGMA busy_timeout=50")  # give up at once, not after 2 s
+    call_id = granted(running.ledger.hold(intent(), 700, LIMIT)).call_id
+
+    def settle(ledger: Ledger) -> None:
+        ledger.settle(call_id, Settlement(250, TokenCounts(output_tokens=3), "ok"), LIMIT)
+
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process keeps the write lock
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await running.run(settle)
+        running.retry_later(settle)
+
+        # The worker tries again by itself while the fault lasts, and says so once.
+        def refused_again() -> list[str] | None:
+            said = [r.getMessage() for r in caplog.records]
+            said = [m for m in said if "the ledger is not writable yet" in m]
+            return said or None
+
+        await eventually(refused_again, "a retry refused while the lock is held")
+        await asyncio.sleep(5 * ledger_worker.SWEEP_EVERY_S)  # more tries, all refused
+        assert len(await eventually(refused_again, "the warning")) == 1
+        assert state_of(path, call_id) == ("held", None, None)
+        # Kept, between tries (a try in progress has taken it off the list).
+        await eventually(lambda: running.pending_retries() == 1 or None, "the kept retry")
+
+        other.execute("COMMIT")
+        # No call comes through this proxy: the settlement is written all the same.
+        assert await eventually(lambda: settled(path, call_id), "the settlement") == (
+            "settled",
+            "ok",
+            250,
+        )
+        assert running.pending_retries() == 0
+        [(spent, held)] = query(
+            path,
+            "SELECT spent_nanos, held_nanos FROM day_totals WHERE agent = ? AND day = ?",
+            ("research-bot", DAY),
+        )
+        assert (spent, held) == (250, 0)
+    finally:
+        other.close()
+        running.close()
+
+
+async def test_an_idle_worker_sweeps_once_after_its_last_call_and_then_leaves_the_ledger_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ledger_worker, "SWEEP_EVERY_S", 0.05)
+    sweeps: list[int] = []
+    original = SQLiteLedger.recover_orphaned_holds
+
+    def recording(self: SQLiteLedger) -> int:
+        sweeps.append(threading.get_ident())
+        return original(self)
+
+    monkeypatch.setattr(SQLiteLedger, "recover_orphaned_holds", recording)
     path = tmp_path / "l.db"
-    monkeypatch.setattr(ledger_worker, "SWEEP_EVERY_S", 0.0)
-    running = worker(path)
-    # This pid with another start time: the owner is a process that has ended.
     dead = SQLiteLedger(path, owner=f"{socket.gethostname()}:{os.getpid()}:0")
     orphan = granted(dead.hold(intent(), 700, LIMIT)).call_id
     dead.close()
-    own = granted(await running.run(lambda ledger: ledger.hold(intent(), 300, LIMIT))).call_id
-    running.run_blocking(lambda ledger: None)  # the sweep the hold set off has run
+    running = worker(path)
     try:
-        assert state_of(path, orphan) == ("settled", "crashed", 700)
-        assert state_of(path, own) == ("held", None, None)  # its own live hold: left alone
+        own = granted(await running.run(lambda ledger: ledger.hold(intent(), 300, LIMIT))).call_id
+        # The last call is followed by a sweep even though no call comes after it ...
+        assert await eventually(lambda: settled(path, orphan), "the orphan's settlement") == (
+            "settled",
+            "crashed",
+            700,
+        )
+        # ... and then, with nothing to retry, the idle worker does no ledger work at all.
+        await asyncio.sleep(10 * ledger_worker.SWEEP_EVERY_S)
+        assert len(sweeps) == 1
+        assert sweeps[0] != threading.get_ident()  # on the ledger's thread, not the loop
+        assert state_of(path, own) == ("held", None, None)
     finally:
         running.close()

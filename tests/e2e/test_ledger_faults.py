@@ -2,9 +2,9 @@
 
 Each fault strikes while a stream is on the wire. Calls made during the fault are refused 503
 ``ledger_unavailable`` and never reach the provider; the stream in flight is not cut; once the
-fault clears the proxy serves again and writes the stream's real cost by itself, with no
-restart. (test_fail_closed covers a lone call refused under a lock; this adds the call in
-flight and the other two faults.)
+fault clears the proxy writes the stream's real cost by itself, before any new call and with no
+restart, and serves again. (test_fail_closed covers a lone call refused under a lock; this adds
+the call in flight and the other two faults.)
 """
 
 from __future__ import annotations
@@ -176,7 +176,11 @@ def test_a_ledger_fault_refuses_new_calls_spares_the_stream_in_flight_and_heals(
         )
         stream.start()
         (held,) = wait_for(lambda: ledger_calls(proxy.ledger, STREAMING), what="the stream's hold")
-        forwarded = len(requests_of(fake, test_id))
+        # On the wire: the provider has it (the hold is written a moment before it is sent).
+        forwarded = 2  # the first call, then the stream
+        wait_for(
+            lambda: len(requests_of(fake, test_id)) == forwarded, what="the stream at the provider"
+        )
 
         fault.strike(proxy.ledger)
         try:
@@ -190,16 +194,23 @@ def test_a_ledger_fault_refuses_new_calls_spares_the_stream_in_flight_and_heals(
             (response,) = streamed
             assert response.status_code == 200  # the stream was not cut
             assert all(delta in response.text for delta in STREAM_DELTAS)
+            # The ledger refused the stream's settlement (not merely not written it yet).
+            wait_for(
+                lambda: f"could not settle call {held['id']} " in proxy.output(),
+                timeout=30,
+                what="the stream's settlement to be refused",
+            )
             assert ledger_calls(proxy.ledger, STREAMING)[0]["state"] == "held"
         finally:
             fault.clear(proxy.ledger)
 
-        # No restart: the next call goes through, and the stream's settlement is written.
-        assert chat(calling, test_id).status_code == 200
+        # No call comes meanwhile: the proxy writes the stream's settlement by itself.
         (row,) = wait_for(
             lambda: [r for r in ledger_calls(proxy.ledger, STREAMING) if r["state"] != "held"],
             what="the stream's settlement",
         )
         assert (row["id"], row["outcome"]) == (held["id"], "ok")
         assert 0 < row["actual_nanos"] < row["held_nanos"]  # its real cost, not the hold
+        # No restart: the next call goes through.
+        assert chat(calling, test_id).status_code == 200
         assert_ledger_sound(proxy.ledger)

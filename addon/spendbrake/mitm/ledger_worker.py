@@ -7,10 +7,12 @@ retried on a dedicated thread, which may wait. WAL checkpoints (several ms) also
 thread, never inline.
 
 The thread also repairs what a fault left behind, once the ledger works again: settlements that
-could not be written (a full disk, a lock held past the busy timeout) are written then, and
-holds of a proxy that died beside this one on the same ledger are settled at their held amount.
-A ledger a network away (PostgreSQL) may come back while no call comes: a thread of the worker's
-own then tries the writes that failed every ``SWEEP_EVERY_S``, so they do not wait for traffic.
+could not be written (a full disk, a read-only file, a lock held past the busy timeout) are
+written then, and holds of a proxy that died beside this one on the same ledger are settled at
+their held amount. A fault may clear while no call comes, so a repairer thread of the worker's
+own looks every ``SWEEP_EVERY_S`` and, if a write is still owed, hands a sweep to that thread:
+the settlement lands without waiting for traffic. The repairer itself never touches the ledger,
+and with nothing owed it only reads this worker's own lists, so an idle proxy does no ledger work.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ log = logging.getLogger(__name__)
 # Inline writes between checkpoints: SQLite's own automatic checkpoint is at ~1,000 pages, and a
 # call writes a few pages.
 CHECKPOINT_EVERY = 300
-# How often, at most, a proxy with traffic looks for holds of a proxy that died beside it: they
-# count against their windows all along, so this only decides how soon they show as settled.
+# How often, at most, a proxy with traffic looks for holds of a proxy that died beside it (they
+# count against their windows all along, so this only decides how soon they show as settled),
+# and how often the repairer retries writes a fault refused.
 SWEEP_EVERY_S = 2.0
 
 
@@ -56,17 +59,21 @@ class LedgerWorker:
             max_workers=threads, thread_name_prefix="spendbrake-ledger"
         )
         self._inline_runs = 0
-        self._lock = threading.Lock()  # guards _retries: the loop adds, the thread takes
+        # Guards what the loop, the repairer and the thread share: the loop adds retries, the
+        # thread takes them; whichever starts a sweep claims it here, so only one runs at a time.
+        self._lock = threading.Lock()
         self._retries: list[Callable[[Ledger], object]] = []
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
         self._sweeping = False
+        # Operations ran since the last sweep began: one is owed, so that holds of a proxy that
+        # died during the last seconds of traffic are settled even if no call follows.
+        self._owed = False
+        self._unwritable = False  # the last sweep found the ledger unwritable (said once)
         self._closed = threading.Event()
-        self._repairer: threading.Thread | None = None
-        if inline is None:
-            self._repairer = threading.Thread(
-                target=self._repair_while_open, name="spendbrake-ledger-repair", daemon=True
-            )
-            self._repairer.start()
+        self._repairer = threading.Thread(
+            target=self._repair_while_open, name="spendbrake-ledger-repair", daemon=True
+        )
+        self._repairer.start()
 
     async def run[T](self, operation: Callable[[Ledger], T]) -> T:
         if self.inline is not None:
@@ -94,17 +101,27 @@ class LedgerWorker:
             return len(self._retries)
 
     def _repair_while_open(self) -> None:
+        """Between calls: the sweep is handed to the thread that owns the ledger (on SQLite the
+        only one that may wait for it), never run here."""
         while not self._closed.wait(SWEEP_EVERY_S):
             waiting = self.journal is not None and bool(self.journal.settled_entries())
-            with self._lock:
-                due = (bool(self._retries) or waiting) and not self._sweeping
-                if due:
-                    self._sweeping = True
-            if due:
+            if self._claim_sweep(waiting=waiting):
                 try:
                     self._executor.submit(self._sweep, self.ledger)
                 except RuntimeError:  # shut down meanwhile: close() writes what it can
                     return
+
+    def _claim_sweep(self, *, waiting: bool = False, after_operation: bool = False) -> bool:
+        """Whether a sweep starts now (the caller then submits it): a write is owed, or
+        operations ran and the last sweep is ``SWEEP_EVERY_S`` old. Never two at once."""
+        now = time.monotonic()
+        with self._lock:
+            self._owed = self._owed or after_operation
+            due = bool(self._retries) or waiting or (self._owed and now >= self._next_sweep)
+            if not due or self._sweeping:
+                return False
+            self._sweeping, self._owed, self._next_sweep = True, False, now + SWEEP_EVERY_S
+            return True
 
     def _count_inline_run(self) -> None:
         self._inline_runs += 1
@@ -120,11 +137,7 @@ class LedgerWorker:
 
     def _sweep_if_due(self) -> None:
         """After an operation that worked: the ledger works, so repairs can be tried."""
-        with self._lock:
-            due = bool(self._retries) or time.monotonic() >= self._next_sweep
-        if due and not self._sweeping:
-            self._sweeping = True
-            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        if self._claim_sweep(after_operation=True):
             self._executor.submit(self._sweep, self.ledger)
 
     def _sweep(self, ledger: Ledger) -> None:
@@ -138,11 +151,17 @@ class LedgerWorker:
                     recovered,
                 )
         except LedgerUnavailable as e:
-            log.warning("spendbrake: the ledger is not writable yet (%s); retried later", e)
+            # Said once per fault: the repairer tries every few seconds for as long as it lasts.
+            if not self._unwritable:
+                log.warning("spendbrake: the ledger is not writable yet (%s); retried later", e)
+            self._unwritable = True
         except Exception:
             log.exception("spendbrake: repairing the ledger failed; it is retried later")
+        else:
+            self._unwritable = False
         finally:
-            self._sweeping = False
+            with self._lock:
+                self._sweeping = False
 
     def _retry(self, ledger: Ledger) -> None:
         with self._lock:
@@ -197,9 +216,10 @@ class LedgerWorker:
             finally:
                 ledger.close()
 
+        # The repairer stops first: nothing may be handed to the thread after ``finish``, which
+        # settles this process's remaining holds at their held amount.
         self._closed.set()
-        if self._repairer is not None:
-            self._repairer.join()
+        self._repairer.join()
         try:
             self.run_blocking(finish)
         finally:
