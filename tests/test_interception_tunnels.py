@@ -84,6 +84,16 @@ def test_an_opened_up_host_is_not_dialled_to_copy_its_tls_first(sni: str, host: 
     assert data.establish_server_tls_first is False
 
 
+def test_a_tunnel_mitmproxy_has_dialled_already_keeps_its_server_tls_first() -> None:
+    # CONNECT by address, SNI an LLM host: the CONNECT named no host spendbrake opens up.
+    data = client_hello("api.openai.com", "192.0.2.1")
+    data.context.server.state = connection.ConnectionState.OPEN
+    data.establish_server_tls_first = True
+    Interception().tls_clienthello(data)
+    assert data.ignore_connection is False
+    assert data.establish_server_tls_first is True
+
+
 def test_a_tunnel_to_any_other_host_is_passed_through_as_mitmproxy_opened_it() -> None:
     data = client_hello("example.com", "example.com")
     data.establish_server_tls_first = True

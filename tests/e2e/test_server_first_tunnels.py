@@ -93,8 +93,8 @@ def der(pem_file: Path) -> bytes:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="until spendbrake up runs connection_strategy=eager and the addon hands http_connect "
-    "to Interception (proxy.py and mitm/addon.py, not on this branch): then remove this mark",
+    reason="until spendbrake up runs connection_strategy=eager (spendbrake/proxy.py): then "
+    "remove this mark",
 )
 def test_the_client_hears_a_server_that_speaks_first(
     proxy: Proxy, greeter: socketserver.ThreadingTCPServer

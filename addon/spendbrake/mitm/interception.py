@@ -82,9 +82,10 @@ class Interception:
         names = (data.client_hello.sni, requested)
         if not any(name and opened_up(name) for name in names):
             data.ignore_connection = True
-        else:
-            # Nor dialled to copy its TLS (ALPN, certificate names) first, as mitmproxy does for
-            # a tunnel it dials at once: the provider is dialled for a forwarded call only.
+        elif not data.context.server.connected:
+            # Nor dialled now to copy its TLS (ALPN, certificate names) first, as mitmproxy
+            # would: the provider is dialled for a forwarded call only. (A tunnel mitmproxy has
+            # dialled already, to an address that names no LLM host, keeps its server TLS first.)
             data.establish_server_tls_first = False
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
