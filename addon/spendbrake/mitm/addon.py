@@ -88,6 +88,7 @@ class Spendbrake:
         self.interception.tls_clienthello(data)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
+        self.interception.http_connect(flow)
         self.identification.http_connect(flow)
 
     def client_disconnected(self, client: connection.Client) -> None:
