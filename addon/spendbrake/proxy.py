@@ -87,9 +87,11 @@ def mitmdump_arguments(
         "spendbrake_ledger": str(ledger),
         "flow_detail": "0",
         "tcp_timeout": str(TCP_TIMEOUT_S),
-        # Dial the provider only for a request that is forwarded: a refused call then opens no
-        # connection to the provider at all, and refusals work while the provider is away.
-        "connection_strategy": "lazy",
+        # Dial a tunnel's host as soon as the client asks for it: in SSH, SMTP or IMAP the
+        # server speaks first. The hosts spendbrake opens up are answered by its addon instead
+        # (Interception.http_connect) and dialled only for a call that is forwarded: a refused
+        # call opens no connection to the provider, and refusals work while it is away.
+        "connection_strategy": "eager",
     }
     if config is not None:
         own["spendbrake_config"] = str(config)

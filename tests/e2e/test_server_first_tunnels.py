@@ -91,11 +91,6 @@ def der(pem_file: Path) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until spendbrake up runs connection_strategy=eager (spendbrake/proxy.py): then "
-    "remove this mark",
-)
 def test_the_client_hears_a_server_that_speaks_first(
     proxy: Proxy, greeter: socketserver.ThreadingTCPServer
 ) -> None:
