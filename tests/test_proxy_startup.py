@@ -117,7 +117,7 @@ def test_spendbrakes_settings_go_to_the_master_and_the_rest_to_mitmproxy() -> No
         "--set",
         "tcp_timeout=3600",
         "--set",
-        "connection_strategy=lazy",
+        "connection_strategy=eager",
         "--set",
         "mode=regular@127.0.0.1:8080",
         "--set",
