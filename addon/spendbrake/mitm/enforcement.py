@@ -82,10 +82,17 @@ _TOKENIZE_ON_LOOP_MAX_CHARS = 100_000
 _PARSE_ON_LOOP_MAX_BYTES = 100_000
 
 
-async def _parse(api: Api, body: bytes, path: str) -> CallRequest:
+async def _off_the_loop_if_giant[**P, T](
+    body: bytes, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """``work`` on ``body``'s JSON (parsing or rewriting it): on a thread for a giant body."""
     if len(body) > _PARSE_ON_LOOP_MAX_BYTES:
-        return await asyncio.to_thread(api.parse, body, path)
-    return api.parse(body, path)
+        return await asyncio.to_thread(work, *args, **kwargs)
+    return work(*args, **kwargs)
+
+
+async def _parse(api: Api, body: bytes, path: str) -> CallRequest:
+    return await _off_the_loop_if_giant(body, api.parse, body, path)
 
 
 class Enforcement:
@@ -323,16 +330,11 @@ class Enforcement:
         policy = self._policy(agent)
         limit, limits = policy.daily_nanos, policy.limits
         original = (body, path)
-
-        async def rewrite(change: Rewrite) -> tuple[bytes, str]:
-            # A giant body's JSON is rewritten on a thread, as _parse parses it there.
-            if len(body) > _PARSE_ON_LOOP_MAX_BYTES:
-                return await asyncio.to_thread(api.rewritten, body, path, change)
-            return api.rewritten(body, path, change)
-
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
-                body, path = await rewrite(Rewrite(model=cheaper))
+                body, path = await _off_the_loop_if_giant(
+                    body, api.rewritten, body, path, Rewrite(model=cheaper)
+                )
                 request = await _parse(api, body, path)
             estimate = await self._estimate(request, provider, now)
             if (minimum := policy.cap_output_minimum) is not None:
@@ -349,7 +351,9 @@ class Enforcement:
                         pricer=self.pricer,
                     )
                 ):
-                    body, path = await rewrite(Rewrite(max_output=capped))
+                    body, path = await _off_the_loop_if_giant(
+                        body, api.rewritten, body, path, Rewrite(max_output=capped)
+                    )
                     request = await _parse(api, body, path)
                     estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
@@ -369,10 +373,7 @@ class Enforcement:
         # behind by a call that was not sent.
         rewritten = (body, path) != original
         if request.wants_usage_injection:
-            if len(body) > _PARSE_ON_LOOP_MAX_BYTES:  # as _parse does
-                body = await asyncio.to_thread(api.with_usage_requested, body)
-            else:
-                body = api.with_usage_requested(body)
+            body = await _off_the_loop_if_giant(body, api.with_usage_requested, body)
             rewritten = True
         brakes = policy.brakes
         try:

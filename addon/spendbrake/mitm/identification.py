@@ -36,10 +36,9 @@ from spendbrake.attribution import (
 )
 from spendbrake.config import Config
 from spendbrake.mitm.access_cache import AccessCache, AccessUnavailable
-from spendbrake.mitm.local_api import is_local
+from spendbrake.mitm.interception import opened_up
 from spendbrake.mitm.state import STATE_KEY, FlowState
 from spendbrake.peer_process import PeerProcesses
-from spendbrake.providers import provider_for_host
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ class Identification:
         credentials = _proxyauth_credentials(flow) or _credentials_in(authorization)
         if credentials:
             self._tunnel_credentials[flow.client_conn.id] = credentials
-        if self.config.access.strict and not _metered_here(flow.request.host):
+        if self.config.access.strict and not opened_up(flow.request.host):
             # Tunnels to other hosts carry nothing spendbrake can refuse later: prove the
             # agent now. (Calls to LLM hosts get their 407 in the provider's own shape.)
             try:
@@ -249,8 +248,3 @@ def check_listeners(access: Access) -> None:
                 "(every call needs its agent's secret) or [access] allow_clients = [...] in the "
                 "configuration."
             )
-
-
-def _metered_here(host: str) -> bool:
-    """Hosts whose requests spendbrake reads (and so can refuse one by one)."""
-    return provider_for_host(host) is not None or is_local(host)
