@@ -1,16 +1,12 @@
 """When a tunnel's host is dialled: at once for every other host (a server may speak first),
 only for a forwarded call for the hosts spendbrake opens up."""
 
-import contextlib
-import ssl
-
 import pytest
-from mitmproxy import connection, http, tls
-from mitmproxy.proxy import context
-from mitmproxy.proxy.layers.tls import parse_client_hello
+from mitmproxy import connection, http
 from mitmproxy.test import tflow, tutils
 
 from spendbrake.mitm.interception import Interception
+from test_mitm_interception import client_hello
 
 
 def connect(host: str, port: int = 443) -> http.HTTPFlow:
@@ -25,21 +21,6 @@ def connect(host: str, port: int = 443) -> http.HTTPFlow:
         content=b"",
     )
     return tflow.tflow(req=request)
-
-
-def client_hello(sni: str, connect_host: str) -> tls.ClientHelloData:
-    """A real ClientHello, as Python's ssl writes it, for a tunnel to ``connect_host``."""
-    client = ssl.create_default_context()
-    client.check_hostname = False
-    outgoing = ssl.MemoryBIO()
-    tls_object = client.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname=sni)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls_object.do_handshake()
-    hello = parse_client_hello(outgoing.read())
-    assert hello is not None
-    ctx = context.Context(tflow.tclient_conn(), None)  # type: ignore[arg-type]
-    ctx.server = connection.Server(address=(connect_host, 443))
-    return tls.ClientHelloData(ctx, hello)
 
 
 @pytest.mark.parametrize(

@@ -99,10 +99,9 @@ def settled(path: Path, call_id: int) -> tuple[object, ...] | None:
     return state if state[0] == "settled" else None
 
 
-async def test_a_settlement_the_ledger_refused_is_written_once_it_works_again(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "l.db"
+async def a_settlement_locked_out(path: Path) -> tuple[LedgerWorker, int, sqlite3.Connection]:
+    """A worker whose settlement of a held call was refused, because another connection (the
+    one returned, in a transaction) keeps the write lock; the settlement is kept to retry."""
     running = worker(path)
     running.ledger.db.execute("PRAGMA busy_timeout=50")  # give up at once, not after 2 s
     call_id = granted(running.ledger.hold(intent(), 700, LIMIT)).call_id
@@ -115,7 +114,20 @@ async def test_a_settlement_the_ledger_refused_is_written_once_it_works_again(
     try:
         with pytest.raises(LedgerUnavailable):
             await running.run(settle)
-        running.retry_later(settle)
+    except BaseException:
+        other.close()
+        running.close()
+        raise
+    running.retry_later(settle)
+    return running, call_id, other
+
+
+async def test_a_settlement_the_ledger_refused_is_written_once_it_works_again(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+    running, call_id, other = await a_settlement_locked_out(path)
+    try:
         await running.run(lambda ledger: ledger.day_totals("research-bot", DAY, LIMIT))
         running.run_blocking(lambda ledger: None)  # the retry it set off has run, and failed
         assert state_of(path, call_id) == ("held", None, None)
@@ -165,20 +177,8 @@ async def test_a_refused_settlement_is_written_by_itself_once_the_fault_clears_w
 ) -> None:
     monkeypatch.setattr(ledger_worker, "SWEEP_EVERY_S", 0.05)
     path = tmp_path / "l.db"
-    running = worker(path)
-    running.ledger.db.execute("PRAGMA busy_timeout=50")  # give up at once, not after 2 s
-    call_id = granted(running.ledger.hold(intent(), 700, LIMIT)).call_id
-
-    def settle(ledger: Ledger) -> None:
-        ledger.settle(call_id, Settlement(250, TokenCounts(output_tokens=3), "ok"), LIMIT)
-
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process keeps the write lock
+    running, call_id, other = await a_settlement_locked_out(path)
     try:
-        with pytest.raises(LedgerUnavailable):
-            await running.run(settle)
-        running.retry_later(settle)
-
         # The worker tries again by itself while the fault lasts, and says so once.
         def refused_again() -> list[str] | None:
             said = [r.getMessage() for r in caplog.records]
