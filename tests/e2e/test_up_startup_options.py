@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,25 @@ def _command(tmp_path: Path, fake: FakeProvider, pki: TestPKI, ledger: Path) -> 
     return command
 
 
+def _up(
+    tmp_path: Path,
+    fake: FakeProvider,
+    pki: TestPKI,
+    certs: Certs,
+    ledger: Path,
+    env: dict[str, str],
+) -> AbstractContextManager[Proxy]:
+    """``spendbrake up`` with this file's config and ``ledger``, in ``env``."""
+    return running_proxy(
+        _command(tmp_path, fake, pki, ledger),
+        log=tmp_path / "proxy.log",
+        ledger=ledger,
+        config=tmp_path / "spendbrake.toml",
+        certs=certs,
+        env=env,
+    )
+
+
 def _environment(certs: Certs, cache_dir: Path, **extra: str) -> dict[str, str]:
     return clean_environment(
         SPENDBRAKE_CERTS=str(certs.directory), XDG_CACHE_HOME=str(cache_dir), **extra
@@ -89,14 +109,7 @@ def test_the_given_config_and_ledger_are_the_only_ones_ever_opened(
         HOME=str(home),
         XDG_DATA_HOME=str(data),
     )
-    with running_proxy(
-        _command(tmp_path, fake, pki, ledger),
-        log=tmp_path / "proxy.log",
-        ledger=ledger,
-        config=tmp_path / "spendbrake.toml",
-        certs=certs,
-        env=env,
-    ) as proxy:
+    with _up(tmp_path, fake, pki, certs, ledger, env) as proxy:
         assert _chat(proxy, "startup-bot", test_id) == 200
         assert _chat(proxy, "tiny-bot", test_id) == 402  # refused by the given file's budget
         (call,) = settled_calls(ledger, "startup-bot", 1)
@@ -122,14 +135,7 @@ def test_a_default_ledger_directory_that_cannot_be_made_does_not_matter(
     not_a_directory.write_text("a regular file where XDG_DATA_HOME should be a directory\n")
     ledger = tmp_path / "ledger.db"
     env = _environment(certs, cache_dir, XDG_DATA_HOME=str(not_a_directory))
-    with running_proxy(
-        _command(tmp_path, fake, pki, ledger),
-        log=tmp_path / "proxy.log",
-        ledger=ledger,
-        config=tmp_path / "spendbrake.toml",
-        certs=certs,
-        env=env,
-    ) as proxy:
+    with _up(tmp_path, fake, pki, certs, ledger, env) as proxy:
         assert _chat(proxy, "startup-bot", test_id) == 200
         settled_calls(ledger, "startup-bot", 1)
         assert _ENFORCING.findall(proxy.output()) == [str(ledger)]
