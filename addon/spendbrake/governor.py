@@ -54,8 +54,11 @@ def prompt_upper_bound(
     characters. ``tokenizer`` overrides the request's (see ``counting_tokenizer``).
     """
     kind = tokenizer or request.tokenizer
-    counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
-    characters = sum(len(text) for text in request.prompt_texts)
+    if request.counted_prompt is not None:
+        counted, characters = request.counted_prompt.tokens, request.counted_prompt.characters
+    else:
+        counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
+        characters = sum(len(text) for text in request.prompt_texts)
     if kind == "claude":
         counted = max(-(-counted * 16 // 10), -(-characters * 10 // 23))
     elif kind != "openai":

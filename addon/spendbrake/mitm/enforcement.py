@@ -47,6 +47,7 @@ from spendbrake.mitm import flow_annotations
 from spendbrake.mitm.alerting import Alerting
 from spendbrake.mitm.ledger_worker import LedgerWorker
 from spendbrake.mitm.mitmproxy_options import keep_long_silent_calls, refuse_request_streaming
+from spendbrake.mitm.request_bodies import RequestBodies
 from spendbrake.mitm.settlement import at_the_hold, from_response, from_stream
 from spendbrake.mitm.state import HeldCall, flow_state
 from spendbrake.money import format_usd_exact
@@ -63,7 +64,6 @@ from spendbrake.providers import (
     provider_for_host,
 )
 from spendbrake.providers.base import (
-    Api,
     CallRequest,
     Rewrite,
     UnreadableRequest,
@@ -78,21 +78,6 @@ log = logging.getLogger(__name__)
 
 # Tokenizing ~100 kB takes milliseconds; beyond that it would stall every other agent's flow.
 _TOKENIZE_ON_LOOP_MAX_CHARS = 100_000
-# Parsing JSON is faster, but a 50 MB body still takes half a second.
-_PARSE_ON_LOOP_MAX_BYTES = 100_000
-
-
-async def _off_the_loop_if_giant[**P, T](
-    body: bytes, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    """``work`` on ``body``'s JSON (parsing or rewriting it): on a thread for a giant body."""
-    if len(body) > _PARSE_ON_LOOP_MAX_BYTES:
-        return await asyncio.to_thread(work, *args, **kwargs)
-    return work(*args, **kwargs)
-
-
-async def _parse(api: Api, body: bytes, path: str) -> CallRequest:
-    return await _off_the_loop_if_giant(body, api.parse, body, path)
 
 
 class Enforcement:
@@ -102,6 +87,7 @@ class Enforcement:
         self.worker: LedgerWorker | None = None
         self.unavailable: str | None = "spendbrake is not configured yet"
         self.estimator = TokenEstimator()
+        self.bodies = RequestBodies()
         self._downgrades_recorded: set[tuple[str, str]] = set()  # (agent, month): one event each
         # Per agent, what the configuration says: worked out on its first call, not on each.
         self._policies: dict[str, AgentPolicy] = {}
@@ -202,6 +188,7 @@ class Enforcement:
         if self.worker:
             self.worker.close()
             self.worker = None
+        self.bodies.close()
         self.unavailable = "spendbrake has stopped"
 
     # -- admission -----------------------------------------------------------------------------
@@ -315,7 +302,7 @@ class Enforcement:
             return await self._refuse_recorded(intent(), blocked)
         try:
             body, path = flow.request.content or b"", flow.request.path
-            request = await _parse(api, body, path)
+            request = await self.bodies.parse(api, body, path)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent(), Refusal("unreadable_request", f"spendbrake: {e}")
@@ -332,10 +319,9 @@ class Enforcement:
         original = (body, path)
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
-                body, path = await _off_the_loop_if_giant(
-                    body, api.rewritten, body, path, Rewrite(model=cheaper)
+                body, path, request = await self.bodies.rewritten(
+                    api, body, path, Rewrite(model=cheaper)
                 )
-                request = await _parse(api, body, path)
             estimate = await self._estimate(request, provider, now)
             if (minimum := policy.cap_output_minimum) is not None:
                 room = await self.worker.run(
@@ -351,10 +337,9 @@ class Enforcement:
                         pricer=self.pricer,
                     )
                 ):
-                    body, path = await _off_the_loop_if_giant(
-                        body, api.rewritten, body, path, Rewrite(max_output=capped)
+                    body, path, request = await self.bodies.rewritten(
+                        api, body, path, Rewrite(max_output=capped)
                     )
-                    request = await _parse(api, body, path)
                     estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
             message = (
@@ -373,7 +358,7 @@ class Enforcement:
         # behind by a call that was not sent.
         rewritten = (body, path) != original
         if request.wants_usage_injection:
-            body = await _off_the_loop_if_giant(body, api.with_usage_requested, body)
+            body = await self.bodies.with_usage_requested(api, body)
             rewritten = True
         brakes = policy.brakes
         try:

@@ -17,6 +17,14 @@ class UnreadableRequest(ValueError):
 
 
 @dataclass(frozen=True)
+class CountedPrompt:
+    """A prompt's texts counted where they were parsed (a giant body's, in the body worker)."""
+
+    tokens: int  # by the tokenizer of the request's model
+    characters: int
+
+
+@dataclass(frozen=True)
 class CallRequest:
     """What a metered request asks for, as far as its worst-case cost is concerned."""
 
@@ -33,6 +41,7 @@ class CallRequest:
     server_tools: tuple[str, ...] = ()  # tools the provider runs and bills per use (unbounded)
     min_output: int = 1  # the lowest max output the provider accepts for this request
     fingerprint: str = ""  # of what it asks (model, messages, media, tools): loop detection
+    counted_prompt: CountedPrompt | None = None  # prompt_texts counted already (then empty)
 
 
 # Fields that vary between copies of the same request, or only say how to answer it.

@@ -62,6 +62,15 @@ class ResponseSizes:
         with self._lock:
             return self._sizes.get(response_id)
 
+    # Copied whole to the body worker with a giant request, which looks its history up there.
+    def __getstate__(self) -> dict[str, object]:
+        with self._lock:
+            return {"sizes": OrderedDict(self._sizes), "capacity": self._capacity}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._sizes, self._capacity = state["sizes"], state["capacity"]
+        self._lock = threading.Lock()
+
 
 def parse_responses_request(body: bytes, sizes: ResponseSizes) -> CallRequest:
     data = load_json_object(body)

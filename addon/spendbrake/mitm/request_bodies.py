@@ -1,0 +1,52 @@
+"""Where a request body's JSON work runs, by its size: on the loop, on a thread, or in the body
+worker process. Every agent's flows share the one event loop, so none may wait on another's
+giant prompt."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from spendbrake.body_worker import BodyWorker
+from spendbrake.providers.base import Api, CallRequest, Rewrite
+
+# Parsing ~100 kB takes about a millisecond: cheaper than handing it over.
+ON_LOOP_MAX_BYTES = 100_000
+# The json module holds the GIL through a load or dump (~2 ms a MB here), so on a thread a body
+# still pauses the loop that long; above this, the worker process does the work.
+ON_THREAD_MAX_BYTES = 1_000_000
+
+
+class RequestBodies:
+    def __init__(self) -> None:
+        self.worker = BodyWorker()
+
+    async def parse(self, api: Api, body: bytes, path: str) -> CallRequest:
+        if len(body) > ON_THREAD_MAX_BYTES:
+            return await asyncio.to_thread(self.worker.parse, api, body, path)
+        return await _off_the_loop_if_large(body, api.parse, body, path)
+
+    async def rewritten(
+        self, api: Api, body: bytes, path: str, change: Rewrite
+    ) -> tuple[bytes, str, CallRequest]:
+        """The body and path with ``change`` made, and the call they now make."""
+        if len(body) > ON_THREAD_MAX_BYTES:
+            return await asyncio.to_thread(self.worker.rewritten, api, body, path, change)
+        body, path = await _off_the_loop_if_large(body, api.rewritten, body, path, change)
+        return body, path, await self.parse(api, body, path)
+
+    async def with_usage_requested(self, api: Api, body: bytes) -> bytes:
+        if len(body) > ON_THREAD_MAX_BYTES:
+            return await asyncio.to_thread(self.worker.with_usage_requested, api, body)
+        return await _off_the_loop_if_large(body, api.with_usage_requested, body)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+async def _off_the_loop_if_large[**P, T](
+    body: bytes, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    if len(body) > ON_LOOP_MAX_BYTES:
+        return await asyncio.to_thread(work, *args, **kwargs)
+    return work(*args, **kwargs)
