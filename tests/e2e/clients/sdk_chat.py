@@ -7,6 +7,7 @@ Spec keys (all optional):
   endpoint        "chat" (default) or "images" (a route spendbrake does not meter)
   model           default "gpt-4o-mini"
   content         the user message; "{i}" is replaced by the call's index
+  content_repeat  int: the message is the content this many times over (a giant prompt)
   max_tokens      int
   stream          bool
   include_usage   bool: ask for stream_options.include_usage
@@ -70,6 +71,7 @@ def main() -> None:
 def one_call(client: openai.OpenAI, spec: dict[str, Any], i: int) -> dict[str, Any]:
     model = spec.get("model", "gpt-4o-mini")
     content = spec.get("content", "Say hello.").replace("{i}", f"{i:02d}")
+    content *= spec.get("content_repeat", 1)
     headers = spec.get("headers", {})
     started = time.monotonic()
     try:
