@@ -332,6 +332,14 @@ def one_run(
 # -- reporting --------------------------------------------------------------------------------
 
 
+def events_bunched(spacing_ms: float, *median_gaps_ms: float) -> bool:
+    """Whether a median gap is below the upstream's spacing: events then arrive in bursts, the
+    proxy fell behind and catches up, and comparing medians says nothing. Relayed in time, the
+    median sits within a millisecond of the spacing (200.2 ms for 200, 50.2 for 50 direct); 10 %
+    short is a proxy behind (34 and 46 ms for 50 were once called "met" here)."""
+    return min(median_gaps_ms) < spacing_ms * 0.9
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median p50 gap."""
     return sorted(runs, key=lambda r: r["gap_p50_ms"])[(len(runs) - 1) // 2]
@@ -380,9 +388,7 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, An
     if "bare" in medians and "spendbrake" in medians:
         bare, sb = medians["bare"], medians["spendbrake"]
         added = sb["gap_p50_ms"] - bare["gap_p50_ms"]
-        # A median gap far below the upstream's spacing means events arrive in bursts: the
-        # proxy fell behind and catches up, and comparing medians says nothing.
-        bunched = min(bare["gap_p50_ms"], sb["gap_p50_ms"]) < args.delay_ms / 2
+        bunched = events_bunched(args.delay_ms, bare["gap_p50_ms"], sb["gap_p50_ms"])
         summary.update(
             added_gap_p50_ms=added,
             added_gap_p99_ms=sb["gap_p99_ms"] - bare["gap_p99_ms"],
