@@ -41,7 +41,8 @@ def config(tmp_path: Path) -> Path:
 
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
+    # A command's answer is its stdout; notices ("created a new ledger") and errors go to stderr.
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_addon_path_prints_the_script_alone() -> None:
@@ -99,6 +100,39 @@ def test_status_json_lists_configured_and_active_agents(config: Path, tmp_path: 
             "state": "ok",
         }
     ]
+
+
+def test_reading_commands_create_no_ledger_at_a_path_that_has_none(
+    config: Path, tmp_path: Path
+) -> None:
+    """A mistyped --ledger must not leave a stray ledger behind: status reports the configured
+    agents with nothing spent, and says there is no ledger there."""
+    mistyped = tmp_path / "ledgr.db"
+    for command in (["status", "--json"], ["status"], ["agent", "list"]):
+        result = CliRunner().invoke(
+            main, [*command, "--config", str(config), "--ledger", str(mistyped)]
+        )
+        assert result.exit_code == 0, result.output
+        assert f"no ledger at {mistyped} yet" in result.stderr
+        assert not mistyped.exists()
+        if command == ["status", "--json"]:
+            [agent] = json.loads(result.stdout)["agents"]
+            assert (agent["agent"], agent["spent_usd"]) == ("research-bot", "0.000000000")
+
+
+def test_writing_commands_say_when_they_create_the_ledger(config: Path, tmp_path: Path) -> None:
+    """limit set before the proxy's first start works, and a mistyped path shows."""
+    ledger = tmp_path / "new.db"
+    arguments = ["limit", "set", "research-bot", "--daily", "0.10"]
+    arguments += ["--config", str(config), "--ledger", str(ledger)]
+
+    first = CliRunner().invoke(main, arguments)
+    again = CliRunner().invoke(main, arguments)
+
+    assert (first.exit_code, again.exit_code) == (0, 0)
+    assert first.stderr == f"spendbrake: created a new ledger at {ledger}\n"
+    assert again.stderr == ""
+    assert ledger.is_file()
 
 
 def test_status_table_shows_every_agent_untruncated(config: Path) -> None:

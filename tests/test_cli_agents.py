@@ -22,7 +22,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args), input=stdin)
-    return result.exit_code, result.output
+    # A command's answer is its stdout; notices ("created a new ledger") and errors go to stderr.
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_agent_add_prints_the_proxy_url_once_and_keeps_only_the_hash(tmp_path: Path) -> None:

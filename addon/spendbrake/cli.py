@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from spendbrake.config import (
     resolve_ledger_path,
 )
 from spendbrake.ledger import LedgerUnavailable
-from spendbrake.ledger_url import describe, open_ledger
+from spendbrake.ledger_url import LedgerLocation, describe, open_ledger
 from spendbrake.money import MoneyError, parse_usd
 from spendbrake.postgres_ledger import PostgresLedger
 from spendbrake.sqlite_ledger import SQLiteLedger
@@ -58,10 +60,54 @@ def _load_config(config_path: Path | None) -> Config:
 def _open_ledger(
     ledger_path: str | os.PathLike[str] | None, config: Config
 ) -> SQLiteLedger | PostgresLedger:
+    """The ledger a command writes to; a SQLite file is created if missing, and says so (a
+    mistyped path would otherwise take the command's change where no proxy reads it)."""
+    return _open_at(_ledger_location(ledger_path, config))
+
+
+def _ledger_location(ledger_path: str | os.PathLike[str] | None, config: Config) -> LedgerLocation:
     try:
-        return open_ledger(resolve_ledger_path(ledger_path, config))
-    except (ConfigError, LedgerUnavailable) as e:
+        return resolve_ledger_path(ledger_path, config)
+    except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _open_at(location: LedgerLocation) -> SQLiteLedger | PostgresLedger:
+    created = isinstance(location, Path) and not location.exists()
+    try:
+        ledger = open_ledger(location)
+    except LedgerUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    if created:
+        click.echo(f"spendbrake: created a new ledger at {location}", err=True)
+    return ledger
+
+
+@contextmanager
+def _ledger_to_read(
+    ledger_path: str | os.PathLike[str] | None, config: Config
+) -> Iterator[SQLiteLedger | PostgresLedger]:
+    """The ledger a command only reads. A SQLite file that does not exist is not created: the
+    command reads an empty ledger instead (the configured agents, nothing spent) and says so."""
+    location = _ledger_location(ledger_path, config)
+    if isinstance(location, Path) and not location.exists():
+        click.echo(
+            f"spendbrake: no ledger at {location} yet, so nothing is recorded (spendbrake up "
+            "creates it)",
+            err=True,
+        )
+        with tempfile.TemporaryDirectory(prefix="spendbrake-empty-") as empty:
+            empty_ledger = SQLiteLedger(Path(empty) / "ledger.db")
+            try:
+                yield empty_ledger
+            finally:
+                empty_ledger.close()
+        return
+    ledger = _open_at(location)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

@@ -24,6 +24,7 @@ from spendbrake.attribution import valid_agent_name
 from spendbrake.cli import (
     DEFAULT_LISTEN,
     _config_and_ledger_options,
+    _ledger_to_read,
     _load_config,
     _open_ledger,
     _parse_listen,
@@ -123,11 +124,8 @@ def agent_list(config_path: Path | None, ledger_path: Path | None) -> None:
         spendbrake agent list
     """
     config = _load_config(config_path)
-    ledger = _open_ledger(ledger_path, config)
-    try:
+    with _ledger_to_read(ledger_path, config) as ledger:
         records = access_book_of(ledger).records()
-    finally:
-        ledger.close()
     keys: dict[str, list[str]] = {}
     for owner in records.api_keys.values():
         keys.setdefault(owner.agent, []).append(owner.hint)

@@ -18,8 +18,8 @@ from spendbrake import reports
 from spendbrake.cli import (  # the core: 'main' and the options every command shares
     _config_and_ledger_options,
     _console,
+    _ledger_to_read,
     _load_config,
-    _open_ledger,
     _usd_option,
     main,
 )
@@ -52,9 +52,8 @@ def status(config_path: Path | None, ledger_path: str | None, as_json: bool) -> 
         spendbrake status --json
     """
     config = _load_config(config_path)
-    ledger = _open_ledger(ledger_path, config)
     now = utc_now()
-    try:
+    with _ledger_to_read(ledger_path, config) as ledger:
         if as_json:
             click.echo(json.dumps(status_document(ledger, config, now), indent=2))
             return
@@ -77,8 +76,6 @@ def status(config_path: Path | None, ledger_path: str | None, as_json: bool) -> 
                 entry.state,
             )
         console.print(table)
-    finally:
-        ledger.close()
 
 
 def _open_reader(ledger_path: str | None, config: Config) -> Reader:
