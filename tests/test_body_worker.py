@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -191,3 +192,22 @@ def test_closing_ends_the_worker_process() -> None:
 
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+class SlowApi:
+    """Takes longer over a body than the worker may: as the tokenizer does over some texts."""
+
+    def parse(self, body: bytes, path: str = "") -> CallRequest:
+        time.sleep(30)
+        raise AssertionError("the worker should have been stopped by now")
+
+
+def test_a_body_that_takes_too_long_is_refused_and_the_worker_started_afresh() -> None:
+    worker = BodyWorker(timeout_s=1.0)
+    api = api_of(OPENAI, "/v1/chat/completions")
+    try:
+        with pytest.raises(BodyWorkerFailed, match="took longer than 1 s"):
+            worker.parse(SlowApi(), b"{}", "")  # type: ignore[arg-type]
+        assert worker.parse(api, json.dumps(CHAT).encode(), "").model == "gpt-4o"
+    finally:
+        worker.close()

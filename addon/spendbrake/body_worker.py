@@ -122,13 +122,21 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
         _write_frame(answers, answer, out)
 
 
+# A 50 MB prompt of ordinary text takes ~2.5 s here. Some texts take the tokenizer far longer
+# (a long run of letters without a space is one pre-token, merged in superlinear time: 3.2 MB
+# of random letters took 2.8 s, 50 MB would take minutes), and giant bodies queue behind the
+# one being worked on, so a body that takes longer than this is refused.
+TIMEOUT_S = 120.0
+
+
 class BodyWorker:
     """The proxy's side: one worker process, started when first needed, one body at a time.
 
     Its methods block (on pipes, with the GIL released): call them on a thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float = TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -164,12 +172,27 @@ class BodyWorker:
             process = self._running()
             assert process.stdin is not None
             assert process.stdout is not None
+            timed_out = threading.Event()
+
+            def stop_it() -> None:
+                timed_out.set()
+                process.kill()
+
+            watchdog = threading.Timer(self.timeout_s, stop_it)
+            watchdog.start()
             try:
                 _write_frame(process.stdin, job, body)
                 answer, out = _read_frame(process.stdout)
             except Exception as e:  # a pipe gone, a frame cut short or garbled
                 self._stop()
+                if timed_out.is_set():
+                    raise BodyWorkerFailed(
+                        f"the body worker took longer than {self.timeout_s:g} s over this "
+                        "request body and was stopped; started afresh"
+                    ) from None
                 raise BodyWorkerFailed(f"the body worker failed ({e!r}); started afresh") from e
+            finally:
+                watchdog.cancel()
         if not isinstance(answer, _Answer):
             raise BodyWorkerFailed(f"the body worker answered {type(answer).__name__}")
         if answer.error is not None:
