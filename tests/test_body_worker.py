@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from spendbrake import governor
 from spendbrake.body_worker import BodyWorker, BodyWorkerFailed
 from spendbrake.providers import ANTHROPIC, AZURE, GEMINI, OPENAI, Provider, classify_route
 from spendbrake.providers.base import Api, CallRequest, Rewrite, UnreadableRequest
+from spendbrake.providers.openai_responses import Responses
 from spendbrake.tokens import TokenEstimator
 
 # Several messages with text in several scripts, a lone surrogate (valid JSON, not UTF-8) and
@@ -88,9 +90,10 @@ def test_a_body_is_parsed_and_counted_in_the_worker_as_in_the_proxy(
     data: dict[str, Any],
 ) -> None:
     api = api_of(provider, path)
-    if provider is OPENAI and path == "/v1/responses":
+    if isinstance(api, Responses):
         # The conversation a previous response left on the provider: the worker knows it too.
-        api.sizes.remember("resp_earlier", 123_456)  # type: ignore[attr-defined]
+        api = Responses()  # not the registry's own, which other tests use
+        api.sizes.remember("resp_earlier", 123_456)
     body = json.dumps(data).encode()
 
     parsed = worker.parse(api, body, path)
@@ -211,3 +214,21 @@ def test_a_body_that_takes_too_long_is_refused_and_the_worker_started_afresh() -
         assert worker.parse(api, json.dumps(CHAT).encode(), "").model == "gpt-4o"
     finally:
         worker.close()
+
+
+def test_the_worker_imports_nothing_from_the_directory_the_proxy_runs_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under spendbrake run the proxy runs in the agent's directory: a json.py the agent wrote
+    there must not be what parses (and counts) its prompts."""
+    planted = tmp_path / "planted"
+    (tmp_path / "json.py").write_text(f"open({str(planted)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    worker = BodyWorker()
+    try:
+        parsed = worker.parse(api_of(OPENAI, "/v1/chat/completions"), json.dumps(CHAT).encode(), "")
+    finally:
+        worker.close()
+
+    assert parsed.model == "gpt-4o"
+    assert not planted.exists()

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Literal
 
 from spendbrake.providers.base import Api, CallRequest, CountedPrompt, Rewrite
@@ -129,6 +130,15 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
 TIMEOUT_S = 120.0
 
 
+def _import_paths() -> list[str]:
+    """Where the worker finds spendbrake and its dependencies: where this process found them
+    (``mitmdump -s`` may have added paths), but never the current directory."""
+    here = os.getcwd()
+    package_root = str(Path(__file__).resolve().parent.parent)
+    found = [p for p in sys.path if p and os.path.isabs(p) and os.path.abspath(p) != here]
+    return [package_root, *(p for p in found if p != package_root)]
+
+
 class BodyWorker:
     """The proxy's side: one worker process, started when first needed, one body at a time.
 
@@ -139,6 +149,7 @@ class BodyWorker:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._closed = False
 
     def parse(self, api: Api, body: bytes, path: str) -> CallRequest:
         answer, _ = self._ask(_Job("parse", api, path), body)
@@ -157,7 +168,9 @@ class BodyWorker:
         return self._ask(_Job("with_usage_requested", api), body)[1]
 
     def close(self) -> None:
-        """Ends the worker at once: the proxy is stopping, and a body in the works is refused."""
+        """Ends the worker at once: the proxy is stopping. A body in the works, or waiting for
+        its turn, is refused, and no new worker is started."""
+        self._closed = True
         if (process := self._process) is not None:
             process.kill()  # a body in the works fails at once, and its thread lets go
         with self._lock:
@@ -193,6 +206,8 @@ class BodyWorker:
                 raise BodyWorkerFailed(f"the body worker failed ({e!r}); started afresh") from e
             finally:
                 watchdog.cancel()
+            if timed_out.is_set():
+                self._stop()  # killed just as its answer came: the next body starts afresh
         if not isinstance(answer, _Answer):
             raise BodyWorkerFailed(f"the body worker answered {type(answer).__name__}")
         if answer.error is not None:
@@ -200,16 +215,19 @@ class BodyWorker:
         return answer, out
 
     def _running(self) -> subprocess.Popen[bytes]:
+        if self._closed:
+            raise BodyWorkerFailed("the proxy is stopping; its body worker has ended")
         if self._process is not None and self._process.poll() is None:
             return self._process
         self._stop()
-        # The worker imports what this process imports (``mitmdump -s`` may have added paths).
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "spendbrake.body_worker"],
+            # -P: nothing is imported from the directory the proxy was started in (under
+            # spendbrake run, the agent's own, where it could write a json.py of its choosing).
+            [sys.executable, "-P", "-m", "spendbrake.body_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=environment,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(_import_paths())},
+            cwd="/",
             # Not in the proxy's process group: a Ctrl-C at the terminal is for the proxy, which
             # then closes the pipe; the worker ends when it reads the end of it.
             start_new_session=True,
@@ -233,10 +251,13 @@ class BodyWorker:
 
 
 if __name__ == "__main__":
+    # Answers go out on a descriptor of their own; file descriptor 1 becomes stderr, so nothing
+    # a library prints (from Python or native code) lands among the frames.
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     # Frames carry this module's classes under its own name, not __main__'s.
     from spendbrake import body_worker
 
-    answers = sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything a library prints must not land among the frames
     with contextlib.suppress(BrokenPipeError):  # the proxy went away mid-answer
         body_worker.serve(sys.stdin.buffer, answers)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from spendbrake.body_worker import BodyWorker
 from spendbrake.providers.base import Api, CallRequest, Rewrite
@@ -20,10 +22,23 @@ ON_THREAD_MAX_BYTES = 1_000_000
 class RequestBodies:
     def __init__(self) -> None:
         self.worker = BodyWorker()
+        # Giant bodies take turns in the worker. They wait for their turn on the loop, and the
+        # one in the worker is waited for on a thread of its own: waiting on the loop's shared
+        # threads would leave none for identification and mid-size bodies.
+        self._turn = asyncio.Lock()
+        self._worker_thread = ThreadPoolExecutor(1, thread_name_prefix="spendbrake-bodies")
+
+    async def _in_worker[**P, T](
+        self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        async with self._turn:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._worker_thread, partial(work, *args, **kwargs)
+            )
 
     async def parse(self, api: Api, body: bytes, path: str) -> CallRequest:
         if len(body) > ON_THREAD_MAX_BYTES:
-            return await asyncio.to_thread(self.worker.parse, api, body, path)
+            return await self._in_worker(self.worker.parse, api, body, path)
         return await _off_the_loop_if_large(body, api.parse, body, path)
 
     async def rewritten(
@@ -31,16 +46,17 @@ class RequestBodies:
     ) -> tuple[bytes, str, CallRequest]:
         """The body and path with ``change`` made, and the call they now make."""
         if len(body) > ON_THREAD_MAX_BYTES:
-            return await asyncio.to_thread(self.worker.rewritten, api, body, path, change)
+            return await self._in_worker(self.worker.rewritten, api, body, path, change)
         body, path = await _off_the_loop_if_large(body, api.rewritten, body, path, change)
         return body, path, await self.parse(api, body, path)
 
     async def with_usage_requested(self, api: Api, body: bytes) -> bytes:
         if len(body) > ON_THREAD_MAX_BYTES:
-            return await asyncio.to_thread(self.worker.with_usage_requested, api, body)
+            return await self._in_worker(self.worker.with_usage_requested, api, body)
         return await _off_the_loop_if_large(body, api.with_usage_requested, body)
 
     def close(self) -> None:
+        """Ends the worker; bodies still waiting for it are refused as their turn comes."""
         self.worker.close()
 
 
