@@ -81,20 +81,22 @@ def in_proxy(request: CallRequest, estimator: TokenEstimator) -> int:
     return governor.prompt_upper_bound(request, estimator)
 
 
-@pytest.mark.parametrize(("provider", "path", "data"), CASES, ids=IDS)
-def test_a_body_is_parsed_and_counted_in_the_worker_as_in_the_proxy(
-    worker: BodyWorker,
-    estimator: TokenEstimator,
-    provider: Provider,
-    path: str,
-    data: dict[str, Any],
-) -> None:
+@pytest.fixture(params=CASES, ids=IDS)
+def call(request: pytest.FixtureRequest) -> tuple[Api, str, bytes]:
+    """A metered API, its path and a body for it."""
+    provider, path, data = request.param
     api = api_of(provider, path)
     if isinstance(api, Responses):
         # The conversation a previous response left on the provider: the worker knows it too.
         api = Responses()  # not the registry's own, which other tests use
         api.sizes.remember("resp_earlier", 123_456)
-    body = json.dumps(data).encode()
+    return api, path, json.dumps(data).encode()
+
+
+def test_a_body_is_parsed_and_counted_in_the_worker_as_in_the_proxy(
+    worker: BodyWorker, estimator: TokenEstimator, call: tuple[Api, str, bytes]
+) -> None:
+    api, path, body = call
 
     parsed = worker.parse(api, body, path)
     here = api.parse(body, path)
@@ -106,16 +108,10 @@ def test_a_body_is_parsed_and_counted_in_the_worker_as_in_the_proxy(
     assert in_proxy(parsed, estimator) == in_proxy(here, estimator)
 
 
-@pytest.mark.parametrize(("provider", "path", "data"), CASES, ids=IDS)
 def test_a_body_is_rewritten_in_the_worker_as_in_the_proxy(
-    worker: BodyWorker,
-    estimator: TokenEstimator,
-    provider: Provider,
-    path: str,
-    data: dict[str, Any],
+    worker: BodyWorker, estimator: TokenEstimator, call: tuple[Api, str, bytes]
 ) -> None:
-    api = api_of(provider, path)
-    body = json.dumps(data).encode()
+    api, path, body = call
     change = Rewrite(model="gpt-4o-mini", max_output=64)
 
     rewritten, new_path, parsed = worker.rewritten(api, body, path, change)
