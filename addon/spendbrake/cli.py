@@ -72,8 +72,10 @@ def _ledger_location(ledger_path: str | os.PathLike[str] | None, config: Config)
         raise click.ClickException(str(e)) from None
 
 
-def _open_at(location: LedgerLocation) -> SQLiteLedger | PostgresLedger:
-    created = isinstance(location, Path) and not location.exists()
+def _open_at(
+    location: LedgerLocation, *, announce_creation: bool = True
+) -> SQLiteLedger | PostgresLedger:
+    created = announce_creation and isinstance(location, Path) and not location.exists()
     try:
         ledger = open_ledger(location)
     except LedgerUnavailable as e:
@@ -225,7 +227,9 @@ def up(
             "secret: 'spendbrake agent add') or [access] allow_clients = [...] in the "
             "configuration, or listen on 127.0.0.1."
         )
-    _open_ledger(ledger_path, config).close()  # fail here, readably, not inside mitmproxy
+    # Fail here, readably, not inside mitmproxy. (No "created" notice: the proxy's own first
+    # line names the ledger it enforces with.)
+    _open_at(_ledger_location(ledger_path, config), announce_creation=False).close()
     ledger_file = resolve_ledger_path(ledger_path, config)
     confdir = certs.certs_dir()
     bundle = certs.write_bundle(confdir)
