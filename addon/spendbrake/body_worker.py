@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Literal
 
-from spendbrake.providers.base import Api, CallRequest, CountedPrompt, Rewrite
+from spendbrake.governor import count_prompt
+from spendbrake.providers.base import Api, CallRequest, Rewrite
 from spendbrake.tokens import TokenEstimator
 
 # A frame: the length of a pickled header, the header, the length of a body, the body. The body
@@ -57,12 +58,7 @@ class BodyWorkerFailed(RuntimeError):
 
 def counted(request: CallRequest, estimator: TokenEstimator) -> CallRequest:
     """``request`` with its prompt counted, and without the texts (they stay in the worker)."""
-    texts = request.prompt_texts
-    count = CountedPrompt(
-        tokens=sum(estimator.count(text, request.model) for text in texts),
-        characters=sum(len(text) for text in texts),
-    )
-    return replace(request, prompt_texts=(), counted_prompt=count)
+    return replace(request, prompt_texts=(), counted_prompt=count_prompt(request, estimator))
 
 
 def _write_frame(stream: IO[bytes], header: object, body: bytes) -> None:

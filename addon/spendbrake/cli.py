@@ -7,7 +7,7 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,18 +98,14 @@ def _ledger_to_read(
             "creates it)",
             err=True,
         )
-        with tempfile.TemporaryDirectory(prefix="spendbrake-empty-") as empty:
-            empty_ledger = SQLiteLedger(Path(empty) / "ledger.db")
-            try:
-                yield empty_ledger
-            finally:
-                empty_ledger.close()
+        with (
+            tempfile.TemporaryDirectory(prefix="spendbrake-empty-") as empty,
+            closing(SQLiteLedger(Path(empty) / "ledger.db")) as empty_ledger,
+        ):
+            yield empty_ledger
         return
-    ledger = _open_at(location)
-    try:
+    with closing(_open_at(location)) as ledger:
         yield ledger
-    finally:
-        ledger.close()
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

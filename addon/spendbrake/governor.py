@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from spendbrake.ledger import TokenCounts
 from spendbrake.pricing import Pricer, UnknownModel
-from spendbrake.providers.base import CallRequest, MeteredUsage
+from spendbrake.providers.base import CallRequest, CountedPrompt, MeteredUsage
 from spendbrake.quota import affordable_output
 from spendbrake.tokens import TokenEstimator
 
@@ -42,6 +42,15 @@ def hold_tier(requested: str | None) -> str | None:
     return _HOLD_TIER.get(requested, requested)
 
 
+def count_prompt(request: CallRequest, estimator: TokenEstimator) -> CountedPrompt:
+    """The request's prompt texts counted by the tokenizer of its model."""
+    texts = request.prompt_texts
+    return CountedPrompt(
+        tokens=sum(estimator.count(text, request.model) for text in texts),
+        characters=sum(len(text) for text in texts),
+    )
+
+
 def prompt_upper_bound(
     request: CallRequest, estimator: TokenEstimator, tokenizer: str | None = None
 ) -> int:
@@ -54,11 +63,8 @@ def prompt_upper_bound(
     characters. ``tokenizer`` overrides the request's (see ``counting_tokenizer``).
     """
     kind = tokenizer or request.tokenizer
-    if request.counted_prompt is not None:
-        counted, characters = request.counted_prompt.tokens, request.counted_prompt.characters
-    else:
-        counted = sum(estimator.count(text, request.model) for text in request.prompt_texts)
-        characters = sum(len(text) for text in request.prompt_texts)
+    count = request.counted_prompt or count_prompt(request, estimator)
+    counted, characters = count.tokens, count.characters
     if kind == "claude":
         counted = max(-(-counted * 16 // 10), -(-characters * 10 // 23))
     elif kind != "openai":
