@@ -52,6 +52,9 @@ READY_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 15.0
 NOISY_OTHER_CORES = 0.25  # CPU used by processes other than client, fake and proxy
 MAX_ERRORS = 5
+FLOOR_SCRIPT = ROOT / "scripts" / "bench_floor_script.py"
+FLOOR_VARIANTS = ("no-call-work", "side-process")  # bench_floor_script.VARIANTS
+FLOOR_VARIANT_ENV = "SPENDBRAKE_BENCH_FLOOR"
 RUN_TIMEOUT_S = 900.0
 
 # Sends api.openai.com connections to the fake, for both proxies alike. The name is put back once
@@ -449,9 +452,11 @@ def start_proxy(
     stream_sse: bool = False,
     config: str = SPENDBRAKE_CONFIG,
     ledger: Path | None = None,
+    floor: str | None = None,
 ) -> Proxy:
     """``stream_sse`` makes both proxies stream SSE responses (STREAM_SSE_HOOK); ``config`` is
-    spendbrake's configuration and ``ledger`` its file (default: a new one in ``run_dir``)."""
+    spendbrake's configuration and ``ledger`` its file (default: a new one in ``run_dir``);
+    ``floor`` replaces spendbrake's per-call work with a floor variant (FLOOR_SCRIPT)."""
     port = free_port()
     bare_settings, spendbrake_settings = proxy_settings()
     common = [f"ssl_verify_upstream_trusted_ca={fake_ca}"]
@@ -476,7 +481,11 @@ def start_proxy(
             argv += ["--set", f"spendbrake_upstream=127.0.0.1:{fake_port}"]
         else:
             argv += ["--script", str(redirect)]
-        process = spawn("spendbrake", argv, run_dir, env={"SPENDBRAKE_CERTS": str(certs)})
+        env = {"SPENDBRAKE_CERTS": str(certs)}
+        if floor is not None:
+            argv += ["--script", str(FLOOR_SCRIPT)]
+            env[FLOOR_VARIANT_ENV] = floor
+        process = spawn("spendbrake", argv, run_dir, env=env)
         proxy = Proxy(process, port, certs / "mitmproxy-ca-cert.pem", ledger)
     try:
         wait_for(
@@ -605,8 +614,9 @@ def one_run(
             {**spec, "connect": ["127.0.0.1", fake_port], "ca": str(fake_ca)}, run_dir
         )
     else:
+        floor = args.floor if target == "spendbrake" else None
         proxy = start_proxy(
-            target, run_dir, fake_port, fake_ca, own_upstream=args.spendbrake_upstream
+            target, run_dir, fake_port, fake_ca, own_upstream=args.spendbrake_upstream, floor=floor
         )
         with running(proxy.process):
             spec["pids"]["proxy"] = proxy.process.popen.pid
@@ -627,7 +637,10 @@ def one_run(
             f"upstream: {upstream} server connections opened for {args.concurrency} clients "
             f"(+1 probe): {'OK' if upstream_ok else 'NOT REUSED'}"
         )
-        if target == "spendbrake":
+        if floor is not None:
+            ok &= result["ok"] == result["sent"]
+            checks.append(f"ledger: not checked, floor variant {floor} holds and settles nothing")
+        elif target == "spendbrake":
             assert proxy.ledger is not None
             good, text = check_ledger(proxy.ledger, result["ok"])
             ok &= good and result["ok"] == result["sent"]
@@ -836,6 +849,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "redirect script bare mitmdump gets (see docs/benchmarks.md)",
     )
     parser.add_argument(
+        "--floor",
+        choices=FLOOR_VARIANTS,
+        help="replace spendbrake's per-call work with the floor of a design, to bound what that "
+        "design could reach (scripts/bench_floor_script.py; not a working spendbrake)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -861,6 +880,8 @@ def main(argv: list[str]) -> int:
         f"Python {info['python']}, mitmproxy {info['mitmproxy']}\n"
         f"spendbrake from {info['spendbrake']} (checkout {info['git']})"
     )
+    if args.floor:
+        print(f"spendbrake runs floor variant {args.floor}: nothing is held or settled")
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="spendbrake-bench-") as tmp:
         workdir = Path(tmp)
@@ -892,6 +913,7 @@ def main(argv: list[str]) -> int:
             "warmup": args.warmup,
             "model": MODEL,
             "max_tokens": 16,
+            "floor": args.floor,
         },
         "runs": runs,
         **result,

@@ -593,7 +593,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--requests, --concurrency, --repeat, --agents and --calls must be >= 1")
     args.litellm_venv = args.litellm_venv or DEFAULT_VENVS / f"litellm-{args.litellm_version}"
     # bench.one_run reads these too.
-    args.spendbrake_upstream, args.profile = False, None
+    args.spendbrake_upstream, args.profile, args.floor = False, None, None
     return args
 
 
