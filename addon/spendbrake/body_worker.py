@@ -83,7 +83,10 @@ def _read_frame(stream: IO[bytes]) -> tuple[object, bytes]:
     return header, _read_exactly(stream, body_size)
 
 
-def _work(job: _Job, body: bytes, estimator: TokenEstimator) -> tuple[_Answer, bytes]:
+def _work(job: _Job, owned: list[bytes], estimator: TokenEstimator) -> tuple[_Answer, bytes]:
+    """``owned`` holds the body and nothing else does: once rewritten, the original is freed
+    before the new body is parsed, so a giant body is never held twice over."""
+    body = owned.pop()
     if job.operation == "with_usage_requested":
         return _Answer(), job.api.with_usage_requested(body)
     path = job.path
@@ -110,13 +113,15 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
             job, body = _read_frame(requests)
         except EOFError:
             return  # the proxy has gone
+        owned = [body]
+        del body
         try:
             assert isinstance(job, _Job)
-            answer, out = _work(job, body, estimator)
+            answer, out = _work(job, owned, estimator)
         except Exception as e:
             answer, out = _Answer(error=_sendable(e)), b""
-        del body
         _write_frame(answers, answer, out)
+        del answer, out  # not kept until the next body arrives
 
 
 # A 50 MB prompt of ordinary text takes ~2.5 s here. Some texts take the tokenizer far longer
