@@ -283,4 +283,5 @@ def test_processes_opening_a_new_ledger_at_the_same_time_all_succeed(tmp_path: P
             ("m009_windows_after_resets",),
             ("m010_access",),
             ("m011_alerts",),
+            ("m012_proxy_leases",),
         ]

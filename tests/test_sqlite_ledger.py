@@ -141,12 +141,12 @@ def test_migrations_are_recorded_and_never_applied_twice(path: LedgerLocation) -
         ("spendbrake", "m009_windows_after_resets"),
         ("spendbrake", "m010_access"),
     ]
-    # PostgreSQL's own: the leases that tell a live proxy on another host from a dead one.
+    # Each has its own leases, which tell a live proxy on another host from a dead one.
     # SQLite's own: alerts (not yet kept in a PostgreSQL ledger).
     own = (
         [("spendbrake", "pg001_proxy_leases")]
         if isinstance(path, PostgresUrl)
-        else [("spendbrake", "m011_alerts")]
+        else [("spendbrake", "m011_alerts"), ("spendbrake", "m012_proxy_leases")]
     )
     assert [(s, n) for s, n, _ in applied] == both + own
 
@@ -289,7 +289,7 @@ def test_the_schema_holds_call_metadata_only(ledger: AnyLedger, path: LedgerLoca
         {"spendbrake_migrations", "proxy_leases"}
         if isinstance(path, PostgresUrl)
         # Alerts are kept in SQLite ledgers only, for now.
-        else {"_sqlite_migrations", "alerts", "alert_deliveries"}
+        else {"_sqlite_migrations", "alerts", "alert_deliveries", "proxy_leases"}
     )
     assert tables == bookkeeping | {
         "calls",
@@ -650,6 +650,74 @@ def test_holds_of_another_host_are_left_alone(path: LedgerLocation) -> None:
     assert_totals_match_calls(local, path, "research-bot", DAY)
     local.close()
     elsewhere.close()
+
+
+def lease_of(path: LedgerLocation, owner: str) -> object | None:
+    rows = query(path, "SELECT renewed_at FROM proxy_leases WHERE owner = ?", (owner,))
+    return rows[0][0] if rows else None
+
+
+def renewed_lease(path: LedgerLocation, owner: str, after: object | None) -> object:
+    """The owner's lease once it differs from ``after`` (renewed by the lease thread)."""
+    deadline = time.monotonic() + 10
+    while (lease := lease_of(path, owner)) is None or lease == after:
+        assert time.monotonic() < deadline, f"the lease of {owner} was never renewed"
+        time.sleep(0.01)
+    return lease
+
+
+def test_holds_of_a_proxy_whose_lease_lapsed_are_settled_wherever_it_ran(
+    path: LedgerLocation,
+) -> None:
+    """Another host, or a container with a host name of its own sharing the ledger file: its
+    process table is out of sight, so its lease is what says whether it still runs."""
+    elsewhere = open_at(path, owner="proxy-2.example:4194303:1")
+    elsewhere.renew_lease()
+    call_id = granted(elsewhere.hold(intent(), 700, LIMIT)).call_id
+    local = open_at(path)
+
+    assert local.recover_orphaned_holds() == 0  # renewed just now: it runs
+    assert call_row(path, call_id)["state"] == "held"
+    time.sleep(0.05)
+    assert local.recover_orphaned_holds(lease_ttl_s=0.01) == 1  # it stopped renewing
+
+    row = call_row(path, call_id)
+    assert (row["state"], row["outcome"], row["actual_nanos"]) == ("settled", "crashed", 700)
+    assert lease_of(path, elsewhere.owner) is None  # its lease went with it
+    totals = assert_totals_match_calls(local, path, "research-bot", DAY)
+    assert (totals.spent_nanos, totals.held_nanos) == (700, 0)
+    local.close()
+    elsewhere.close()
+
+
+def test_a_kept_lease_is_renewed_until_the_ledger_closes(path: LedgerLocation) -> None:
+    proxy = open_at(path, owner="proxy-2.example:4194303:1")
+    proxy.keep_lease(every_s=0.02)
+    first = renewed_lease(path, proxy.owner, after=None)  # before any hold
+    call_id = granted(proxy.hold(intent(), 700, LIMIT)).call_id
+    renewed_lease(path, proxy.owner, after=first)
+
+    other = open_at(path)
+    assert other.recover_orphaned_holds(lease_ttl_s=1) == 0  # kept: not an orphan
+    assert call_row(path, call_id)["state"] == "held"
+    proxy.close()
+    last = lease_of(path, proxy.owner)
+    time.sleep(0.1)  # five renewals' time: none comes
+    assert lease_of(path, proxy.owner) == last
+    other.close()
+
+
+def test_a_proxy_that_stops_cleanly_gives_up_its_lease(path: LedgerLocation) -> None:
+    proxy = open_at(path)
+    proxy.keep_lease(every_s=0.01)
+    renewed_lease(path, proxy.owner, after=None)
+    granted(proxy.hold(intent(), 700, LIMIT))
+
+    assert proxy.settle_own_holds("shutdown") == 1
+    assert lease_of(path, proxy.owner) is None
+    time.sleep(0.05)  # several renewals' time: none comes back
+    assert lease_of(path, proxy.owner) is None
+    proxy.close()
 
 
 def test_a_recycled_pid_does_not_keep_a_dead_owner_alive(path: LedgerLocation) -> None:

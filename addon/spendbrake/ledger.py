@@ -276,4 +276,9 @@ class Ledger(Protocol):
         """At shutdown: settle this process's open holds at their held amount."""
         ...
 
+    def keep_lease(self) -> None:
+        """For a proxy: tell the other proxies sharing this ledger, until ``close``, that this
+        one still runs, so that they settle its holds if it dies (``spendbrake.leases``)."""
+        ...
+
     def close(self) -> None: ...

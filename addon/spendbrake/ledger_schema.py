@@ -456,3 +456,18 @@ def m011_alerts(db: sqlite_utils.Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m012_proxy_leases(db: sqlite_utils.Database) -> None:
+    """Each running proxy's lease (``spendbrake.leases``): a proxy on another host, or in a
+    container with a host name of its own, that stopped renewing has died, and its holds are
+    orphans."""
+    db.execute(
+        """
+        CREATE TABLE proxy_leases (
+            owner TEXT PRIMARY KEY,  -- as calls.owner: host:pid:start
+            renewed_at TEXT NOT NULL  -- UTC, ISO 8601 with microseconds
+        )
+        """
+    )

@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from spendbrake import postgres_brakes, postgres_schema, sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
+from spendbrake.leases import LEASE_RENEW_S, LEASE_TTL_S, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -69,9 +70,6 @@ type Conn = psycopg.Connection[tuple[Any, ...]]
 # How long an operation waits for a connection before the call is refused (fail closed).
 CONNECT_TIMEOUT_S = 3.0
 POOL_SIZE = 4
-# A proxy renews its lease this often; one that has not for LEASE_TTL_S is taken for dead.
-LEASE_RENEW_S = 5.0
-LEASE_TTL_S = 30.0
 # The two namespaces of advisory locks (pg_advisory_xact_lock(int, int)): agents and groups.
 AGENT_LOCKS, GROUP_LOCKS = 0x5342_0001, 0x5342_0002
 # A transaction PostgreSQL chose to abort (deadlock, serialization) wrote nothing: run it again.
@@ -94,6 +92,7 @@ class PostgresLedger:
         self.owner = owner or current_owner()
         self.closed = threading.Event()  # set by close(): the threads of this ledger end
         self._lease_thread: threading.Thread | None = None
+        self._lease_stop = threading.Event()
         self.pool: ConnectionPool[Conn] = ConnectionPool(
             location.url,
             min_size=1,
@@ -562,7 +561,9 @@ class PostgresLedger:
         return self._write(work)
 
     def settle_own_holds(self, outcome: str) -> int:
-        """At shutdown: whatever this process still holds is settled at its held amount."""
+        """At shutdown: whatever this process still holds is settled at its held amount, and
+        its lease is given up (not renewed again)."""
+        self._stop_lease()
 
         def work(conn: Conn) -> int:
             settled = self._settle_held_at_hold(conn, self.owner, outcome)
@@ -585,31 +586,18 @@ class PostgresLedger:
 
     def keep_lease(self, every_s: float = LEASE_RENEW_S) -> None:
         """For a proxy: renew the lease on a thread of its own, and settle the holds of proxies
-        whose lease lapsed, until ``close``. Failures (the database away) are retried."""
-        self.renew_lease()
+        whose lease lapsed, until ``close``."""
+        self._lease_thread = keep_lease(self, self._lease_stop, every_s)
 
-        def loop() -> None:
-            while not self.closed.wait(every_s):
-                try:
-                    self.renew_lease()
-                    if recovered := self.recover_orphaned_holds():
-                        log.warning(
-                            "spendbrake: settled %d hold(s) of a proxy that ended, at their "
-                            "held amount",
-                            recovered,
-                        )
-                except LedgerUnavailable as e:
-                    log.warning("spendbrake: cannot renew the ledger lease: %s", e)
-
-        self._lease_thread = threading.Thread(
-            target=loop, name="spendbrake-ledger-lease", daemon=True
-        )
-        self._lease_thread.start()
+    def _stop_lease(self) -> None:
+        self._lease_stop.set()
+        if (thread := self._lease_thread) is not None:
+            self._lease_thread = None
+            thread.join()
 
     def close(self) -> None:
         self.closed.set()
-        if self._lease_thread is not None:
-            self._lease_thread.join()
+        self._stop_lease()
         self.pool.close()
 
     # -- helpers -------------------------------------------------------------------------------

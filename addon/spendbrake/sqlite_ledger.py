@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -22,6 +23,7 @@ import sqlite_utils
 from spendbrake import sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
+from spendbrake.leases import LEASE_RENEW_S, LEASE_TTL_S, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -82,8 +84,17 @@ def _utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@dataclass(frozen=True)
+class _Lease:
+    keeper: SQLiteLedger  # the lease thread's own connection
+    stop: threading.Event
+    thread: threading.Thread
+
+
 class SQLiteLedger:
     """``spendbrake.ledger.Ledger`` on one SQLite file. One instance per thread."""
+
+    _lease: _Lease | None = None  # while keep_lease runs
 
     def __init__(self, path: Path, *, owner: str | None = None) -> None:
         self.path = path
@@ -419,22 +430,67 @@ class SQLiteLedger:
         )
         return [EstimateAccuracy(*row) for row in rows]
 
-    def recover_orphaned_holds(self) -> int:
+    def recover_orphaned_holds(self, lease_ttl_s: float = LEASE_TTL_S) -> int:
+        """Settle, at their held amount, the holds of owners that died: on this host, a process
+        that no longer runs; on any host, a proxy whose lease lapsed ``lease_ttl_s`` ago."""
         # Looked for without the write lock, so that a running proxy can look often: an owner
         # found dead stays dead (a new process is a new owner), so the answer cannot go stale.
+        lapsed_before = _utc_iso(datetime.now(UTC) - timedelta(seconds=lease_ttl_s))
         with self._lock_errors():
-            held = self.db.conn.execute("SELECT DISTINCT owner FROM calls WHERE state = 'held'")
-            owners = [owner for (owner,) in held]
-        dead = [o for o in owners if o != self.owner and not owner_is_alive(o)]
+            held = self.db.conn.execute(
+                """
+                SELECT DISTINCT c.owner, COALESCE(l.renewed_at < ?, 0)
+                FROM calls AS c LEFT JOIN proxy_leases AS l ON l.owner = c.owner
+                WHERE c.state = 'held'
+                """,
+                (lapsed_before,),
+            )
+            owners = held.fetchall()
+        dead = [
+            owner
+            for owner, lapsed in owners
+            if owner != self.owner and (lapsed or not owner_is_alive(owner))
+        ]
         if not dead:
             return 0
         with self._immediate() as conn:
-            return sum(self._settle_held_at_hold(conn, owner, "crashed") for owner in dead)
+            settled = sum(self._settle_held_at_hold(conn, owner, "crashed") for owner in dead)
+            conn.executemany("DELETE FROM proxy_leases WHERE owner = ?", [(o,) for o in dead])
+            return settled
 
     def settle_own_holds(self, outcome: str) -> int:
-        """At shutdown: whatever this process still holds is settled at its held amount."""
+        """At shutdown: whatever this process still holds is settled at its held amount, and
+        its lease is given up (not renewed again)."""
+        self._stop_lease()
         with self._immediate() as conn:
-            return self._settle_held_at_hold(conn, self.owner, outcome)
+            settled = self._settle_held_at_hold(conn, self.owner, outcome)
+            conn.execute("DELETE FROM proxy_leases WHERE owner = ?", (self.owner,))
+            return settled
+
+    def renew_lease(self) -> None:
+        """Tell the other proxies this one still runs (its holds are not orphans)."""
+        with self._immediate() as conn:
+            conn.execute(
+                """
+                INSERT INTO proxy_leases (owner, renewed_at) VALUES (?, ?)
+                ON CONFLICT (owner) DO UPDATE SET renewed_at = excluded.renewed_at
+                """,
+                (self.owner, _utc_iso(datetime.now(UTC))),
+            )
+
+    def keep_lease(self, every_s: float = LEASE_RENEW_S) -> None:
+        """For a proxy: renew the lease on a thread of its own, and settle the holds of proxies
+        whose lease lapsed, until ``close``. The thread has a connection of its own: this one
+        belongs to the thread that made it."""
+        keeper, stop = SQLiteLedger(self.path, owner=self.owner), threading.Event()
+        self._lease = _Lease(keeper, stop, keep_lease(keeper, stop, every_s))
+
+    def _stop_lease(self) -> None:
+        if (lease := self._lease) is not None:
+            self._lease = None
+            lease.stop.set()
+            lease.thread.join()
+            lease.keeper.close()
 
     def never_wait(self) -> None:
         """For a connection used on the event loop: fail at once with LedgerBusy instead of
@@ -448,6 +504,7 @@ class SQLiteLedger:
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
+        self._stop_lease()
         self.db.close()
 
     # -- helpers -------------------------------------------------------------------------------

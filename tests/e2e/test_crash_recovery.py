@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -84,3 +86,24 @@ def test_hold_of_a_killed_proxy_is_settled_at_its_amount_on_the_next_start(
         "blocked": 0,
         "state": "ok",
     }
+
+
+def leases(ledger: Path) -> list[str]:
+    conn = sqlite3.connect(ledger, timeout=5)
+    try:
+        return [owner for (owner,) in conn.execute("SELECT owner FROM proxy_leases")]
+    finally:
+        conn.close()
+
+
+def test_a_running_proxy_keeps_a_lease_and_gives_it_up_when_stopped(
+    start_proxy: Callable[..., AbstractContextManager[Proxy]],
+) -> None:
+    """The lease tells proxies that share the ledger from another host, or from a container
+    with a host name of its own, that this one still runs (its holds are not orphans)."""
+    with start_proxy(config_toml=CONFIG) as proxy:
+        (owner,) = wait_for(lambda: leases(proxy.ledger) or None, what="the proxy's lease")
+        host, pid, _started = owner.rsplit(":", 2)
+        assert (host, int(pid)) == (socket.gethostname(), proxy.process.pid)
+        ledger = proxy.ledger
+    assert leases(ledger) == []

@@ -137,6 +137,7 @@ class Enforcement:
             # SQLite runs short writes on the loop; PostgreSQL is a network away: never inline.
             inline = SQLiteLedger(path) if isinstance(path, Path) else None
             recovered = ledger.recover_orphaned_holds()
+            ledger.keep_lease()  # the other proxies must not take this one's holds for orphans
         except (ConfigError, LedgerUnavailable) as e:
             # Refuse every metered call rather than let one through unmetered.
             self.unavailable = str(e)
@@ -148,8 +149,6 @@ class Enforcement:
             )
         if self.worker:
             self.worker.close()
-        if isinstance(ledger, PostgresLedger):
-            ledger.keep_lease()  # the other proxies must not take this one's holds for orphans
         self.allowance = self._offline_allowance(config, ledger)
         journal = self.allowance.journal if self.allowance else None
         threads = 1 if inline is not None else POOL_SIZE
