@@ -120,6 +120,31 @@ def test_reading_commands_create_no_ledger_at_a_path_that_has_none(
             assert (agent["agent"], agent["spent_usd"]) == ("research-bot", "0.000000000")
 
 
+@pytest.mark.parametrize(
+    ("command", "nothing"),
+    [
+        (["resume", "research-bot"], "no suspension to lift"),
+        (["resume", "research-bot", "--session", "run-42"], "no suspension to lift"),
+        (["reset", "research-bot", "--window", "day"], "no spending to reset"),
+        (["agent", "remove", "research-bot"], "no secret or API key to remove"),
+    ],
+)
+def test_commands_that_change_recorded_state_refuse_a_path_with_no_ledger(
+    config: Path, tmp_path: Path, command: list[str], nothing: str
+) -> None:
+    """Resuming an agent in a new, empty ledger would report success while the proxy, reading
+    its own ledger, kept refusing: a mistyped --ledger is an error here, and creates nothing."""
+    mistyped = tmp_path / "ledgr.db"
+    result = CliRunner().invoke(
+        main, [*command, "--config", str(config), "--ledger", str(mistyped)]
+    )
+
+    assert result.exit_code == 1
+    assert f"Error: no ledger at {mistyped}, so there is {nothing} there" in result.stderr
+    assert "check --ledger" in result.stderr
+    assert not mistyped.exists()
+
+
 def test_writing_commands_say_when_they_create_the_ledger(config: Path, tmp_path: Path) -> None:
     """limit set before the proxy's first start works, and a mistyped path shows."""
     ledger = tmp_path / "new.db"

@@ -65,6 +65,21 @@ def _open_ledger(
     return _open_at(_ledger_location(ledger_path, config))
 
 
+def _ledger_to_change(
+    ledger_path: str | os.PathLike[str] | None, config: Config, *, what: str
+) -> SQLiteLedger | PostgresLedger:
+    """The ledger a command changes what is already in (a suspension, a spent window, a
+    secret). A SQLite file that does not exist is an error, not created: there is nothing in it
+    to change, and the proxy reads another ledger (a mistyped --ledger, most likely)."""
+    location = _ledger_location(ledger_path, config)
+    if isinstance(location, Path) and not location.exists():
+        raise click.ClickException(
+            f"no ledger at {location}, so there is no {what} there; check --ledger "
+            "(or SPENDBRAKE_LEDGER, or the config's ledger): it must be the proxy's"
+        )
+    return _open_at(location)
+
+
 def _ledger_location(ledger_path: str | os.PathLike[str] | None, config: Config) -> LedgerLocation:
     try:
         return resolve_ledger_path(ledger_path, config)

@@ -24,6 +24,7 @@ from spendbrake.attribution import valid_agent_name
 from spendbrake.cli import (
     DEFAULT_LISTEN,
     _config_and_ledger_options,
+    _ledger_to_change,
     _ledger_to_read,
     _load_config,
     _open_ledger,
@@ -102,7 +103,9 @@ def agent_remove(config_path: Path | None, ledger_path: Path | None, name: str) 
     Example:
         spendbrake agent remove research-bot
     """
-    ledger = _open_ledger(ledger_path, _load_config(config_path))
+    ledger = _ledger_to_change(
+        ledger_path, _load_config(config_path), what="secret or API key to remove"
+    )
     try:
         book = access_book_of(ledger)
         had_secret = book.remove_secret(name, _actor())

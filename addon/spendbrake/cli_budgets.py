@@ -13,6 +13,7 @@ import click
 from spendbrake.attribution import InvalidIdentity, identify
 from spendbrake.cli import (  # the core: 'main' and the options every command shares
     _config_and_ledger_options,
+    _ledger_to_change,
     _load_config,
     _open_ledger,
     _usd_option,
@@ -59,7 +60,7 @@ def reset(
     day = day_window(utc_now(), config.timezone).day
     period = day if window == "day" else day[:7]
     actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
-    ledger = _open_ledger(ledger_path, config)
+    ledger = _ledger_to_change(ledger_path, config, what="spending to reset")
     try:
         forgiven = ledger.reset_window(agent, window, period, actor, session=session_id or "")
     except LedgerUnavailable as e:
@@ -94,7 +95,7 @@ def resume(
         spendbrake resume research-bot --session run-42
     """
     actor = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
-    ledger = _open_ledger(ledger_path, _load_config(config_path))
+    ledger = _ledger_to_change(ledger_path, _load_config(config_path), what="suspension to lift")
     if session_id is not None:
         try:
             forgiven = ledger.reset_window(agent, "session", "", actor, session=session_id)
