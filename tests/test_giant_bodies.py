@@ -79,16 +79,19 @@ print(json.dumps({
 """
 
 
-def test_a_50_mb_prompt_is_held_above_its_real_count_within_a_memory_bound() -> None:
+def measured_by(script: str, *arguments: str) -> dict[str, Any]:
+    """What ``script`` prints as JSON, run in a Python process of its own."""
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(Path(__file__).parent)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-c", script, *arguments], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    measured = json.loads(done.stdout)
+    measured: dict[str, Any] = json.loads(done.stdout)
     print(measured)  # for the record: pytest -s shows it
+    return measured
+
+
+def test_a_50_mb_prompt_is_held_above_its_real_count_within_a_memory_bound() -> None:
+    measured = measured_by(MEASURE, str(Path(__file__).parent))
 
     assert measured["body_bytes"] >= SIZE
     assert measured["estimate"] >= measured["real"] > 10_000_000
@@ -165,15 +168,7 @@ def test_a_50_mb_prompt_in_the_body_worker_stays_within_a_memory_bound(tmp_path:
         (tmp_path / name).write_bytes(body)
     files = [str(tmp_path / name) for name in bodies]
     del bodies
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE_IN_WORKER, *files],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    measured = json.loads(done.stdout)
-    print(measured)  # for the record: pytest -s shows it
+    measured = measured_by(MEASURE_IN_WORKER, *files)
 
     size = measured["body_bytes"]
     assert size >= SIZE

@@ -25,6 +25,15 @@ LEASE_RENEW_S = 5.0
 LEASE_TTL_S = 30.0
 
 
+def say_recovered(holds: int) -> None:
+    """Log the holds of ended proxies that were just settled, if any."""
+    if holds:
+        log.warning(
+            "spendbrake: settled %d hold(s) left by a proxy that ended, at their held amount",
+            holds,
+        )
+
+
 class Leased(Protocol):
     def renew_lease(self) -> None: ...
 
@@ -42,12 +51,7 @@ def keep_lease(ledger: Leased, stop: threading.Event, every_s: float) -> threadi
         while True:
             try:
                 ledger.renew_lease()
-                if recovered := ledger.recover_orphaned_holds():
-                    log.warning(
-                        "spendbrake: settled %d hold(s) of a proxy that ended, at their held "
-                        "amount",
-                        recovered,
-                    )
+                say_recovered(ledger.recover_orphaned_holds())
             except LedgerUnavailable as e:
                 if not failing:
                     log.warning("spendbrake: cannot renew the ledger lease (%s); retrying", e)

@@ -30,6 +30,7 @@ from spendbrake.config import (
     resolve_config_path,
     resolve_ledger_path,
 )
+from spendbrake.leases import say_recovered
 from spendbrake.ledger import (
     CallIntent,
     DayTotals,
@@ -142,11 +143,7 @@ class Enforcement:
             # Refuse every metered call rather than let one through unmetered.
             self.unavailable = str(e)
             raise exceptions.OptionsError(str(e)) from None
-        if recovered:
-            log.warning(
-                "spendbrake: settled %d hold(s) left by a proxy that ended, at their held amount",
-                recovered,
-            )
+        say_recovered(recovered)
         if self.worker:
             self.worker.close()
         self.allowance = self._offline_allowance(config, ledger)

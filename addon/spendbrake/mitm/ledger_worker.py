@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
+from spendbrake.leases import say_recovered
 from spendbrake.ledger import Ledger, LedgerBusy, LedgerUnavailable
 from spendbrake.offline_allowance import OfflineJournal, OfflineLedger, replay
 from spendbrake.sqlite_ledger import SQLiteLedger
@@ -144,12 +145,7 @@ class LedgerWorker:
         try:
             self._retry(ledger)
             self._replay_journal(ledger)
-            if recovered := ledger.recover_orphaned_holds():
-                log.warning(
-                    "spendbrake: settled %d hold(s) left by a proxy that ended, at their held "
-                    "amount",
-                    recovered,
-                )
+            say_recovered(ledger.recover_orphaned_holds())
         except LedgerUnavailable as e:
             # Said once per fault: the repairer tries every few seconds for as long as it lasts.
             if not self._unwritable:
