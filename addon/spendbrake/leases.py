@@ -7,12 +7,17 @@ share one ledger file, it cannot. So while a proxy runs it renews a lease in the
 owner whose lease has lapsed for ``LEASE_TTL_S`` is taken for dead wherever it ran. An owner
 with no lease at all (a process that never kept one, such as a CLI command) is judged by the
 process table only.
+
+Only a proxy that has itself renewed steadily judges others by their leases: after the ledger
+was away or locked, every lease is old, and the first proxy back must not take the others,
+alive and about to renew, for dead.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 from spendbrake.ledger import LedgerUnavailable
@@ -37,7 +42,7 @@ def say_recovered(holds: int) -> None:
 class Leased(Protocol):
     def renew_lease(self) -> None: ...
 
-    def recover_orphaned_holds(self) -> int: ...
+    def recover_orphaned_holds(self, lease_ttl_s: float | None = None) -> int: ...
 
 
 def keep_lease(ledger: Leased, stop: threading.Event, every_s: float) -> threading.Thread:
@@ -48,14 +53,19 @@ def keep_lease(ledger: Leased, stop: threading.Event, every_s: float) -> threadi
 
     def renew() -> None:
         failing = False
+        renewing_since: float | None = None  # renewed every time since then
         while True:
             try:
                 ledger.renew_lease()
-                say_recovered(ledger.recover_orphaned_holds())
+                now = time.monotonic()
+                renewing_since = now if renewing_since is None else renewing_since
+                # Two rounds: time enough for every live proxy to have renewed too.
+                steady = now - renewing_since >= 2 * every_s
+                say_recovered(ledger.recover_orphaned_holds(LEASE_TTL_S if steady else None))
             except LedgerUnavailable as e:
                 if not failing:
                     log.warning("spendbrake: cannot renew the ledger lease (%s); retrying", e)
-                failing = True
+                failing, renewing_since = True, None
             except Exception:
                 # The thread must live on: without renewals, other proxies would take this
                 # one's holds for orphans.

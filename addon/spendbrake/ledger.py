@@ -268,8 +268,10 @@ class Ledger(Protocol):
         """Per model, the holds and estimates against actual costs and tokens since a day."""
         ...
 
-    def recover_orphaned_holds(self) -> int:
-        """Settle, at their held amount, holds of proxy processes that died. Returns how many."""
+    def recover_orphaned_holds(self, lease_ttl_s: float | None = None) -> int:
+        """Settle, at their held amount, holds of proxy processes that died. Returns how many.
+        On this host the process table says who died; with ``lease_ttl_s``, so does a lease
+        not renewed for that long, on any host (``spendbrake.leases``)."""
         ...
 
     def settle_own_holds(self, outcome: str) -> int:

@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from spendbrake import postgres_brakes, postgres_schema, sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
-from spendbrake.leases import LEASE_RENEW_S, LEASE_TTL_S, keep_lease
+from spendbrake.leases import LEASE_RENEW_S, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -534,9 +534,10 @@ class PostgresLedger:
 
     # -- proxies that end ----------------------------------------------------------------------
 
-    def recover_orphaned_holds(self, lease_ttl_s: float = LEASE_TTL_S) -> int:
+    def recover_orphaned_holds(self, lease_ttl_s: float | None = None) -> int:
         """Settle, at their held amount, the holds of owners that died: on this host, a process
-        that no longer runs; on any host, a proxy whose lease lapsed ``lease_ttl_s`` ago."""
+        that no longer runs; with ``lease_ttl_s``, on any host, a proxy whose lease lapsed that
+        long ago (only a steady lease keeper judges by leases: ``spendbrake.leases``)."""
 
         def work(conn: Conn) -> int:
             owners = conn.execute(
@@ -546,7 +547,7 @@ class PostgresLedger:
                 FROM calls AS c LEFT JOIN proxy_leases AS l ON l.owner = c.owner
                 WHERE c.state = 'held'
                 """,
-                (lease_ttl_s,),
+                (lease_ttl_s,),  # None, NULL in SQL: no lease counts as lapsed
             ).fetchall()
             dead = [
                 owner

@@ -23,7 +23,7 @@ import sqlite_utils
 from spendbrake import sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
-from spendbrake.leases import LEASE_RENEW_S, LEASE_TTL_S, keep_lease
+from spendbrake.leases import LEASE_RENEW_S, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -430,12 +430,18 @@ class SQLiteLedger:
         )
         return [EstimateAccuracy(*row) for row in rows]
 
-    def recover_orphaned_holds(self, lease_ttl_s: float = LEASE_TTL_S) -> int:
+    def recover_orphaned_holds(self, lease_ttl_s: float | None = None) -> int:
         """Settle, at their held amount, the holds of owners that died: on this host, a process
-        that no longer runs; on any host, a proxy whose lease lapsed ``lease_ttl_s`` ago."""
+        that no longer runs; with ``lease_ttl_s``, on any host, a proxy whose lease lapsed that
+        long ago (only a steady lease keeper judges by leases: ``spendbrake.leases``)."""
         # Looked for without the write lock, so that a running proxy can look often: an owner
         # found dead stays dead (a new process is a new owner), so the answer cannot go stale.
-        lapsed_before = _utc_iso(datetime.now(UTC) - timedelta(seconds=lease_ttl_s))
+        # None, NULL in SQL: no lease counts as lapsed.
+        lapsed_before = (
+            None
+            if lease_ttl_s is None
+            else _utc_iso(datetime.now(UTC) - timedelta(seconds=lease_ttl_s))
+        )
         with self._lock_errors():
             held = self.db.conn.execute(
                 """
