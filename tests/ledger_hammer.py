@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -173,6 +174,16 @@ def assert_windows_match_calls(path: LedgerLocation) -> None:
         """,
     )
     assert kept == recomputed, "window_totals drifted from the calls table"
+
+
+def wait_until[T](check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
+    """What ``check`` returns once it is not None (polled; fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := check()) is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
 
 
 def stop(process: BaseProcess, timeout: float = 10) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
+from ledger_hammer import wait_until
 from spendbrake.leases import LEASE_TTL_S, keep_lease
 from spendbrake.ledger import LedgerUnavailable
 
@@ -38,10 +38,7 @@ class ReachableLedger:
 def kept_until(ledger: ReachableLedger, renewals: int) -> None:
     stop = threading.Event()
     thread = keep_lease(ledger, stop, EVERY_S)
-    deadline = time.monotonic() + 10
-    while ledger.renewals < renewals:
-        assert time.monotonic() < deadline, "the lease keeper stopped renewing"
-        time.sleep(EVERY_S)
+    wait_until(lambda: ledger.renewals >= renewals or None, "the lease keeper to renew", 10)
     stop.set()
     thread.join()
 

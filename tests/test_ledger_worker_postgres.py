@@ -5,13 +5,12 @@ A server of the test's own (``pg_cluster.Cluster``), stopped and started on purp
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import pg_cluster
-from ledger_hammer import DAY, LIMIT, granted, intent, query
+from ledger_hammer import DAY, LIMIT, granted, intent, query, wait_until
 from spendbrake.ledger import Ledger, LedgerUnavailable, Settlement, TokenCounts
 from spendbrake.ledger_url import PostgresUrl
 from spendbrake.mitm import ledger_worker
@@ -30,15 +29,6 @@ def cluster() -> Iterator[pg_cluster.Cluster]:
         yield cluster
     finally:
         cluster.close()
-
-
-def wait_until[T](check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (found := check()) is not None:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 async def test_a_settlement_refused_while_the_database_was_away_is_written_when_it_returns(

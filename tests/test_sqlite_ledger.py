@@ -50,6 +50,7 @@ from ledger_hammer import (
     query,
     refused,
     stop,
+    wait_until,
     where,
 )
 from spendbrake import postgres_schema
@@ -659,11 +660,12 @@ def lease_of(path: LedgerLocation, owner: str) -> object | None:
 
 def renewed_lease(path: LedgerLocation, owner: str, after: object | None) -> object:
     """The owner's lease once it differs from ``after`` (renewed by the lease thread)."""
-    deadline = time.monotonic() + 10
-    while (lease := lease_of(path, owner)) is None or lease == after:
-        assert time.monotonic() < deadline, f"the lease of {owner} was never renewed"
-        time.sleep(0.01)
-    return lease
+
+    def renewed() -> object | None:
+        lease = lease_of(path, owner)
+        return lease if lease != after else None
+
+    return wait_until(renewed, f"the lease of {owner} to be renewed", timeout=10)
 
 
 def test_holds_of_a_proxy_whose_lease_lapsed_are_settled_wherever_it_ran(

@@ -72,7 +72,7 @@ def _ledger_to_change(
     secret). A SQLite file that does not exist is an error, not created: there is nothing in it
     to change, and the proxy reads another ledger (a mistyped --ledger, most likely)."""
     location = _ledger_location(ledger_path, config)
-    if isinstance(location, Path) and not location.exists():
+    if _no_ledger_file(location):
         raise click.ClickException(
             f"no ledger at {location}, so there is no {what} there; check --ledger "
             "(or SPENDBRAKE_LEDGER, or the config's ledger): it must be the proxy's"
@@ -87,10 +87,15 @@ def _ledger_location(ledger_path: str | os.PathLike[str] | None, config: Config)
         raise click.ClickException(str(e)) from None
 
 
+def _no_ledger_file(location: LedgerLocation) -> bool:
+    """A SQLite ledger whose file does not exist (yet); a PostgreSQL one is never missing."""
+    return isinstance(location, Path) and not location.exists()
+
+
 def _open_at(
     location: LedgerLocation, *, announce_creation: bool = True
 ) -> SQLiteLedger | PostgresLedger:
-    created = announce_creation and isinstance(location, Path) and not location.exists()
+    created = announce_creation and _no_ledger_file(location)
     try:
         ledger = open_ledger(location)
     except LedgerUnavailable as e:
@@ -107,7 +112,7 @@ def _ledger_to_read(
     """The ledger a command only reads. A SQLite file that does not exist is not created: the
     command reads an empty ledger instead (the configured agents, nothing spent) and says so."""
     location = _ledger_location(ledger_path, config)
-    if isinstance(location, Path) and not location.exists():
+    if _no_ledger_file(location):
         click.echo(
             f"spendbrake: no ledger at {location} yet, so nothing is recorded (spendbrake up "
             "creates it)",
