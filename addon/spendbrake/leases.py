@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from spendbrake.ledger import LedgerUnavailable
+from spendbrake.processes import owner_is_alive
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,14 @@ def say_recovered(holds: int) -> None:
             "spendbrake: settled %d hold(s) left by a proxy that ended, at their held amount",
             holds,
         )
+
+
+def dead_owners(holders: Iterable[tuple[str, bool]], own: str) -> list[str]:
+    """Of the owners of held calls, each with whether its lease lapsed, those that died: lapsed,
+    or (on this host) gone from the process table. Never ``own``, the asking process."""
+    return [
+        owner for owner, lapsed in holders if owner != own and (lapsed or not owner_is_alive(owner))
+    ]
 
 
 class Leased(Protocol):

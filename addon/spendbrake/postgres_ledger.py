@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from spendbrake import postgres_brakes, postgres_schema, sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
-from spendbrake.leases import LEASE_RENEW_S, keep_lease
+from spendbrake.leases import LEASE_RENEW_S, dead_owners, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -53,7 +53,7 @@ from spendbrake.ledger import (
 from spendbrake.ledger_url import PostgresUrl
 from spendbrake.money import format_usd
 from spendbrake.offline_allowance import REPLAYED, JournalEntry
-from spendbrake.processes import current_owner, owner_is_alive
+from spendbrake.processes import current_owner
 from spendbrake.sqlite_brakes import iso
 from spendbrake.sqlite_ledger import REFUSAL_OF_WINDOW
 from spendbrake.window_plan import (
@@ -549,11 +549,7 @@ class PostgresLedger:
                 """,
                 (lease_ttl_s,),  # None, NULL in SQL: no lease counts as lapsed
             ).fetchall()
-            dead = [
-                owner
-                for owner, lapsed in owners
-                if owner != self.owner and (lapsed or not owner_is_alive(owner))
-            ]
+            dead = dead_owners(owners, self.owner)
             settled = sum(self._settle_held_at_hold(conn, owner, "crashed") for owner in dead)
             if dead:
                 conn.execute("DELETE FROM proxy_leases WHERE owner = ANY(%s)", (dead,))

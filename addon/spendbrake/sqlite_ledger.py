@@ -23,7 +23,7 @@ import sqlite_utils
 from spendbrake import sqlite_brakes
 from spendbrake.brakes import NO_BRAKES, Brakes
 from spendbrake.brakes import check as check_brakes
-from spendbrake.leases import LEASE_RENEW_S, keep_lease
+from spendbrake.leases import LEASE_RENEW_S, dead_owners, keep_lease
 from spendbrake.ledger import (
     NO_MORE_LIMITS,
     TOKEN_WINDOWS,
@@ -43,7 +43,7 @@ from spendbrake.ledger import (
 )
 from spendbrake.ledger_schema import migrations
 from spendbrake.money import format_usd
-from spendbrake.processes import current_owner, owner_is_alive
+from spendbrake.processes import current_owner
 from spendbrake.window_plan import (
     first_without_room,
     plan_windows,
@@ -452,11 +452,7 @@ class SQLiteLedger:
                 (lapsed_before,),
             )
             owners = held.fetchall()
-        dead = [
-            owner
-            for owner, lapsed in owners
-            if owner != self.owner and (lapsed or not owner_is_alive(owner))
-        ]
+        dead = dead_owners(owners, self.owner)
         if not dead:
             return 0
         with self._immediate() as conn:
