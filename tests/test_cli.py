@@ -232,6 +232,12 @@ def test_price_shows_the_figure_and_its_source(tmp_path: Path) -> None:
         "  100 output tokens:  $0.00006\n"
         "  together:           $0.00021\n"
         "  maximum output:     16,384 tokens\n"
+        "  a stream cut short: the text it relayed\n"
+    )
+    code, output = run("price", "o3")
+    assert code == 0
+    assert output.endswith(
+        "  a stream cut short:      all the output held (it may reason unseen)\n"
     )
 
 

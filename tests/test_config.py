@@ -222,6 +222,15 @@ def test_a_price_can_name_the_published_model_it_is_priced_as(tmp_path: Path) ->
         load_config(write(tmp_path, '[prices."d"]\nprice_as = 4\n'))
 
 
+def test_a_price_can_say_whether_its_model_reasons_unseen(tmp_path: Path) -> None:
+    own = '[prices."my-model"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+    assert load_config(write(tmp_path, own)).prices["my-model"].reasons_unseen is None
+    config = load_config(write(tmp_path, own + "reasons_unseen = false\n"))
+    assert config.prices["my-model"].reasons_unseen is False
+    with pytest.raises(ConfigError, match="reasons_unseen must be true or false"):
+        load_config(write(tmp_path, own + 'reasons_unseen = "no"\n'))
+
+
 def test_server_tools_the_operator_allows_are_known_tools(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, 'allow_server_tools = ["web_search", "mcp"]\n'))
     assert config.allow_server_tools == {"web_search", "mcp"}

@@ -211,6 +211,39 @@ async def test_relayed_text_never_counts_beyond_the_output_asked_for(proxy: Prox
     assert row["actual_nanos"] == row["held_nanos"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "output_tokens"),
+    [
+        ({"model": "gpt-5-nano"}, 10),  # reasons unseen by default
+        ({"model": "gpt-4o-mini", "reasoning_effort": "low"}, 10),  # asked to reason
+        ({"model": "gpt-5-nano", "reasoning_effort": "none"}, 2),  # reasoning turned off
+        ({"model": "gpt-4o-mini"}, 2),  # never reasons
+    ],
+    ids=["reasoning-model", "reasoning-asked", "reasoning-off", "no-reasoning"],
+)
+async def test_a_stream_cut_where_the_model_may_have_reasoned_unseen_is_charged_all_its_output(
+    proxy: Proxy, fields: dict[str, Any], output_tokens: int
+) -> None:
+    """What a model thought before the cut is billed, and nothing in the stream says how much:
+    the 2 bytes relayed bound only a model that shows all it generates."""
+    flow = await proxy.send(chat_flow(chat_body(stream=True, **fields)))  # max_tokens 10
+    flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    proxy.enforcement.responseheaders(flow)
+    stream = flow.response.stream
+    assert callable(stream)
+    stream(streamed_delta("Hi"))
+    flow.error = tflow.terr("Client disconnected.")
+    await proxy.enforcement.error(flow)
+    [row] = proxy.rows()
+    assert (row["outcome"], row["input_tokens"], row["output_tokens"]) == (
+        "cut_short",
+        8,
+        output_tokens,
+    )
+    # The prompt as estimated for the hold and all 10 output tokens: exactly the hold.
+    assert (row["actual_nanos"] == row["held_nanos"]) is (output_tokens == 10)
+
+
 async def test_an_upstream_error_without_usage_costs_nothing(proxy: Proxy) -> None:
     flow = await proxy.send(chat_flow())
     flow.response = http.Response.make(500, b'{"error": {}}', {"content-type": "application/json"})

@@ -170,6 +170,15 @@ def test_a_stream_cut_before_its_finish_has_only_a_partial_snapshot() -> None:
     assert meter.usage.tokens == TokenCounts(input_tokens=9)
     assert not meter.usage_is_final
     assert meter.relayed_text_bytes == len("The")
+    # Gemini thinks before its first candidate: a snapshot counts the thoughts already spent.
+    assert meter.usage_counts_reasoning
+
+
+def test_a_stream_with_no_snapshot_yet_has_counted_no_reasoning() -> None:
+    meter = GenerateStreamMeter()
+    meter(b"data: ")
+    assert meter.usage is None
+    assert not meter.usage_counts_reasoning
 
 
 def test_array_elements_survive_brackets_and_quotes_inside_strings() -> None:

@@ -278,8 +278,15 @@ def price(
         *([("per request", format_usd(fee))] if fee else []),
         ("together", format_usd(together)),
         ("maximum output", max_output),
+        ("a stream cut short", _cut_stream_charge(pricer.reasons_unseen(model, provider))),
     ]
     width = max(len(label) for label, _ in rows) + 1
     click.echo(f"{model} at {provider}, priced by {source}")
     for label, value in rows:
         click.echo(f"  {label + ':':<{width}} {value}")
+
+
+def _cut_stream_charge(reasons_unseen: bool) -> str:
+    if reasons_unseen:
+        return "all the output held (it may reason unseen)"
+    return "the text it relayed"

@@ -105,6 +105,7 @@ _PRICE_KEYS = frozenset(
         "cache_write_usd_per_mtok",
         "max_output_tokens",
         "price_as",
+        "reasons_unseen",
     }
 )
 
@@ -582,6 +583,9 @@ def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
         isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 1
     ):
         raise ConfigError(f"{where}: {section}.max_output_tokens must be a positive integer")
+    reasons_unseen = entry.get("reasons_unseen")
+    if reasons_unseen is not None and not isinstance(reasons_unseen, bool):
+        raise ConfigError(f"{where}: {section}.reasons_unseen must be true or false")
     return OverridePrice(
         input_per_mtok=input_rate or Decimal(0),
         output_per_mtok=output_rate or Decimal(0),
@@ -589,6 +593,7 @@ def _parse_price(entry: object, where: str, section: str) -> OverridePrice:
         cached_input_per_mtok=rate("cached_input_usd_per_mtok"),
         cache_write_per_mtok=rate("cache_write_usd_per_mtok"),
         max_output_tokens=max_output,
+        reasons_unseen=reasons_unseen,
     )
 
 

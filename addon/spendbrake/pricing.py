@@ -33,21 +33,34 @@ def pricing_dir() -> Path:
     return checkout if checkout.is_dir() else package / "_pricing"
 
 
-type _Limits = dict[str, int]
+@dataclass(frozen=True)
+class OutputBound:
+    """What ``pricing/max_output.toml`` says of a model's output."""
+
+    tokens: int  # the most it can generate in one answer
+    # Whether it may spend output tokens on reasoning a stream does not show (OpenAI's
+    # reasoning models, Gemini's thinking): unless the table says no, it may.
+    reasons_unseen: bool = True
+
+
+type _Bounds = dict[str, OutputBound]
 
 
 @cache
-def _max_output_table() -> tuple[_Limits, dict[str, _Limits]]:
+def _max_output_table() -> tuple[_Bounds, dict[str, _Bounds]]:
     """``[models]`` (a model under its maker's name, at any host) and ``[hosts.<provider>]`` (a
     model as that host names it, where its limit there differs)."""
     with (pricing_dir() / "max_output.toml").open("rb") as f:
         data = tomllib.load(f)
 
-    def limits(entries: dict[str, dict[str, object]]) -> _Limits:
-        return {model: int(str(entry["tokens"])) for model, entry in entries.items()}
+    def bounds(entries: dict[str, dict[str, object]]) -> _Bounds:
+        return {
+            model: OutputBound(int(str(entry["tokens"])), entry.get("reasons_unseen") is not False)
+            for model, entry in entries.items()
+        }
 
-    hosts = {provider: limits(models) for provider, models in data.get("hosts", {}).items()}
-    return limits(data["models"]), hosts
+    hosts = {provider: bounds(models) for provider, models in data.get("hosts", {}).items()}
+    return bounds(data["models"]), hosts
 
 
 def max_output_tokens(model: str, provider_id: str | None = None) -> int:
@@ -55,6 +68,21 @@ def max_output_tokens(model: str, provider_id: str | None = None) -> int:
     model's. A dated id falls back to the longest listed prefix that genai-prices prices as the
     same model (never to another model's figure), and a router's "vendor/model" to the model's
     own name."""
+    bound = _output_bound(model, provider_id)
+    if bound is None:
+        raise UnknownModel(f"no maximum output is known for model {model!r}")
+    return bound.tokens
+
+
+def reasons_unseen(model: str, provider_id: str | None = None) -> bool:
+    """Whether the model may reason without showing it in its stream, so that a stream cut
+    before its usage may have cost more output than it relayed. A model the table does not
+    list may."""
+    bound = _output_bound(model, provider_id)
+    return bound is None or bound.reasons_unseen
+
+
+def _output_bound(model: str, provider_id: str | None) -> OutputBound | None:
     general, hosts = _max_output_table()
     tables = (hosts.get(provider_id, {}), general) if provider_id else (general,)
     for table in tables:
@@ -69,7 +97,7 @@ def max_output_tokens(model: str, provider_id: str | None = None) -> int:
             ]
             if prefixes:
                 return table[max(prefixes, key=len)]
-    raise UnknownModel(f"no maximum output is known for model {model!r}")
+    return None
 
 
 def _priced_as_one(model: str, listed: str, provider_id: str | None) -> bool:
@@ -247,6 +275,9 @@ class OverridePrice:
     cache_write_per_mtok: Decimal | None = None
     max_output_tokens: int | None = None
     price_as: str | None = None  # priced as this published model instead (an Azure deployment)
+    # Whether the model may reason unseen; None: as pricing/max_output.toml says of the model
+    # (or of price_as), and yes for a model it does not list.
+    reasons_unseen: bool | None = None
 
     def cost_nanos(self, tokens: TokenCounts) -> int:
         cached_rate = self.cached_input_per_mtok
@@ -327,6 +358,15 @@ class Pricer:
             if fallback is not None and fallback.max_output_tokens is not None:
                 return fallback.max_output_tokens
             raise
+
+    def reasons_unseen(self, model: str, provider_id: str | None = None) -> bool:
+        """Whether a stream of ``model`` cut before its usage may have cost output it never
+        showed: the operator's word where [prices] gives it, else the published table's."""
+        own = self.overrides.get(model)
+        if own is not None and own.reasons_unseen is not None:
+            return own.reasons_unseen
+        published = own.price_as if own is not None and own.price_as else model
+        return reasons_unseen(published, provider_id)
 
     def source(self, model: str, provider_id: str) -> str:
         """Where the price of ``model`` comes from, for ``spendbrake price``."""

@@ -20,6 +20,7 @@ from e2e_support import (
     Proxy,
     raw_client,
     requests_of,
+    run_client,
     settled_calls,
     wait_for,
 )
@@ -125,6 +126,40 @@ def test_a_stalled_stream_the_client_gives_up_on_is_settled_while_others_are_ser
     caller.join(timeout=30)
     assert gave_up, "the client did not give up on the stalled stream"
     assert_charged_what_was_relayed(the_call(proxy, agent))
+
+
+@pytest.mark.parametrize(
+    ("model", "charged_all_held"),
+    [("o4-mini", True), ("gpt-4o-mini", False)],
+    ids=["reasoning-model", "control-no-reasoning"],
+)
+def test_a_stream_the_sdk_gives_up_on_is_charged_all_held_when_the_model_may_think_unseen(
+    proxy: Proxy, test_id: str, model: str, charged_all_held: bool
+) -> None:
+    """The official SDK times out on a stream stalled after its first words, as an agent does
+    on a reasoning model thinking silently. What o4-mini thought meanwhile is billed and never
+    crossed the proxy, so it is charged the 500 output tokens held for it; gpt-4o-mini, which
+    shows all it generates, only the text it relayed."""
+    agent = f"uf-gave-up-{model}"
+    spec = {
+        "model": model,
+        "content": "Think hard, then say hello.",
+        "max_tokens": 500,
+        "stream": True,
+        "timeout": 1.5,
+        "max_retries": 0,
+        "headers": {TEST_ID_HEADER: test_id, "x-fake-stall-ms": "5000"},
+    }
+    [call] = run_client("sdk_chat.py", spec, proxy.client_env(agent))["calls"]
+    assert call["ok"] is False  # the SDK gave up mid-stream
+    row = the_call(proxy, agent)
+    assert (row["state"], row["outcome"]) == ("settled", "cut_short")
+    if charged_all_held:
+        assert row["output_tokens"] == 500
+        assert row["actual_nanos"] == row["held_nanos"]
+    else:
+        assert 0 < row["output_tokens"] <= len("Hello! How can I help?")
+        assert 0 < row["actual_nanos"] < row["held_nanos"]
 
 
 OPENAI_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}

@@ -398,6 +398,7 @@ class Enforcement:
             configured_limit=limit,
             remaining_nanos=result.totals.remaining_nanos,
             strip_usage_chunk=request.wants_usage_injection,
+            reasoning=request.reasoning,
         )
         return None
 

@@ -2,8 +2,8 @@
 
 The rules of settlement, apart from the hooks that apply them: a provider's error without
 usage bills nothing; a stream cut short is charged the usage seen and at least the text it
-relayed (never $0, never more output than asked); a price that cannot be found settles at
-the hold.
+relayed (never $0, never more output than asked), or all the output it was held for when the
+model may have reasoned unseen; a price that cannot be found settles at the hold.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from spendbrake import governor
 from spendbrake.ledger import Settlement, TokenCounts
 from spendbrake.mitm.state import HeldCall
 from spendbrake.pricing import Pricer, UnknownModel
-from spendbrake.providers.base import MeteredUsage
+from spendbrake.providers.base import MeteredUsage, StreamMeter
 
 
 def from_response(call: HeldCall, response: http.Response, pricer: Pricer) -> Settlement:
@@ -47,20 +47,37 @@ def at_the_hold(call: HeldCall, outcome: str, reason: str) -> Settlement:
 
 def from_stream(call: HeldCall, outcome: str, reason: str, pricer: Pricer) -> Settlement:
     """A stream's cost: its final usage, or, when it was cut short, the usage seen so far
-    with at least the text relayed as output (never $0, never more output than asked)."""
+    with at least the text relayed as output (never $0, never more output than asked). A model
+    that may have reasoned without showing it is charged all the output it was held for: what
+    it thought before the cut is billed, and nothing in the stream says how much."""
     meter = call.meter
     assert meter is not None
     if meter.usage is not None and meter.usage_is_final:
         return priced(call, meter.usage, outcome, reason, pricer)
     seen = meter.usage.tokens if meter.usage else TokenCounts(input_tokens=call.prompt_tokens)
-    relayed = min(max(seen.output_tokens, meter.relayed_text_bytes), call.max_output_tokens)
+    if _may_have_reasoned_unseen(call, meter, pricer):
+        output = call.max_output_tokens
+        why = (
+            "the stream ended before its usage, and the model may have reasoned unseen: "
+            "the usage seen and all the output held for"
+        )
+    else:
+        output = min(max(seen.output_tokens, meter.relayed_text_bytes), call.max_output_tokens)
+        why = "the stream ended before its usage: the usage seen and the text relayed"
     usage = MeteredUsage(
-        tokens=replace(seen, output_tokens=relayed),
+        tokens=replace(seen, output_tokens=output),
         model=meter.usage.model if meter.usage else None,
         service_tier=meter.usage.service_tier if meter.usage else None,
     )
-    why = "the stream ended before its usage: the usage seen and the text relayed"
     return priced(call, usage, "cut_short", f"{why}; {reason}" if reason else why, pricer)
+
+
+def _may_have_reasoned_unseen(call: HeldCall, meter: StreamMeter, pricer: Pricer) -> bool:
+    if meter.usage_counts_reasoning or call.reasoning is False:
+        return False
+    if call.reasoning:
+        return True
+    return pricer.reasons_unseen(call.intent.forwarded_model, call.provider.id)
 
 
 def priced(

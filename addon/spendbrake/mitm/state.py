@@ -28,6 +28,7 @@ class HeldCall:
     configured_limit: int
     remaining_nanos: int  # after the hold, for the response headers
     strip_usage_chunk: bool
+    reasoning: bool | None = None  # as the request set it (CallRequest.reasoning)
     meter: StreamMeter | None = None
     meter_failed: bool = False
     settled: bool = False

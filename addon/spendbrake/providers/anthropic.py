@@ -90,7 +90,14 @@ def parse_messages_request(body: bytes) -> CallRequest:
         tokenizer="claude",
         cache_write=_cache_write_ttl(data),
         server_tools=anthropic_server_tools(data),
+        # Claude thinks only when asked, and Claude 4 streams a summary of what it bills.
+        reasoning=_thinking_type(data) in ("enabled", "adaptive"),
     )
+
+
+def _thinking_type(data: dict[str, Any]) -> object:
+    thinking = data.get("thinking")
+    return thinking.get("type") if isinstance(thinking, dict) else None
 
 
 def _thinking_budget(data: dict[str, Any]) -> int:

@@ -84,6 +84,10 @@ class DeploymentStreamMeter:
     def relayed_text_bytes(self) -> int:
         return self.inner.relayed_text_bytes
 
+    @property
+    def usage_counts_reasoning(self) -> bool:
+        return self.inner.usage_counts_reasoning
+
 
 def _with_model(body: bytes) -> bytes:
     """Deployment bodies carry no model, which the OpenAI parsers require: lend them one. It

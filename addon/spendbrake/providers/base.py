@@ -42,6 +42,9 @@ class CallRequest:
     min_output: int = 1  # the lowest max output the provider accepts for this request
     fingerprint: str = ""  # of what it asks (model, messages, media, tools): loop detection
     counted_prompt: CountedPrompt | None = None  # prompt_texts counted already (then empty)
+    # Reasoning, as the request sets it: True asked for, False turned off, None the model's
+    # default. A stream cut short may have cost reasoning it never showed (see settlement).
+    reasoning: bool | None = None
 
 
 # Fields that vary between copies of the same request, or only say how to answer it.
@@ -99,6 +102,9 @@ class StreamMeter(Protocol):
     ``usage_is_final``: the stream reported its complete usage (it was not cut short).
     ``relayed_text_bytes``: an upper bound on the output tokens relayed so far, for a stream cut
     short before its usage arrived.
+    ``usage_counts_reasoning``: the usage seen so far already counts the reasoning done so far
+    (Gemini's running snapshots); otherwise reasoning a stream does not show is known only
+    from its final usage.
     """
 
     @property
@@ -109,6 +115,9 @@ class StreamMeter(Protocol):
 
     @property
     def relayed_text_bytes(self) -> int: ...
+
+    @property
+    def usage_counts_reasoning(self) -> bool: ...
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]: ...
 
@@ -265,6 +274,7 @@ class UsageTap:
         self.usage: MeteredUsage | None = None
         self.usage_is_final = False
         self.relayed_text_bytes = 0
+        self.usage_counts_reasoning = False
         self._carries_usage = carries_usage
         self._splitter = EventSplitter()
 

@@ -107,7 +107,18 @@ def parse_generate_request(body: bytes, path: str) -> CallRequest:
         fixed_prompt_tokens=fixed,
         tokenizer="gemini",
         server_tools=gemini_server_tools(data),
+        reasoning=_thinking_asked(config.get("thinkingConfig")),
     )
+
+
+def _thinking_asked(thinking: Any) -> bool | None:
+    """``thinkingBudget`` 0 turns thinking off; another budget or a ``thinkingLevel`` asks."""
+    if not isinstance(thinking, dict):
+        return None
+    budget = thinking.get("thinkingBudget")
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return budget != 0
+    return True if isinstance(thinking.get("thinkingLevel"), str) else None
 
 
 def _collect_parts(parts: Any, texts: list[str]) -> int:
@@ -200,6 +211,8 @@ class GenerateStreamMeter(UsageTap):
         if usage is not None:
             self.usage = usage
             self.usage_is_final = self.usage_is_final or _finished(obj)
+            # Gemini thinks before its first candidate; each snapshot counts the thoughts so far.
+            self.usage_counts_reasoning = True
 
 
 class JsonArrayElements:

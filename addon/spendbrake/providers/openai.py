@@ -103,7 +103,22 @@ def parse_chat_request(body: bytes) -> CallRequest:
         fixed_prompt_tokens=fixed,
         wants_usage_injection=stream and not client_asked_for_usage,
         server_tools=openai_chat_server_tools(data),
+        reasoning=_reasoning_asked(data),
     )
+
+
+def _reasoning_asked(data: dict[str, Any]) -> bool | None:
+    """OpenAI's ``reasoning_effort`` ("none" turns it off), and the compatible hosts' own
+    switches: OpenRouter's ``reasoning`` object, the ``thinking`` type of DeepSeek and others."""
+    effort = data.get("reasoning_effort")
+    if isinstance(effort, str):
+        return effort != "none"
+    reasoning = data.get("reasoning")
+    if isinstance(reasoning, dict):  # hidden from the answer by "exclude", still billed
+        return reasoning.get("enabled") is not False and reasoning.get("effort") != "none"
+    thinking = data.get("thinking")
+    switch = thinking.get("type") if isinstance(thinking, dict) else None
+    return switch == "enabled" if switch in ("enabled", "disabled") else None
 
 
 def parse_completions_request(body: bytes) -> CallRequest:
@@ -270,6 +285,7 @@ class ChatStreamMeter:
         self.usage: MeteredUsage | None = None
         self.usage_is_final = False  # the usage chunk comes last, so it is always final
         self.relayed_text_bytes = 0
+        self.usage_counts_reasoning = False  # no usage before the last chunk
         self._splitter = EventSplitter()
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:

@@ -108,7 +108,14 @@ def parse_responses_request(body: bytes, sizes: ResponseSizes) -> CallRequest:
         prompt_texts=tuple(texts),
         fixed_prompt_tokens=fixed,
         server_tools=openai_responses_server_tools(data),
+        reasoning=_reasoning_asked(data.get("reasoning")),
     )
+
+
+def _reasoning_asked(reasoning: Any) -> bool | None:
+    """``reasoning.effort``: "none" turns it off; no effort leaves the model's default."""
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    return effort != "none" if isinstance(effort, str) else None
 
 
 def _server_side_history(data: dict[str, Any], sizes: ResponseSizes) -> int:
