@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy.connection import ConnectionState
 
 from spendbrake.mitm.state import flow_state
 from test_mitm_enforcement import chat_flow, configured_proxy
@@ -302,3 +303,22 @@ async def test_a_giant_call_is_refused_when_its_body_cannot_be_worked_on(
     assert b"body worker" in (refused.response.content or b"")
     assert served.response is None  # held and forwarded
     assert states == ["held"]
+
+
+async def test_a_giant_call_whose_agent_has_gone_is_not_worked_on_and_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    """mitmproxy marks the client's connection closed as soon as the agent hangs up, even while
+    the call waits in the request hook: its giant body is then dropped, not parsed for nobody."""
+    with configured_proxy(tmp_path, "[defaults]\ndaily_usd = 1000\n") as proxy:
+        flow = chat_flow(giant_body(2_000_000))
+        flow.client_conn.state = ConnectionState.CLOSED  # timed out while the body travelled
+        await proxy.send(flow)
+        rows = proxy.rows()
+        worker_started = proxy.enforcement.bodies.worker.pid is not None
+
+    assert flow.response is not None
+    assert flow.response.headers["x-spendbrake-reason"] == "internal_error"
+    assert b"its client left before the body worker's turn came" in (flow.response.content or b"")
+    assert rows == []
+    assert not worker_started

@@ -151,6 +151,10 @@ class BodyWorker:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
+        # The worker while a body is in the works, and why work on it was stopped, if it was.
+        self._working: subprocess.Popen[bytes] | None = None
+        self._stopped_why: str | None = None
+        self._stopping = threading.Lock()  # the watchdog's thread and the loop's may both stop
 
     def parse(self, api: Api, body: bytes, path: str) -> CallRequest:
         answer, _ = self._ask(_Job("parse", api, path), body)
@@ -177,6 +181,18 @@ class BodyWorker:
         with self._lock:
             self._stop()
 
+    def abandon(self) -> None:
+        """Stops work on the body in the works, whose client has left: a pathological body
+        would otherwise keep every other giant body waiting until the timeout. Nothing to do
+        when no body is in the works yet."""
+        self._stop_current("its client left, so the body worker stopped working on it")
+
+    def _stop_current(self, why: str) -> None:
+        with self._stopping:
+            if self._working is not None and self._stopped_why is None:
+                self._stopped_why = why
+                self._working.kill()
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
@@ -186,28 +202,27 @@ class BodyWorker:
             process = self._running()
             assert process.stdin is not None
             assert process.stdout is not None
-            timed_out = threading.Event()
-
-            def stop_it() -> None:
-                timed_out.set()
-                process.kill()
-
-            watchdog = threading.Timer(self.timeout_s, stop_it)
+            with self._stopping:
+                self._working, self._stopped_why = process, None
+            too_long = (
+                f"the body worker took longer than {self.timeout_s:g} s over this request body "
+                "and was stopped"
+            )
+            watchdog = threading.Timer(self.timeout_s, self._stop_current, (too_long,))
             watchdog.start()
             try:
                 _write_frame(process.stdin, job, body)
                 answer, out = _read_frame(process.stdout)
             except Exception as e:  # a pipe gone, a frame cut short or garbled
                 self._stop()
-                if timed_out.is_set():
-                    raise BodyWorkerFailed(
-                        f"the body worker took longer than {self.timeout_s:g} s over this "
-                        "request body and was stopped; started afresh"
-                    ) from None
+                if (why := self._stopped_why) is not None:
+                    raise BodyWorkerFailed(f"{why}; started afresh") from None
                 raise BodyWorkerFailed(f"the body worker failed ({e!r}); started afresh") from e
             finally:
                 watchdog.cancel()
-            if timed_out.is_set():
+                with self._stopping:
+                    self._working = None
+            if self._stopped_why is not None:
                 self._stop()  # killed just as its answer came: the next body starts afresh
         if not isinstance(answer, _Answer):
             raise BodyWorkerFailed(f"the body worker answered {type(answer).__name__}")

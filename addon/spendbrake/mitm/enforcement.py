@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState
 
 from spendbrake import governor, refusals
 from spendbrake.brakes import MAX_WAIT_S, Brakes
@@ -298,7 +299,8 @@ class Enforcement:
             return await self._refuse_recorded(intent(), blocked)
         try:
             body, path = flow.request.content or b"", flow.request.path
-            request = await self.bodies.parse(api, body, path)
+            client_left = partial(_client_left, flow)
+            request = await self.bodies.parse(api, body, path, client_left)
         except (UnreadableRequest, ValueError) as e:
             return await self._refuse_recorded(
                 intent(), Refusal("unreadable_request", f"spendbrake: {e}")
@@ -316,7 +318,7 @@ class Enforcement:
         try:
             if cheaper := await self._downgrade_to(agent, request, window.day[:7]):
                 body, path, request = await self.bodies.rewritten(
-                    api, body, path, Rewrite(model=cheaper)
+                    api, body, path, Rewrite(model=cheaper), client_left
                 )
             estimate = await self._estimate(request, provider, now)
             if (minimum := policy.cap_output_minimum) is not None:
@@ -334,7 +336,7 @@ class Enforcement:
                     )
                 ):
                     body, path, request = await self.bodies.rewritten(
-                        api, body, path, Rewrite(max_output=capped)
+                        api, body, path, Rewrite(max_output=capped), client_left
                     )
                     estimate = await self._estimate(request, provider, now)
         except UnknownModel as e:
@@ -354,7 +356,7 @@ class Enforcement:
         # behind by a call that was not sent.
         rewritten = (body, path) != original
         if request.wants_usage_injection:
-            body = await self.bodies.with_usage_requested(api, body)
+            body = await self.bodies.with_usage_requested(api, body, client_left)
             rewritten = True
         brakes = policy.brakes
         try:
@@ -635,6 +637,11 @@ def _hold(
     intent: CallIntent, nanos: int, limit: int, limits: Limits, brakes: Brakes, ledger: Ledger
 ) -> HoldGranted | HoldRefused | HoldBraked:
     return ledger.hold(intent, nanos, limit, limits, brakes)
+
+
+def _client_left(flow: http.HTTPFlow) -> bool:
+    """The agent has closed its side (it timed out or gave up): nobody waits for this call."""
+    return not flow.client_conn.state & ConnectionState.CAN_READ
 
 
 def provider_of(flow: http.HTTPFlow) -> Provider | None:
