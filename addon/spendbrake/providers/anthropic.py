@@ -101,9 +101,8 @@ def _thinking_type(data: dict[str, Any]) -> object:
 
 
 def _thinking_budget(data: dict[str, Any]) -> int:
-    thinking = data.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        budget = thinking.get("budget_tokens")
+    if _thinking_type(data) == "enabled":  # then "thinking" is an object
+        budget = data["thinking"].get("budget_tokens")
         if isinstance(budget, int) and not isinstance(budget, bool):
             return budget
     return 0
